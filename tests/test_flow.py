@@ -1,0 +1,53 @@
+import pyro.distributions as dist
+import pytest
+import torch
+
+from conftest import randomize_
+from pyro_realnvp import RealNVP, realnvp
+
+
+@pytest.mark.parametrize("dim", [2, 3, 8])
+def test_every_coordinate_moves_after_stacking(dim):
+    flow = randomize_(RealNVP(dim, num_layers=2, hidden_dims=(8,)))
+    x = torch.randn(50, dim)
+    assert ((flow(x) - x).abs() > 0).all(dim=0).all()
+
+
+def test_one_dimensional_flow_is_affine():
+    flow = randomize_(RealNVP(1, num_layers=4, hidden_dims=(4,)))
+    x = torch.linspace(-3, 3, 7).unsqueeze(-1)
+    y = flow(x).squeeze(-1)
+    slopes = (y[1:] - y[:-1]) / (x[1:, 0] - x[:-1, 0])
+    assert torch.allclose(slopes, slopes[0].expand_as(slopes), rtol=1e-4)
+
+
+def test_transformed_distribution_log_prob_is_base_minus_log_det():
+    flow = randomize_(RealNVP(3, num_layers=4, dtype=torch.float64))
+    base = dist.Normal(torch.zeros(3).double(), 1.0).to_event(1)
+    q = dist.TransformedDistribution(base, flow)
+    y = torch.randn(5, 3, dtype=torch.float64)
+    x = flow.inv(y.clone())
+    expected = base.log_prob(x) - flow.log_abs_det_jacobian(x.clone(), y.clone())
+    assert torch.allclose(q.log_prob(y), expected)
+
+
+def test_rsample_then_log_prob_uses_the_cache_consistently():
+    flow = randomize_(RealNVP(4, num_layers=4))
+    q = dist.TransformedDistribution(dist.Normal(torch.zeros(4), 1.0).to_event(1), flow)
+    y = q.rsample((6,))
+    assert torch.allclose(q.log_prob(y), q.log_prob(y.clone()), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_dtype_is_honoured(dtype):
+    flow = realnvp(3, num_layers=2, dtype=dtype)
+    assert {p.dtype for p in flow.parameters()} == {dtype}
+    assert {b.dtype for b in flow.buffers()} == {dtype}
+
+
+def test_state_dict_round_trip_gives_the_same_transform():
+    flow = randomize_(RealNVP(4, num_layers=4))
+    copy = RealNVP(4, num_layers=4)
+    copy.load_state_dict(flow.state_dict())
+    x = torch.randn(3, 4)
+    assert torch.equal(copy(x), flow(x.clone()))

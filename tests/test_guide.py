@@ -1,0 +1,303 @@
+"""AutoRealNVP on posteriors with exact answers, constrained sites, plates and I/O."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Predictive, TraceEnum_ELBO
+from pyro.infer.autoguide import AutoNormal
+
+from pyro_realnvp import AutoRealNVP, fit
+
+SMALL = {"num_layers": 4, "hidden_dims": (32, 32)}
+
+
+def draws(guide, num_samples=4000, *args):
+    return Predictive(guide.model, guide=guide, num_samples=num_samples, parallel=True)(*args)
+
+
+def test_conjugate_normal_mean_and_sd():
+    data = torch.tensor([0.8, 1.3, 2.1, 0.4, 1.7, 1.1, 0.9, 1.6])
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=data)
+
+    guide = AutoRealNVP(model, **SMALL)
+    fit(model, guide, num_steps=1000, lr=0.01, num_particles=4, progress=False)
+    n = len(data)
+    mean, sd = data.sum() / (n + 1), 1 / math.sqrt(n + 1)
+    samples = draws(guide)["mu"]
+    # Tolerances in posterior standard deviations (0.33 here).
+    assert abs(samples.mean() - mean) < 0.15 * sd
+    assert abs(samples.std() / sd - 1) < 0.1
+    assert abs(guide.median()["mu"] - mean) < 0.15 * sd
+
+
+def test_correlated_gaussian_moments_with_defaults():
+    cov = torch.tensor([[1.0, 0.9, 0.5], [0.9, 2.0, 0.3], [0.5, 0.3, 0.5]])
+    loc = torch.tensor([1.0, -2.0, 0.5])
+
+    def model():
+        pyro.sample("z", dist.MultivariateNormal(loc, cov))
+
+    guide = AutoRealNVP(model)
+    fit(model, guide, num_steps=1500, lr=0.01, progress=False)
+    z = draws(guide, 8000)["z"].reshape(-1, 3)
+    sd = cov.diag().sqrt()
+    assert ((z.mean(0) - loc).abs() / sd).max() < 0.15
+    assert (torch.cov(z.T) / torch.outer(sd, sd) - cov / torch.outer(sd, sd)).abs().max() < 0.1
+
+
+def funnel(dim=3):
+    def model():
+        v = pyro.sample("v", dist.Normal(0.0, 3.0))
+        scale = torch.exp(v / 2).unsqueeze(-1).expand(v.shape + (dim - 1,))
+        pyro.sample("x", dist.Normal(0.0, scale).to_event(1))
+
+    return model
+
+
+def test_funnel_fits_the_neck_better_than_autonormal():
+    # Exact draws by ancestral sampling: v ~ N(0, 3), x | v ~ N(0, e^{v/2}).
+    model = funnel()
+    exact_v = dist.Normal(0.0, 3.0).sample((100_000,))
+    results = {}
+    for name, guide in {"realnvp": AutoRealNVP(model), "normal": AutoNormal(model)}.items():
+        pyro.set_rng_seed(1)
+        fit(model, guide, num_steps=1500, lr=0.005, progress=False)
+        results[name] = draws(guide, 8000)["v"]
+    v = results["realnvp"]
+    # Reverse KL shrinks the neck; the flow must get most of v's spread and its mean.
+    assert abs(v.mean() - exact_v.mean()) < 1.0  # a third of v's sd
+    assert 0.75 < v.std() / exact_v.std() < 1.1
+    assert v.std() > results["normal"].std() + 0.3
+
+
+def test_constrained_sites_stay_on_their_support_and_fit():
+    flips = torch.tensor([1.0, 1, 0, 1, 1, 1, 0, 1, 1, 1])
+    counts = torch.tensor([3.0, 5, 4, 6])
+
+    def model():
+        p = pyro.sample("p", dist.Beta(2.0, 2.0))
+        rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        weights = pyro.sample("weights", dist.Dirichlet(torch.ones(3)))
+        chol = pyro.sample("chol", dist.LKJCholesky(3, 2.0))
+        u = pyro.sample("u", dist.Uniform(-1.0, 2.0))
+        with pyro.plate("flips", len(flips)):
+            pyro.sample("flip", dist.Bernoulli(p), obs=flips)
+        with pyro.plate("counts", len(counts)):
+            pyro.sample("count", dist.Poisson(rate), obs=counts)
+        pyro.sample("multi", dist.Multinomial(20, weights), obs=torch.tensor([10.0, 6, 4]))
+        return chol, u
+
+    guide = AutoRealNVP(model)
+    fit(model, guide, num_steps=1500, lr=0.01, progress=False)
+    s = draws(guide, 4000)
+    assert ((s["p"] > 0) & (s["p"] < 1)).all()
+    assert ((s["u"] > -1) & (s["u"] < 2)).all()
+    assert (s["rate"] > 0).all()
+    assert torch.allclose(s["weights"].sum(-1), torch.ones(4000), atol=1e-5)
+    assert dist.constraints.corr_cholesky.check(s["chol"]).all()
+    # Conjugate posteriors: Beta(2 + 8, 2 + 2), Gamma(2 + 18, 1 + 4), Dirichlet(11, 7, 5).
+    assert abs(s["p"].mean() - 10 / 14) < 0.03
+    assert abs(s["rate"].mean() - 20 / 5) < 0.2
+    assert (s["weights"].mean(0) - torch.tensor([11.0, 7, 5]) / 23).abs().max() < 0.03
+    q = guide.quantiles([0.05, 0.5, 0.95])
+    assert (q["p"].diff() > 0).all()
+    assert torch.allclose(q["weights"].sum(-1), torch.ones(3), atol=1e-5)
+    median = guide.median()
+    assert 0 < median["p"] < 1
+    assert median["rate"] > 0
+
+
+def hierarchical(data):
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("groups", data.shape[0]):
+            theta = pyro.sample("theta", dist.Normal(mu, 1.0))
+            with pyro.plate("obs", data.shape[1]):
+                pyro.sample("y", dist.Normal(theta, 1.0), obs=data.T)
+
+    return model
+
+
+def test_plates_and_predictive_shapes():
+    data = torch.randn(5, 4) + torch.arange(5.0).unsqueeze(-1)
+    model = hierarchical(data)
+    guide = AutoRealNVP(model, **SMALL)
+    fit(model, guide, num_steps=300, lr=0.01, progress=False)
+    assert guide.latent_dim == 6
+    assert guide()["theta"].shape == (5,)
+    predictive = Predictive(model, guide=guide, num_samples=100, return_sites=["theta", "y"])
+    samples = predictive()
+    # Predictive pads each site to the model's plate nesting (2 here).
+    assert samples["theta"].shape == (100, 1, 5)
+    assert samples["y"].shape == (100, 4, 5)
+    # Groups with larger data have larger theta: the guide learned per-group locations.
+    assert (samples["theta"].mean(0).squeeze(0).diff() > 0).all()
+    assert guide.quantiles([0.1, 0.9])["theta"].shape == (2, 5)
+
+
+def test_vectorized_particles_are_supported():
+    model = hierarchical(torch.randn(3, 2))
+    guide = AutoRealNVP(model, **SMALL)
+    losses = fit(model, guide, num_steps=20, num_particles=8, progress=False)
+    assert all(math.isfinite(loss) for loss in losses)
+
+
+def trained_guide():
+    model = hierarchical(torch.randn(4, 3))
+    guide = AutoRealNVP(model, **SMALL)
+    fit(model, guide, num_steps=100, lr=0.02, progress=False)
+    return model, guide
+
+
+def test_state_dict_round_trip_restores_an_identical_posterior(tmp_path):
+    model, guide = trained_guide()
+    expected = guide.quantiles([0.1, 0.5, 0.9])
+    torch.save(guide.state_dict(), tmp_path / "guide.pt")
+    pyro.clear_param_store()
+    restored = AutoRealNVP(model, **SMALL)
+    restored()  # set up the prototype, then overwrite every parameter
+    restored.load_state_dict(torch.load(tmp_path / "guide.pt"))
+    for name, value in restored.quantiles([0.1, 0.5, 0.9]).items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_param_store_round_trip_restores_an_identical_posterior(tmp_path):
+    model, guide = trained_guide()
+    expected = guide.quantiles([0.1, 0.5, 0.9])
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    restored = AutoRealNVP(model, **SMALL)
+    restored()
+    for name, value in restored.quantiles([0.1, 0.5, 0.9]).items():
+        assert torch.equal(value, expected[name]), name
+    # Training continues on the loaded parameters, not on fresh copies.
+    before = [p.detach().clone() for p in restored.flow.parameters()]
+    fit(model, restored, num_steps=3, progress=False)
+    after = restored.flow.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_stale_param_store_of_another_shape_is_reported():
+    trained_guide()
+    with pytest.raises(ValueError, match="clear_param_store"):
+        AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)), **SMALL)()
+
+
+def test_float64_model_gets_float64_parameters():
+    def model():
+        pyro.sample("x", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+
+    guide = AutoRealNVP(model, **SMALL)
+    fit(model, guide, num_steps=5, progress=False)
+    assert {p.dtype for p in guide.parameters()} == {torch.float64}
+    assert guide()["x"].dtype == torch.float64
+
+
+def test_discrete_latent_is_rejected_with_the_site_name():
+    def model():
+        pyro.sample("count", dist.Poisson(3.0))
+
+    with pytest.raises(ValueError, match="discrete sample site 'count'"):
+        AutoRealNVP(model)()
+
+
+def test_enumerated_discrete_latent_is_left_to_the_elbo():
+    data = torch.tensor([-2.1, -1.9, -2.2, 2.0, 1.8, 2.3])
+
+    @pyro.infer.config_enumerate
+    def model():
+        locs = pyro.sample("locs", dist.Normal(0.0, 5.0).expand([2]).to_event(1))
+        with pyro.plate("data", len(data)):
+            which = pyro.sample("which", dist.Categorical(torch.ones(2) / 2))
+            pyro.sample("y", dist.Normal(locs[which], 0.5), obs=data)
+
+    guide = AutoRealNVP(model, **SMALL)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), TraceEnum_ELBO(max_plate_nesting=1))
+    losses = torch.tensor([svi.step() for _ in range(300)])
+    assert guide.latent_dim == 2
+    assert losses[-50:].mean() < losses[:50].mean()
+    assert sorted(guide.median()["locs"].abs().tolist()) == pytest.approx([2.0, 2.0], abs=0.4)
+
+
+def test_model_without_latents_is_rejected():
+    def model():
+        pyro.sample("y", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+
+    with pytest.raises(RuntimeError, match="no latent variables"):
+        AutoRealNVP(model)()
+
+
+def test_mixed_dtypes_are_rejected_naming_the_sites():
+    def model():
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+
+    with pytest.raises(
+        ValueError, match="'a' on cpu as torch.float32.*'b' on cpu as torch.float64"
+    ):
+        AutoRealNVP(model)()
+
+
+def test_non_finite_init_is_rejected_naming_the_site():
+    def model():
+        pyro.sample("s", dist.HalfNormal(1.0))
+
+    with pytest.raises(ValueError, match=r"\['s'\]"):
+        AutoRealNVP(model, init_loc_fn=lambda site: torch.tensor(0.0))()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"init_scale": 0.0}, "init_scale"),
+        ({"num_layers": 0}, "num_layers"),
+        ({"affine": "full"}, "affine"),
+    ],
+    ids=["init_scale", "num_layers", "affine"],
+)
+def test_bad_options_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AutoRealNVP(lambda: None, **kwargs)
+
+
+@pytest.mark.parametrize("affine", ["lower", "diagonal"])
+def test_affine_choice_starts_as_a_gaussian_of_init_scale(affine):
+    def model():
+        pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+    guide = AutoRealNVP(model, affine=affine, init_scale=0.5, init_loc_fn=lambda s: torch.ones(3))
+    guide()
+    assert ("scale_tril" in guide._pyro_params) == (affine == "lower")
+    z = draws(guide, 20000)["z"]
+    assert (z.mean(0) - 1).abs().max() < 0.03
+    assert (z.std(0) - 0.5).abs().max() < 0.02
+
+
+@pytest.mark.cuda
+def test_cuda_model_trains_on_cuda_without_default_device():
+    device = torch.device("cuda")
+    data = torch.randn(20, device=device) + 1.0
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, device=device), 1.0))
+        scale = pyro.sample("scale", dist.LogNormal(torch.tensor(0.0, device=device), 1.0))
+        with pyro.plate("data", len(data), device=device):
+            pyro.sample("y", dist.Normal(mu, scale), obs=data)
+
+    guide = AutoRealNVP(model)
+    losses = fit(model, guide, num_steps=200, progress=False)
+    assert all(math.isfinite(loss) for loss in losses)
+    assert {p.device.type for p in guide.parameters()} == {"cuda"}
+    assert guide.median()["mu"].device.type == "cuda"
+    with poutine.trace() as tr:
+        guide()
+    assert tr.trace.nodes["mu"]["value"].device.type == "cuda"

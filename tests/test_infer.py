@@ -1,0 +1,88 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+from pyro_realnvp import AutoRealNVP, FiniteELBO, NonFiniteLossError, fit
+
+SMALL = {"num_layers": 2, "hidden_dims": (8,)}
+
+
+def poisonable_model(state):
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        shift = float("inf") if state["poison"] else 0.0
+        pyro.sample("likelihood", dist.Normal(x + shift, 1.0), obs=torch.tensor(1.0))
+
+    return model
+
+
+def snapshot(guide):
+    return {k: v.detach().clone() for k, v in guide.state_dict().items()}
+
+
+def test_non_finite_model_raises_names_the_site_and_updates_nothing():
+    state = {"poison": False}
+    model = poisonable_model(state)
+    guide = AutoRealNVP(model, **SMALL)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), FiniteELBO())
+    for _ in range(5):
+        svi.step()
+    before = snapshot(guide)
+    state["poison"] = True
+    with pytest.raises(NonFiniteLossError, match=r"model's log-density .*\['likelihood'\]"):
+        svi.step()
+    after = snapshot(guide)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # The guide is still usable: the next good step trains from the last finite state.
+    state["poison"] = False
+    assert math.isfinite(svi.step())
+    assert all(torch.isfinite(p).all() for p in guide.parameters())
+
+
+def test_non_finite_guide_is_blamed_on_the_guide():
+    def model():
+        pyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+    guide = AutoRealNVP(model, **SMALL)
+    guide()
+    guide.loc = torch.tensor([1e3])  # as if training had diverged: exp(1000) overflows
+    with pytest.raises(NonFiniteLossError, match=r"guide's log-density .*\['s'\]"):
+        fit(model, guide, num_steps=1, progress=False)
+
+
+def test_finite_loss_with_non_finite_gradient_is_caught():
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.factor("kink", torch.sqrt(torch.abs(x) * 0.0))
+
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.raises(NonFiniteLossError, match="gradients not"):
+        fit(model, guide, num_steps=1, progress=False)
+    assert all(p.grad is None for p in guide.parameters())
+
+
+def test_finite_elbo_loss_checks_too():
+    model = poisonable_model({"poison": True})
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.raises(NonFiniteLossError):
+        FiniteELBO(Trace_ELBO()).loss(model, guide)
+
+
+def test_fit_returns_history_and_decreases_loss():
+    def model():
+        pyro.sample("x", dist.Normal(5.0, 0.5))
+
+    guide = AutoRealNVP(model, init_loc_fn=lambda site: torch.tensor(0.0), **SMALL)
+    losses = torch.tensor(fit(model, guide, num_steps=400, lr=0.05, progress=False))
+    assert losses.shape == (400,)
+    assert losses[-50:].mean() < losses[:50].mean() - 1
+    assert abs(guide.median()["x"] - 5.0) < 0.2
+
+
+def test_fit_rejects_zero_steps():
+    with pytest.raises(ValueError, match="num_steps"):
+        fit(lambda: None, lambda: None, num_steps=0)

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from pyro_realnvp.masks import alternating_mask, check_mask, coupling_masks, half_mask
+
+
+@pytest.mark.parametrize("make", [alternating_mask, half_mask], ids=["alternating", "half"])
+@pytest.mark.parametrize("dim", [2, 3, 7])
+def test_parities_are_complements(make, dim):
+    assert torch.equal(make(dim, 0) + make(dim, 1), torch.ones(dim))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 5, 10])
+@pytest.mark.parametrize("num_layers", [2, 4, 8])
+def test_every_coordinate_is_transformed_by_each_pair(dim, num_layers):
+    masks = coupling_masks(dim, num_layers)
+    for first, second in zip(masks[::2], masks[1::2], strict=False):
+        moved = (first == 0) | (second == 0)
+        assert bool(moved.all())
+
+
+def test_pairs_change_pattern_so_same_parity_coordinates_interact():
+    masks = coupling_masks(6, 4)
+    assert not torch.equal(masks[0], masks[2])
+
+
+@pytest.mark.parametrize(
+    ("mask", "dim", "message"),
+    [
+        (torch.tensor([1.0, 0.5]), None, "binary"),
+        (torch.ones(2, 2), None, "one-dimensional"),
+        (torch.tensor([1.0, 0.0, 1.0]), 4, r"shape \(4,\)"),
+        (torch.ones(3), None, "identity"),
+    ],
+    ids=["non-binary", "2-d", "wrong-length", "all-ones"],
+)
+def test_check_mask_rejects_bad_masks(mask, dim, message):
+    with pytest.raises(ValueError, match=message):
+        check_mask(mask, dim)
+
+
+def test_check_mask_accepts_integer_and_bool():
+    assert check_mask(torch.tensor([True, False])).dtype == torch.get_default_dtype()
+    assert check_mask(torch.tensor([0, 1])).tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize(("dim", "num_layers"), [(0, 2), (3, 0)], ids=["dim", "layers"])
+def test_coupling_masks_rejects_empty(dim, num_layers):
+    with pytest.raises(ValueError, match="at least 1"):
+        coupling_masks(dim, num_layers)

@@ -1,0 +1,29 @@
+import pytest
+import torch
+
+from pyro_realnvp.nn import conditioner, soft_clamp
+
+
+def test_soft_clamp_is_bounded_and_identity_near_zero():
+    s = torch.linspace(-1e4, 1e4, 1001)
+    assert soft_clamp(s, 3.0).abs().max() <= 3.0
+    small = torch.linspace(-1e-3, 1e-3, 11)
+    assert torch.allclose(soft_clamp(small, 3.0), small, atol=1e-9)
+
+
+def test_soft_clamp_keeps_exp_finite():
+    assert torch.isfinite(torch.exp(soft_clamp(torch.tensor(1e30), 5.0)))
+
+
+def test_conditioner_starts_at_zero_but_last_layer_gets_gradients():
+    net = conditioner(4, 8, (16, 16))
+    out = net(torch.randn(5, 4))
+    assert torch.equal(out, torch.zeros(5, 8))
+    out.pow(2).add(out).sum().backward()
+    assert net[-1].bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_conditioner_honours_dtype(dtype):
+    net = conditioner(3, 6, (8,), dtype=dtype)
+    assert {p.dtype for p in net.parameters()} == {dtype}
