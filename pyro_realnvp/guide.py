@@ -32,7 +32,7 @@ AUTO_LOWER_MAX_DIM = 256
 
 def _hide_enumerated(msg: dict) -> bool:
     """Hide what the prototype must not see, and sites an ELBO will enumerate."""
-    return prototype_hide_fn(msg) or msg.get("infer", {}).get("enumerate") == "parallel"
+    return prototype_hide_fn(msg) or bool(msg.get("infer", {}).get("enumerate"))
 
 
 class AutoRealNVP(AutoContinuous):
@@ -51,8 +51,8 @@ class AutoRealNVP(AutoContinuous):
 
     All parameters are created at the first call on the device and dtype of the model's
     latent values in the prototype trace, so a CUDA (or float64) model trains with no
-    global default device and no ``.to()``. Sites marked
-    ``infer={"enumerate": "parallel"}`` are left to the ELBO to enumerate.
+    global default device and no ``.to()``. Sites marked for enumeration
+    (``infer={"enumerate": ...}``, e.g. by ``config_enumerate``) are left to the ELBO.
 
     Args:
         model: A Pyro model with continuous latent sites.
@@ -112,8 +112,9 @@ class AutoRealNVP(AutoContinuous):
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
+        self._check_one_device_and_dtype()
         init_loc = self._init_loc()
-        self._check_prototype_values(init_loc)
+        self._check_finite(init_loc)
         factory = {"device": init_loc.device, "dtype": init_loc.dtype}
         self.loc = PyroParam(init_loc)
         self.scale = PyroParam(
@@ -143,8 +144,8 @@ class AutoRealNVP(AutoContinuous):
                 )
         pyro.module(name, self.flow, update_module_params=True)
 
-    def _check_prototype_values(self, init_loc: Tensor) -> None:
-        """Set-up time checks, so the training step itself needs none."""
+    def _check_one_device_and_dtype(self) -> None:
+        """Set-up time check (packing mixed latents would fail or silently cast)."""
         sites = list(self.prototype_trace.iter_stochastic_nodes())
         places = {(site["value"].device, site["value"].dtype) for _, site in sites}
         if len(places) > 1:
@@ -155,19 +156,22 @@ class AutoRealNVP(AutoContinuous):
             raise ValueError(
                 "AutoRealNVP needs all latent sites on one device with one dtype; found " + found
             )
-        if not init_loc.is_floating_point():
-            raise ValueError(f"latent values must be floating point, got {init_loc.dtype}")
-        if not bool(torch.isfinite(init_loc).all()):
-            bad = [
-                name
-                for site, value in self._unpack_latent(init_loc)
-                for name in [site["name"]]
-                if not bool(torch.isfinite(value).all())
-            ]
-            raise ValueError(
-                f"init_loc_fn gave non-finite unconstrained values at site(s) {bad}; "
-                "try init_loc_fn=pyro.infer.autoguide.init_to_feasible"
-            )
+        if not sites[0][1]["value"].is_floating_point():
+            raise ValueError(f"latent values must be floating point, got {places}")
+
+    def _check_finite(self, init_loc: Tensor) -> None:
+        """Set-up time check, so the training step itself needs none."""
+        if bool(torch.isfinite(init_loc).all()):
+            return
+        bad = [
+            site["name"]
+            for site, value in self._unpack_latent(init_loc)
+            if not bool(torch.isfinite(value).all())
+        ]
+        raise ValueError(
+            f"init_loc_fn gave non-finite unconstrained values at site(s) {bad}; "
+            "try init_loc_fn=pyro.infer.autoguide.init_to_feasible"
+        )
 
     def get_base_dist(self) -> dist.Distribution:
         zeros = torch.zeros_like(self.loc)

@@ -16,7 +16,12 @@ __all__ = ["FiniteELBO", "NonFiniteLossError", "explain_non_finite", "fit"]
 
 
 class NonFiniteLossError(RuntimeError):
-    """A training step produced a NaN or infinite loss or gradient; no parameter was updated."""
+    """A training step produced a NaN or infinite loss or gradient; no parameter was updated.
+
+    Example:
+        >>> issubclass(NonFiniteLossError, RuntimeError)
+        True
+    """
 
 
 def _sites_not_finite(trace: poutine.Trace) -> list[str]:
