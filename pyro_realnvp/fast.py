@@ -164,8 +164,10 @@ class FastELBO:
         guide: An :class:`~pyro_realnvp.AutoRealNVP` of ``model``.
         *args, **kwargs: The model's arguments, fixed for every step.
         num_particles: Particles :math:`N` per step, drawn in one batched call.
-        compile: Also ``torch.compile`` the step (CUDA graphs on a GPU, where shapes are
-            static): pays a one-off compile time for a faster step.
+        compile: Also ``torch.compile`` the loss and its backward pass, paying a one-off
+            compile time (a minute or more on CPU) for a faster step. ``True`` picks mode
+            ``"reduce-overhead"`` (CUDA graphs: shapes here are static) on a GPU and
+            ``"default"`` on CPU; a string is passed to ``torch.compile`` as the mode.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -183,7 +185,7 @@ class FastELBO:
         guide: AutoRealNVP,
         *args,
         num_particles: int = 1,
-        compile: bool = False,
+        compile: bool | str = False,
         **kwargs,
     ) -> None:
         if not isinstance(guide, AutoRealNVP):
@@ -196,15 +198,26 @@ class FastELBO:
         self.guide, self.num_particles = guide, num_particles
         self._replay = _Replay(model, guide, args, kwargs)
         self._log_joint = self._capture()
-        self._negative_elbo = torch.compile(self._negative_elbo_eager) if compile else None
+        self._negative_elbo = None
+        if compile:
+            if compile is True:
+                compile = "reduce-overhead" if guide.loc.is_cuda else "default"
+            self._negative_elbo = torch.compile(self._negative_elbo_eager, mode=compile)
         self._params = self._guide_parameters()
 
     def _capture(self) -> Callable[[Tensor], Tensor]:
         """Check the model at two draws, then record its log-joint once as a graph."""
         replay, guide = self._replay, self.guide
         replay.max_plate_nesting = _max_plate_nesting(self._replay)
-        with torch.no_grad():
-            traces = [replay.trace(self._draws(2, seed))[0] for seed in (1, 2)]
+        try:
+            with torch.no_grad():
+                traces = [replay.trace(self._draws(2, seed))[0] for seed in (1, 2)]
+        except (RuntimeError, ValueError) as error:
+            raise FastPathError(
+                f"the model failed on a batch of 2 particles ({error}); the fast path needs "
+                "a model that broadcasts over a particle plate left of its own plates, as "
+                "Trace_ELBO(vectorize_particles=True) does: use fit()"
+            ) from error
         for trace in traces:
             _check_trace(trace, guide, replay.max_plate_nesting)
         if _structure(traces[0]) != _structure(traces[1]):
@@ -241,15 +254,12 @@ class FastELBO:
         return u.reshape(self._replay.latent_shape(num_particles))
 
     def _guide_parameters(self) -> list[Tensor]:
-        """The unconstrained leaves of every guide parameter, as ``SVI`` would collect them."""
-        with poutine.trace(param_only=True) as capture:
-            self.guide.get_transform()
-        params = {
-            id(s["value"].unconstrained()): s["value"].unconstrained()
-            for s in capture.trace.nodes.values()
-        }
-        params.update({id(p): p for p in self.guide.flow.parameters()})
-        return list(params.values())
+        """The unconstrained leaves of every guide parameter, collected as ``SVI`` does."""
+        replay = self._replay
+        with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as capture:
+            self.guide(*replay.args, **replay.kwargs)
+        leaves = (site["value"].unconstrained() for site in capture.trace.nodes.values())
+        return list({id(leaf): leaf for leaf in leaves}.values())
 
     def parameters(self) -> list[Tensor]:
         """The tensors an optimizer should step (unconstrained guide parameters)."""
@@ -281,7 +291,9 @@ class FastELBO:
                 f"got {tuple(eps.shape)}"
             )
         step = self._negative_elbo or self._negative_elbo_eager
-        return step(eps)
+        # Validation reads tensor values (a host sync); set-up already checked the model.
+        with pyro.validation_enabled(False):
+            return step(eps)
 
     __call__ = loss
 
@@ -327,7 +339,7 @@ def fit_fast(
     num_steps: int = 2000,
     lr: float = 1e-2,
     num_particles: int = 1,
-    compile: bool = False,
+    compile: bool | str = False,
     progress: bool = True,
     lr_decay: float = 0.1,
     clip_norm: float = 10.0,
