@@ -6,6 +6,7 @@ from pyro import poutine
 from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoNormal
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from conftest import randomize_
 from pyro_realnvp import AutoRealNVP, NonFiniteLossError
@@ -113,6 +114,13 @@ def test_parameters_are_those_svi_would_train():
         Trace_ELBO().differentiable_loss(plated_model, guide)
     svi = {id(site["value"].unconstrained()) for site in capture.trace.nodes.values()}
     assert {id(p) for p in elbo.parameters()} == svi
+
+
+def test_loss_reads_no_tensor_value_on_the_host():
+    # make_fx refuses any .item() or bool(tensor) on a traced value: each is a host sync.
+    elbo = FastELBO(plated_model, AutoRealNVP(plated_model, **SMALL), num_particles=3)
+    graph = make_fx(lambda eps: elbo.loss(eps))(torch.randn(3, 4, **F64))
+    assert "_local_scalar_dense" not in graph.code
 
 
 def test_non_finite_step_raises_and_updates_nothing():
