@@ -273,9 +273,14 @@ class FastELBO:
         )
 
     def _negative_elbo_eager(self, eps: Tensor) -> Tensor:
-        transform = self.guide.get_transform()
-        u = transform(eps)
-        log_q = self.guide.get_base_dist().log_prob(eps) - transform.log_abs_det_jacobian(eps, u)
+        flow, affine = self.guide.get_transform().parts
+        assert flow is self.guide.flow
+        # One pass that also gives the log-det, without the flow's identity cache: an
+        # injected eps may be the same tensor as last step's, whose cached y is stale.
+        x, flow_log_det = flow._forward(eps)
+        u = affine(x)
+        log_det = flow_log_det + affine.log_abs_det_jacobian(x, u)
+        log_q = self.guide.get_base_dist().log_prob(eps) - log_det
         log_p = self._log_joint(u.reshape(self._replay.latent_shape(eps.shape[0])))
         return (log_q - log_p).mean()
 

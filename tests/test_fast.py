@@ -116,6 +116,17 @@ def test_parameters_are_those_svi_would_train():
     assert {id(p) for p in elbo.parameters()} == svi
 
 
+def test_same_noise_twice_after_an_update_gives_the_new_loss():
+    guide = AutoRealNVP(plated_model, **SMALL)
+    elbo = FastELBO(plated_model, guide, num_particles=3)
+    optimizer = torch.optim.SGD(elbo.parameters(), lr=0.1)
+    eps = torch.randn(3, guide.latent_dim, **F64)
+    elbo.step(optimizer, eps=eps)
+    after_update = elbo.loss(eps)
+    expected = trace_elbo_loss(plated_model, guide, eps.clone())
+    assert torch.allclose(after_update, expected, rtol=1e-10)
+
+
 def test_loss_reads_no_tensor_value_on_the_host():
     # make_fx refuses any .item() or bool(tensor) on a traced value: each is a host sync.
     elbo = FastELBO(plated_model, AutoRealNVP(plated_model, **SMALL), num_particles=3)
