@@ -57,7 +57,7 @@ def simplex_model():
 MODELS = [plated_model, simplex_model]
 
 
-def trace_elbo_loss(model, guide, eps):
+def trace_elbo_loss(model, guide, eps, *args, **kwargs):
     """``Trace_ELBO`` at base noise ``eps``, differentiable."""
     guide.get_base_dist = lambda: FixedNoise(eps)
     try:
@@ -65,7 +65,7 @@ def trace_elbo_loss(model, guide, eps):
         elbo = Trace_ELBO(
             num_particles=eps.shape[0], vectorize_particles=True, max_plate_nesting=1
         )
-        return elbo.differentiable_loss(model, guide)
+        return elbo.differentiable_loss(model, guide, *args, **kwargs)
     finally:
         del guide.get_base_dist
 
@@ -94,6 +94,20 @@ def test_same_loss_and_gradients_as_trace_elbo_at_fixed_noise(model, num_particl
     assert torch.allclose(fast, slow, rtol=1e-10)
     for a, b in zip(fast_grads, slow_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_model_arguments_are_bound_at_set_up():
+    def model(data, *, scale):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), **F64), 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("y", dist.Normal(mu, scale), obs=data)
+
+    data = torch.tensor([0.3, -1.2, 2.0], **F64)
+    guide = AutoRealNVP(model, **SMALL)
+    elbo = FastELBO(model, guide, data, scale=0.5, num_particles=4)
+    eps = torch.randn(4, 1, **F64)
+    expected = trace_elbo_loss(model, guide, eps, data, scale=0.5)
+    assert torch.allclose(elbo.loss(eps), expected, rtol=1e-10)
 
 
 def test_fresh_noise_loss_agrees_with_trace_elbo_within_monte_carlo_error():
