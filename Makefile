@@ -31,3 +31,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+.PHONY: bench-speed
+bench-speed: $(STAMP)
+	$(BIN)/python benchmarks/speed.py

@@ -1,0 +1,278 @@
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.infer import Trace_ELBO, config_enumerate
+from pyro.infer.autoguide import AutoNormal
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from conftest import randomize_
+from pyro_realnvp import AutoRealNVP, NonFiniteLossError
+from pyro_realnvp.fast import FastELBO, FastPathError, fit_fast
+
+SMALL = {"num_layers": 4, "hidden_dims": (8,)}
+F64 = {"dtype": torch.float64}
+
+
+class FixedNoise(dist.TorchDistribution):
+    """A standard normal base whose ``rsample`` returns a given draw, to inject the noise."""
+
+    arg_constraints = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, eps, batch_shape=()):
+        self.eps = eps
+        super().__init__(torch.Size(batch_shape), eps.shape[-1:], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return FixedNoise(self.eps, batch_shape)
+
+    def rsample(self, sample_shape=()):
+        return self.eps.reshape(sample_shape + self.batch_shape + self.event_shape)
+
+    def log_prob(self, value):
+        return dist.Normal(0.0, 1.0).log_prob(value).sum(-1)
+
+
+def plated_model():
+    data = torch.linspace(-1.0, 2.0, 6, **F64)
+    with pyro.plate("groups", 3):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), **F64), 1.0))
+    sigma = pyro.sample("sigma", dist.LogNormal(torch.zeros((), **F64), 1.0))
+    with pyro.plate("data", 6):
+        loc = mu.repeat_interleave(2, dim=-1)
+        pyro.sample("y", dist.Normal(loc, sigma), obs=data)
+
+
+def simplex_model():
+    weights = pyro.sample("w", dist.Dirichlet(torch.ones(4, **F64)))
+    scale = pyro.sample("scale", dist.HalfNormal(torch.ones((), **F64)))
+    counts = torch.tensor([3.0, 1.0, 0.0, 5.0], **F64)
+    pyro.factor("obs", (counts * weights.log()).sum(-1) - scale)
+
+
+MODELS = [plated_model, simplex_model]
+
+
+def trace_elbo_loss(model, guide, eps, *args, **kwargs):
+    """``Trace_ELBO`` at base noise ``eps``, differentiable."""
+    guide.get_base_dist = lambda: FixedNoise(eps)
+    try:
+        # A given max_plate_nesting spares the guess, which would run the guide unbatched.
+        elbo = Trace_ELBO(
+            num_particles=eps.shape[0], vectorize_particles=True, max_plate_nesting=1
+        )
+        return elbo.differentiable_loss(model, guide, *args, **kwargs)
+    finally:
+        del guide.get_base_dist
+
+
+def loss_and_grads(elbo, loss_fn):
+    for param in elbo.parameters():
+        param.grad = None
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), [param.grad.clone() for param in elbo.parameters()]
+
+
+@pytest.fixture(params=MODELS, ids=[m.__name__ for m in MODELS])
+def model(request):
+    return request.param
+
+
+@pytest.mark.parametrize("num_particles", [1, 5], ids=["1-particle", "5-particles"])
+def test_same_loss_and_gradients_as_trace_elbo_at_fixed_noise(model, num_particles):
+    guide = AutoRealNVP(model, **SMALL)
+    elbo = FastELBO(model, guide, num_particles=num_particles)
+    randomize_(guide.flow, std=0.3)
+    eps = torch.randn(num_particles, guide.latent_dim, **F64)
+    fast, fast_grads = loss_and_grads(elbo, lambda: elbo.loss(eps))
+    slow, slow_grads = loss_and_grads(elbo, lambda: trace_elbo_loss(model, guide, eps))
+    assert torch.allclose(fast, slow, rtol=1e-10)
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_model_arguments_are_bound_at_set_up():
+    def model(data, *, scale):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), **F64), 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("y", dist.Normal(mu, scale), obs=data)
+
+    data = torch.tensor([0.3, -1.2, 2.0], **F64)
+    guide = AutoRealNVP(model, **SMALL)
+    elbo = FastELBO(model, guide, data, scale=0.5, num_particles=4)
+    eps = torch.randn(4, 1, **F64)
+    expected = trace_elbo_loss(model, guide, eps, data, scale=0.5)
+    assert torch.allclose(elbo.loss(eps), expected, rtol=1e-10)
+
+
+def test_fresh_noise_loss_agrees_with_trace_elbo_within_monte_carlo_error():
+    guide = AutoRealNVP(plated_model, **SMALL)
+    elbo = FastELBO(plated_model, guide, num_particles=500)
+    randomize_(guide.flow, std=0.3)
+    trace_elbo = Trace_ELBO(num_particles=500, vectorize_particles=True, max_plate_nesting=1)
+    fast = torch.stack([elbo.loss().detach() for _ in range(10)])
+    slow = torch.tensor([trace_elbo.loss(plated_model, guide) for _ in range(10)], **F64)
+    standard_error = (fast.var() / 10 + slow.var() / 10).sqrt()
+    assert abs(fast.mean() - slow.mean()) < 4 * standard_error
+
+
+def test_parameters_are_those_svi_would_train():
+    guide = AutoRealNVP(plated_model, **SMALL)
+    elbo = FastELBO(plated_model, guide)
+    with poutine.trace(param_only=True) as capture:
+        Trace_ELBO().differentiable_loss(plated_model, guide)
+    svi = {id(site["value"].unconstrained()) for site in capture.trace.nodes.values()}
+    assert {id(p) for p in elbo.parameters()} == svi
+
+
+def test_same_noise_twice_after_an_update_gives_the_new_loss():
+    guide = AutoRealNVP(plated_model, **SMALL)
+    elbo = FastELBO(plated_model, guide, num_particles=3)
+    optimizer = torch.optim.SGD(elbo.parameters(), lr=0.1)
+    eps = torch.randn(3, guide.latent_dim, **F64)
+    elbo.step(optimizer, eps=eps)
+    after_update = elbo.loss(eps)
+    expected = trace_elbo_loss(plated_model, guide, eps.clone())
+    assert torch.allclose(after_update, expected, rtol=1e-10)
+
+
+def test_loss_reads_no_tensor_value_on_the_host():
+    # make_fx refuses any .item() or bool(tensor) on a traced value: each is a host sync.
+    elbo = FastELBO(plated_model, AutoRealNVP(plated_model, **SMALL), num_particles=3)
+    graph = make_fx(lambda eps: elbo.loss(eps))(torch.randn(3, 4, **F64))
+    assert "_local_scalar_dense" not in graph.code
+
+
+def test_non_finite_step_raises_and_updates_nothing():
+    guide = AutoRealNVP(plated_model, **SMALL)
+    elbo = FastELBO(plated_model, guide, num_particles=2)
+    optimizer = torch.optim.Adam(elbo.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in elbo.parameters()]
+    eps = torch.full((2, guide.latent_dim), float("nan"), **F64)
+    with pytest.raises(NonFiniteLossError, match="No parameter was updated"):
+        elbo.step(optimizer, eps=eps)
+    assert all(torch.equal(a, b) for a, b in zip(before, elbo.parameters(), strict=True))
+    assert all(p.grad is None for p in elbo.parameters())
+
+
+def test_fit_fast_finds_a_conjugate_posterior():
+    data = torch.tensor([0.5, 1.5, 2.0, 1.0])
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 4):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=data)
+
+    guide = AutoRealNVP(model, **SMALL)
+    fit_fast(model, guide, num_steps=300, lr=0.05, num_particles=16, progress=False)
+    # Posterior: N(sum(y) / 5, 1 / 5).
+    draws = guide.get_posterior().sample((4000,)).squeeze(-1)
+    assert abs(draws.mean() - data.sum() / 5) < 0.1
+    assert abs(draws.std() - 5**-0.5) < 0.1
+
+
+def subsampled_model():
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", 100, subsample_size=10) as index:
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=torch.arange(100.0)[index])
+
+
+@config_enumerate
+def discrete_model():
+    c = pyro.sample("c", dist.Bernoulli(0.5))
+    pyro.sample("x", dist.Normal(c, 1.0))
+
+
+def branching_model():
+    x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    loc = 1.0 if x.sum() > 0 else -1.0
+    pyro.sample("y", dist.Normal(loc, 1.0), obs=torch.tensor(0.5))
+
+
+def unvectorizable_model():
+    x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    loc = 1.0 if x > 0 else -1.0
+    pyro.sample("y", dist.Normal(loc, 1.0), obs=torch.tensor(0.5))
+
+
+def param_model():
+    loc = pyro.param("loc", torch.tensor(0.0))
+    pyro.sample("x", dist.Normal(loc, 1.0))
+
+
+def shape_changing_model():
+    calls = shape_changing_model.calls = getattr(shape_changing_model, "calls", 0) + 1
+    x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    if calls % 2:
+        pyro.sample("extra", dist.Normal(x, 1.0), obs=torch.tensor(0.0))
+
+
+REFUSED = {
+    "subsampling": (subsampled_model, r"subsampling plate 'data' \(size 10 of 100\)"),
+    "discrete": (discrete_model, "site 'c' is a discrete latent"),
+    "data-dependent": (branching_model, "data-dependent control flow"),
+    "not-vectorized": (unvectorizable_model, "failed on a batch of 2 particles"),
+    "model-param": (param_model, "learnable pyro.param site 'loc'"),
+    "structure-change": (shape_changing_model, "sites or shapes change"),
+}
+
+
+@pytest.mark.parametrize(("model", "message"), REFUSED.values(), ids=REFUSED.keys())
+def test_unsupported_model_is_refused_at_set_up(model, message):
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.raises(FastPathError, match=message):
+        FastELBO(model, guide)
+
+
+def test_other_guides_are_refused():
+    with pytest.raises(TypeError, match="guide must be an AutoRealNVP, got AutoNormal"):
+        FastELBO(plated_model, AutoNormal(plated_model))
+
+
+def test_noise_of_the_wrong_shape_is_refused():
+    elbo = FastELBO(plated_model, AutoRealNVP(plated_model, **SMALL), num_particles=3)
+    with pytest.raises(ValueError, match=r"eps must have shape \(3, 4\), got \(2, 4\)"):
+        elbo.loss(torch.zeros(2, 4, **F64))
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_the_eager_step():
+    guide = AutoRealNVP(plated_model, **SMALL)
+    eager = FastELBO(plated_model, guide, num_particles=4)
+    compiled = FastELBO(plated_model, guide, num_particles=4, compile=True)
+    randomize_(guide.flow, std=0.3)
+    eps = torch.randn(4, guide.latent_dim, **F64)
+    loss, grads = loss_and_grads(eager, lambda: eager.loss(eps))
+    compiled_loss, compiled_grads = loss_and_grads(compiled, lambda: compiled.loss(eps))
+    assert torch.allclose(loss, compiled_loss, rtol=1e-8)
+    for a, b in zip(grads, compiled_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)
+
+
+def cuda_model():
+    data = torch.linspace(-1.0, 2.0, 6, device="cuda")
+    with pyro.plate("groups", 3, device="cuda"):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), device="cuda"), 1.0))
+    with pyro.plate("data", 6, device="cuda"):
+        pyro.sample("y", dist.Normal(mu.repeat_interleave(2, dim=-1), 1.0), obs=data)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("compile", [False, "reduce-overhead"], ids=["eager", "cuda-graph"])
+def test_cuda_fast_step_matches_trace_elbo(compile):
+    guide = AutoRealNVP(cuda_model, **SMALL)
+    elbo = FastELBO(cuda_model, guide, num_particles=64, compile=compile)
+    randomize_(guide.flow, std=0.3)
+    eps = torch.randn(64, guide.latent_dim, device="cuda")
+    for _ in range(3):  # CUDA graphs record on the first calls and replay afterwards
+        fast, fast_grads = loss_and_grads(elbo, lambda: elbo.loss(eps))
+    slow, slow_grads = loss_and_grads(elbo, lambda: trace_elbo_loss(cuda_model, guide, eps))
+    assert fast.device.type == "cuda"
+    assert torch.allclose(fast, slow, rtol=1e-4)
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
