@@ -285,13 +285,13 @@ class DataParallelELBO(ELBO):
             capture.trace.nodes[name]["value"].unconstrained()
             for name in sorted(capture.trace.nodes)
         ]
-        grads_finite = all(
-            bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None
-        )
+        grads = [p.grad for p in params if p.grad is not None]
+        # One host sync for all gradients, not one per parameter.
+        grads_finite = not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
         numel = sum(p.numel() for p in params)
         try:
             loss = self._agree(loss, grads_finite, numel, error, model, guide, args, kwargs)
-        except (NonFiniteLossError, RankFailedError):
+        except RuntimeError:  # raised on every rank alike, so every rank clears its grads
             for param in params:
                 param.grad = None
             raise
@@ -491,10 +491,11 @@ def load_checkpoint(
     path = Path(path)
     state = torch.load(path, map_location=map_location, weights_only=False)
     store = pyro.get_param_store()
+    existing = dict(store.named_parameters())
     new = {"params": {}, "constraints": {}}
     for name, value in state["params"].items():
-        if name in store:
-            current = dict(store.named_parameters())[name]
+        if name in existing:
+            current = existing[name]
             if current.shape != value.shape:
                 raise ValueError(
                     f"checkpoint parameter '{name}' has shape {tuple(value.shape)}, "
