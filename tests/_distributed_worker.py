@@ -1,0 +1,125 @@
+"""One rank of a test scenario for tests/test_distributed.py (run as a script per rank).
+
+    python tests/_distributed_worker.py {train,failures,all} OUTDIR
+
+with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set, as torchrun does.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from pyro_realnvp import AutoRealNVP
+from pyro_realnvp.distributed import (
+    broadcast_parameters,
+    data_plate,
+    fit_distributed,
+    load_checkpoint,
+    max_parameter_divergence,
+    process_group,
+    save_checkpoint,
+    shard,
+)
+
+NUM_DATA = 40
+NUM_STEPS = 15
+LR = 0.05
+NOISE_SEED = 1234
+
+
+def make_data() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(NUM_DATA, 3, generator=generator, dtype=torch.float64)
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    y = x @ w + 0.3 * torch.randn(NUM_DATA, generator=generator, dtype=torch.float64)
+    return x, y
+
+
+def make_model(x: torch.Tensor, y: torch.Tensor):
+    """Linear regression on the shard ``(x, y)`` of ``NUM_DATA`` observations, in float64."""
+    zero = torch.zeros((), dtype=torch.float64)
+
+    def model():
+        w = pyro.sample("w", dist.Normal(zero.expand(3), 1.0).to_event(1))
+        sigma = pyro.sample("sigma", dist.LogNormal(zero, 1.0))
+        with data_plate("data", NUM_DATA, len(x)) as idx:
+            pyro.sample("y", dist.Normal(x[idx] @ w, sigma), obs=y[idx])
+
+    return model
+
+
+def make_guide(model) -> AutoRealNVP:
+    return AutoRealNVP(model, num_layers=2, hidden_dims=(8,))
+
+
+def store_tensors() -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+
+
+def train(rank: int, out: Path) -> None:
+    """Start apart, broadcast, load a one-process checkpoint, train on a shard, save."""
+    x, y = shard(*make_data())
+    model = make_model(x, y)
+    guide = make_guide(model)
+    pyro.set_rng_seed(100 + rank)  # deliberately different initial parameters per rank
+    with pyro.poutine.block():
+        guide()
+    report = {"divergence_before_broadcast": max_parameter_divergence()}
+    broadcast_parameters(model, guide)
+    report["divergence_after_broadcast"] = max_parameter_divergence()
+    load_checkpoint(out / "init.pt")
+    init = torch.load(out / "init.pt", weights_only=False)["params"]
+    report["max_diff_to_loaded"] = max(
+        (store_tensors()[k] - v).abs().max().item() for k, v in init.items()
+    )
+    pyro.set_rng_seed(NOISE_SEED)  # the same base noise on every rank, as the reference
+    report["losses"] = fit_distributed(model, guide, num_steps=NUM_STEPS, lr=LR, progress=False)
+    save_checkpoint(out / "final.pt")
+    torch.save(store_tensors(), out / f"rank{rank}.pt")
+    (out / f"report{rank}.json").write_text(json.dumps(report))
+
+
+def failures(rank: int, out: Path) -> None:
+    """Rank 1's shard holds a NaN; every rank must stop with an error naming rank 1.
+
+    With validation on, rank 1's model raises; with it off, its loss is NaN. Both run in
+    the same processes, one after the other: after the first failure the process group
+    must still work.
+    """
+    x, y = shard(*make_data())
+    if rank == 1:
+        y = y.clone()
+        y[0] = float("nan")
+    outcomes = {}
+    for scenario, validate in [("raises", True), ("nan", False)]:
+        pyro.clear_param_store()
+        model = make_model(x, y)
+        try:
+            with pyro.validation_enabled(validate):
+                fit_distributed(model, make_guide(model), num_steps=3, progress=False)
+            outcomes[scenario] = {"type": None, "message": ""}
+        except Exception as error:  # noqa: BLE001 - the test reads what each rank raised
+            outcomes[scenario] = {"type": type(error).__name__, "message": str(error)}
+    (out / f"failures{rank}.json").write_text(json.dumps(outcomes))
+
+
+def main(scenario: str, out: Path) -> None:
+    torch.set_num_threads(1)
+    with process_group("gloo", timeout=timedelta(seconds=30)) as (rank, _):
+        # Both scenarios share one pair of processes: starting Python and torch is most
+        # of a test's time, and the failures must leave the process group usable anyway.
+        if scenario in ("train", "all"):
+            train(rank, out)
+        if scenario in ("failures", "all"):
+            failures(rank, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]))
