@@ -124,7 +124,7 @@ def fit_density(
     context: Tensor | None = None,
     num_steps: int = 2000,
     batch_size: int = 256,
-    lr: float = 1e-3,
+    lr: float = 1e-2,
     lr_decay: float = 0.1,
     clip_norm: float = 10.0,
     weight_decay: float = 0.0,
