@@ -73,6 +73,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     sample = DATASETS[args.dataset]
     train = sample(args.num_data, args.noise, generator)
     test = sample(args.num_data, args.noise, generator)
+    valid = sample(args.num_data // 4, args.noise, generator)  # for early stopping
 
     flow = RealNVP(2, args.num_layers, (args.hidden, args.hidden), output_gain=args.output_gain)
     # Standardising is one more bijection; its log-det enters log_prob exactly.
@@ -84,6 +85,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         num_steps=args.num_steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        valid_data=valid,
         progress=args.progress,
         generator=generator,
     )

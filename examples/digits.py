@@ -64,7 +64,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     train_pixels, test_pixels = load_digits(args.seed)
+    # A tenth of the training images is held out for early stopping.
+    num_valid = len(train_pixels) // 10
+    valid_pixels, train_pixels = train_pixels[:num_valid], train_pixels[num_valid:]
     train = dequantize(train_pixels, LEVELS, generator=generator)
+    valid = dequantize(valid_pixels, LEVELS, generator=generator)
     test = dequantize(test_pixels, LEVELS, generator=generator)
     to_y = from_logits()
     w_train, w_test = to_y.inv(train), to_y.inv(test)
@@ -81,6 +85,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        valid_data=valid,
         progress=args.progress,
         generator=generator,
     )
@@ -120,7 +125,7 @@ def save_grid(density, path: str, rows: int = 8) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-steps", type=int, default=3000)
+    parser.add_argument("--num-steps", type=int, default=1500)
     parser.add_argument("--num-layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
