@@ -111,7 +111,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
-def save_grid(density, path: str, rows: int = 8) -> None:
+def save_grid(density, path: str, rows: int = 8, zoom: int = 4) -> None:
+    """Save ``rows x rows`` samples as one PNG, each pixel drawn ``zoom`` times wider."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,6 +121,7 @@ def save_grid(density, path: str, rows: int = 8) -> None:
     with torch.no_grad():
         images = density.sample((rows * rows,)).clamp(0, 1).reshape(rows, rows, 8, 8)
     grid = images.permute(0, 2, 1, 3).reshape(rows * 8, rows * 8)
+    grid = grid.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1)
     plt.imsave(path, grid.numpy(), cmap="gray_r", vmin=0, vmax=1)
 
 
