@@ -44,6 +44,10 @@ class MaskedAffineCoupling(TransformModule):
             ``lr=1e-2`` (the usual for ``AutoNormal``) moves ``s`` and ``t`` by roughly
             ``lr * width`` and SVI diverges; ``0.1`` keeps the flow stable at that rate.
         activation: Hidden activation of the conditioner.
+        context_dim: Width ``C`` of an optional context ``c``. When positive the
+            conditioner reads ``[b x, c]``, so ``s`` and ``t`` depend on ``c`` (the
+            conditional coupling of :class:`~pyro_realnvp.ConditionalRealNVP`); the
+            context is then passed to :meth:`_forward` / :meth:`_backward`.
         device, dtype: Where the parameters live.
 
     Example:
@@ -66,6 +70,7 @@ class MaskedAffineCoupling(TransformModule):
         scale_bound: float = 5.0,
         output_gain: float = 0.1,
         activation: type[nn.Module] = nn.ELU,
+        context_dim: int = 0,
         device=None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -73,30 +78,48 @@ class MaskedAffineCoupling(TransformModule):
         mask = check_mask(mask)
         if not scale_bound > 0:
             raise ValueError(f"scale_bound must be positive, got {scale_bound}")
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be non-negative, got {context_dim}")
         dim = mask.numel()
         hidden_dims = default_hidden_dims(dim) if hidden_dims is None else tuple(hidden_dims)
         self.register_buffer("mask", mask.to(device=device, dtype=dtype or mask.dtype))
         self.scale_bound = float(scale_bound)
         self.output_gain = float(output_gain)
+        self.context_dim = int(context_dim)
         self.net = conditioner(
-            dim, 2 * dim, hidden_dims, activation=activation, device=device, dtype=dtype
+            dim + self.context_dim,
+            2 * dim,
+            hidden_dims,
+            activation=activation,
+            device=device,
+            dtype=dtype,
         )
         self._cached_log_scale = None
 
-    def _scale_shift(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _scale_shift(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The only place the conditioner, its split and the scale bound live."""
-        s, t = (self.net(x * self.mask) * self.output_gain).chunk(2, dim=-1)
+        h = x * self.mask
+        if context is not None:
+            # Batch shapes of x and context broadcast, so one context serves many x.
+            batch = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
+            h = torch.cat([h.expand(*batch, -1), context.expand(*batch, -1)], dim=-1)
+        elif self.context_dim:
+            raise ValueError(
+                f"this coupling has context_dim={self.context_dim} and needs a context; "
+                "use it through ConditionalRealNVP(...).condition(context)"
+            )
+        s, t = (self.net(h) * self.output_gain).chunk(2, dim=-1)
         free = 1 - self.mask
         return soft_clamp(s, self.scale_bound) * free, t * free
 
-    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(y, s)``: the output and the per-coordinate log-scale used."""
-        s, t = self._scale_shift(x)
+        s, t = self._scale_shift(x, context)
         return x * torch.exp(s) + t, s
 
-    def _backward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _backward(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(x, s)``: kept coordinates of ``y`` equal those of ``x``, so ``s`` is the same."""
-        s, t = self._scale_shift(y)
+        s, t = self._scale_shift(y, context)
         return (y - t) * torch.exp(-s), s
 
     def _call(self, x: Tensor) -> Tensor:

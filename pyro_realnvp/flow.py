@@ -36,6 +36,9 @@ class RealNVP(TransformModule):
         output_gain: Fixed factor on each conditioner's output (see
             :class:`~pyro_realnvp.MaskedAffineCoupling`).
         activation: Hidden activation of the conditioners.
+        context_dim: Width of an optional context fed to every conditioner (see
+            :class:`~pyro_realnvp.ConditionalRealNVP`, which is how to use it); ``0``
+            for the ordinary, unconditional flow.
         device, dtype: Where the parameters live.
 
     Example:
@@ -60,6 +63,7 @@ class RealNVP(TransformModule):
         scale_bound: float = 5.0,
         output_gain: float = 0.1,
         activation: type[nn.Module] = nn.ELU,
+        context_dim: int = 0,
         device=None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -69,25 +73,29 @@ class RealNVP(TransformModule):
             "scale_bound": scale_bound,
             "output_gain": output_gain,
             "activation": activation,
+            "context_dim": context_dim,
         }
         factory = {"device": device, "dtype": dtype}
         self.input_dim = input_dim
+        self.context_dim = int(context_dim)
         self.layers = nn.ModuleList(
             MaskedAffineCoupling(mask, hidden_dims, **options, **factory) for mask in masks
         )
         self._cached_log_det = None
 
-    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(f(x), log|det|)`` in one pass; ``context`` only for a conditional flow."""
         log_det = x.new_zeros(x.shape[:-1])
         for layer in self.layers:
-            x, log_scale = layer._forward(x)
+            x, log_scale = layer._forward(x, context)
             log_det = log_det + log_scale.sum(-1)
         return x, log_det
 
-    def _backward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _backward(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(f^{-1}(y), log|det|)`` of the forward map at the result, in one pass."""
         log_det = y.new_zeros(y.shape[:-1])
         for layer in reversed(self.layers):
-            y, log_scale = layer._backward(y)
+            y, log_scale = layer._backward(y, context)
             log_det = log_det + log_scale.sum(-1)
         return y, log_det
 

@@ -1,0 +1,180 @@
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions.transforms import BatchNorm
+
+from conftest import autograd_log_det, randomize_
+from pyro_realnvp import NonFiniteLossError, RealNVP
+from pyro_realnvp.conditional import ConditionalRealNVP
+from pyro_realnvp.density import (
+    anomaly_scores,
+    bits_per_dim,
+    dequantize,
+    fit_density,
+    flow_distribution,
+)
+
+
+def random_flow(dim, seed=0, dtype=torch.float32):
+    return randomize_(RealNVP(dim, num_layers=4, hidden_dims=(16,), dtype=dtype), 0.3, seed)
+
+
+def test_log_prob_is_base_log_prob_minus_log_det_by_hand():
+    flow = random_flow(3, dtype=torch.float64)
+    y = torch.randn(6, 3, dtype=torch.float64)
+    z = flow.inv(y.clone())
+    by_hand = dist.Normal(0.0, 1.0).log_prob(z).sum(-1) - autograd_log_det(flow, z)
+    assert torch.allclose(flow_distribution(flow).log_prob(y), by_hand, atol=1e-8)
+
+
+def quadrature(log_prob, dim, half_width=8.0, n=401):
+    """Midpoint rule: ``(mass, mean)`` of ``exp(log_prob)`` on a box."""
+    step = 2 * half_width / n
+    axis = torch.linspace(-half_width + step / 2, half_width - step / 2, n, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(*[axis] * dim, indexing="ij"), -1).reshape(-1, dim)
+    with torch.no_grad():
+        density = torch.cat([log_prob(chunk).exp() for chunk in grid.split(65536)])
+    mass = density.sum() * step**dim
+    return mass, (density[:, None] * grid).sum(0) * step**dim / mass
+
+
+def batch_normed(dim):
+    norm = BatchNorm(dim).double()
+    with torch.no_grad():
+        norm.gamma.fill_(1.5)
+        norm.moving_mean.fill_(0.3)
+        norm.moving_variance.fill_(0.5)
+    return flow_distribution(random_flow(dim, 1, torch.float64), norm.eval(), input_dim=dim)
+
+
+DENSITIES = {
+    "1d-realnvp": lambda: flow_distribution(random_flow(1, dtype=torch.float64)),
+    "2d-realnvp": lambda: flow_distribution(random_flow(2, dtype=torch.float64)),
+    "2d-realnvp-batchnorm": lambda: batch_normed(2),
+}
+
+
+@pytest.mark.parametrize("make", DENSITIES.values(), ids=DENSITIES)
+def test_density_integrates_to_one(make):
+    density = make()
+    mass, _ = quadrature(density.log_prob, density.event_shape[0])
+    assert abs(mass.item() - 1) < 0.01
+
+
+@pytest.mark.parametrize("make", DENSITIES.values(), ids=DENSITIES)
+def test_sample_mean_matches_the_density_mean(make):
+    density = make()
+    _, mean = quadrature(density.log_prob, density.event_shape[0])
+    draws = density.sample((20000,))
+    stderr = draws.std(0) / math.sqrt(draws.shape[0])
+    assert ((draws.mean(0) - mean).abs() < 4 * stderr).all()
+
+
+def test_fit_recovers_a_correlated_gaussian():
+    cov = torch.tensor([[1.0, 0.8], [0.8, 1.0]])
+    truth = dist.MultivariateNormal(torch.tensor([2.0, -1.0]), cov)
+    flow = RealNVP(2, num_layers=4, hidden_dims=(16,))
+    losses = fit_density(flow, truth.sample((2000,)), num_steps=150, lr=3e-2, progress=False)
+    held_out = truth.sample((2000,))
+    with torch.no_grad():
+        gap = truth.log_prob(held_out).mean() - flow_distribution(flow).log_prob(held_out).mean()
+    assert len(losses) == 150
+    assert 0 <= gap.item() + 0.02 < 0.07
+
+
+def test_fit_trains_batchnorm_and_leaves_it_in_eval_mode():
+    norm = BatchNorm(2)
+    density = flow_distribution(RealNVP(2, num_layers=2, hidden_dims=(8,)), norm, input_dim=2)
+    fit_density(density, 5 + 3 * torch.randn(500, 2), num_steps=20, lr=1e-2, progress=False)
+    assert not norm.training
+    assert (norm.moving_mean > 0.5).all()
+
+
+def test_fit_conditional_density_learns_the_context():
+    context = torch.randn(2000, 1)
+    data = 3 * context + 0.1 * torch.randn(2000, 1)
+    flow = ConditionalRealNVP(1, 1, num_layers=2, hidden_dims=(16,))
+    fit_density(flow, data, context=context, num_steps=150, lr=5e-2, progress=False)
+    draws = flow_distribution(flow).condition(torch.tensor([1.0])).sample((2000,))
+    assert abs(draws.mean().item() - 3) < 0.3
+
+
+def test_early_stopping_keeps_the_best_held_out_parameters():
+    data, held_out = torch.randn(30, 2), torch.randn(500, 2)
+    options = {"num_steps": 150, "lr": 3e-2, "batch_size": 30, "progress": False}
+    held_out_nll = []
+    for valid in (None, held_out):
+        torch.manual_seed(0)
+        flow = RealNVP(2, num_layers=4, hidden_dims=(32,), output_gain=1.0)
+        fit_density(flow, data, valid_data=valid, valid_every=20, **options)
+        held_out_nll.append(anomaly_scores(flow, held_out).mean().item())
+    # 30 points and 150 full-batch steps overfit (held-out NLL about 4e4, against 3.0
+    # at the best checkpoint): early stopping must restore the better parameters.
+    assert held_out_nll[1] < held_out_nll[0] - 1.0
+
+
+def test_anomaly_scores_are_negative_log_density_in_chunks():
+    flow = random_flow(2)
+    data = torch.randn(10, 2)
+    expected = -flow_distribution(flow).log_prob(data)
+    assert torch.allclose(anomaly_scores(flow, data, batch_size=3), expected)
+
+
+def test_non_finite_loss_raises_and_updates_nothing():
+    flow = random_flow(2)
+    before = [p.clone() for p in flow.parameters()]
+    with pytest.raises(NonFiniteLossError, match="no parameter was updated"):
+        fit_density(
+            flow, torch.full((8, 2), 1e30), num_steps=3, allow_integer_values=True, progress=False
+        )
+    assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
+
+
+BAD_DATA = {
+    "nan-row": (torch.tensor([[0.5, 0.1], [float("nan"), 0.2]]), "data has 1 row.*NaN"),
+    "inf-row": (torch.tensor([[0.5, float("inf")]]), "data has 1 row.*infinite"),
+    "integer-dtype": (torch.randint(0, 16, (4, 2)), "integer dtype.*dequantize"),
+    "whole-number-floats": (torch.randint(0, 16, (4, 2)).float(), "whole numbers.*dequantize"),
+    "wrong-width": (torch.randn(4, 3), r"data must have shape \(N, 2\)"),
+    "one-dimensional": (torch.randn(4), r"data must have shape \(N, 2\)"),
+}
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_DATA.values(), ids=BAD_DATA)
+def test_bad_data_is_rejected(data, message):
+    with pytest.raises(ValueError, match=message):
+        fit_density(RealNVP(2, num_layers=2), data, num_steps=1, progress=False)
+
+
+BAD_CONTEXT = {
+    "missing": (None, "needs context"),
+    "wrong-rows": (torch.randn(3, 1), "one row per data row"),
+    "wrong-width": (torch.randn(4, 2), r"context must have shape \(\.\.\., 1\)"),
+    "nan": (torch.tensor([[0.0], [float("nan")], [0.0], [0.0]]), "context has 1 row"),
+}
+
+
+@pytest.mark.parametrize(("context", "message"), BAD_CONTEXT.values(), ids=BAD_CONTEXT)
+def test_bad_context_is_rejected(context, message):
+    flow = ConditionalRealNVP(2, 1, num_layers=2)
+    with pytest.raises(ValueError, match=message):
+        fit_density(flow, torch.randn(4, 2), context=context, num_steps=1, progress=False)
+
+
+def test_context_for_an_unconditional_density_is_rejected():
+    with pytest.raises(ValueError, match="not conditional"):
+        fit_density(RealNVP(2), torch.randn(4, 2), context=torch.randn(4, 1), progress=False)
+
+
+def test_dequantize_refuses_values_out_of_range():
+    with pytest.raises(ValueError, match="num_levels"):
+        dequantize(torch.tensor([[0, 16]]), num_levels=16)
+
+
+def test_bits_per_dim_of_the_uniform_density_is_log2_levels():
+    log_prob = torch.zeros(3)  # uniform on the unit cube
+    assert torch.allclose(
+        bits_per_dim(log_prob, dim=64, num_levels=17), torch.tensor(math.log2(17))
+    )
