@@ -1,5 +1,10 @@
 import pyro
 import pytest
+import torch
+
+# Tests use small tensors: one intra-op thread avoids oversubscribing CI's two cores
+# (a correlated-Gaussian fit took 69 s with two threads and 7.5 s with one).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

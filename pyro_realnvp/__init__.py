@@ -1,6 +1,8 @@
 """RealNVP normalizing-flow posteriors for Pyro SVI."""
 
+from .conditional import ConditionalRealNVP, ConditionedRealNVP, conditional_realnvp
 from .coupling import MaskedAffineCoupling, masked_affine_coupling
+from .density import anomaly_scores, bits_per_dim, dequantize, fit_density, flow_distribution
 from .distributed import DataParallelELBO, RankFailedError, fit_distributed
 from .fast import FastELBO, FastPathError, fit_fast
 from .flow import RealNVP, realnvp
@@ -10,6 +12,8 @@ from .masks import alternating_mask, coupling_masks, half_mask
 
 __all__ = [
     "AutoRealNVP",
+    "ConditionalRealNVP",
+    "ConditionedRealNVP",
     "DataParallelELBO",
     "FastELBO",
     "FastPathError",
@@ -19,10 +23,16 @@ __all__ = [
     "RankFailedError",
     "RealNVP",
     "alternating_mask",
+    "anomaly_scores",
+    "bits_per_dim",
+    "conditional_realnvp",
     "coupling_masks",
+    "dequantize",
     "fit",
+    "fit_density",
     "fit_distributed",
     "fit_fast",
+    "flow_distribution",
     "half_mask",
     "masked_affine_coupling",
     "realnvp",
