@@ -28,14 +28,14 @@ def test_conjugate_normal_mean_and_sd():
             pyro.sample("y", dist.Normal(mu, 1.0), obs=data)
 
     guide = AutoRealNVP(model, **SMALL)
-    fit(model, guide, num_steps=1000, lr=0.01, num_particles=4, progress=False)
+    fit(model, guide, num_steps=1500, lr=0.01, num_particles=4, progress=False)
     n = len(data)
     mean, sd = data.sum() / (n + 1), 1 / math.sqrt(n + 1)
     samples = draws(guide)["mu"]
     # Tolerances in posterior standard deviations (0.33 here).
-    assert abs(samples.mean() - mean) < 0.15 * sd
+    assert abs(samples.mean() - mean) < 0.2 * sd
     assert abs(samples.std() / sd - 1) < 0.1
-    assert abs(guide.median()["mu"] - mean) < 0.15 * sd
+    assert abs(guide.median()["mu"] - mean) < 0.2 * sd
 
 
 def test_correlated_gaussian_moments_with_defaults():
@@ -49,8 +49,12 @@ def test_correlated_gaussian_moments_with_defaults():
     fit(model, guide, num_steps=1500, lr=0.01, num_particles=4, progress=False)
     z = draws(guide, 8000)["z"].reshape(-1, 3)
     sd = cov.diag().sqrt()
+    q_cov = torch.cov(z.T)
+    q_sd = q_cov.diag().sqrt()
+    # Means within 0.15 sd, sds within 10%, correlations within 0.05.
     assert ((z.mean(0) - loc).abs() / sd).max() < 0.15
-    assert (torch.cov(z.T) / torch.outer(sd, sd) - cov / torch.outer(sd, sd)).abs().max() < 0.1
+    assert (q_sd / sd - 1).abs().max() < 0.1
+    assert (q_cov / torch.outer(q_sd, q_sd) - cov / torch.outer(sd, sd)).abs().max() < 0.05
 
 
 def funnel(dim=3):
