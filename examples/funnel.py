@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> dict:
         rows[name] = {
             "KL(q||p)": kl_estimate(model, guide),
             "sd(v) (true 3.0)": draws[name]["v"].std().item(),
-            "PSIS k-hat": psis_khat(model, guide, num_samples=2000),
+            "PSIS k-hat": psis_khat(model, guide, num_samples=10000),
             "seconds": seconds,
         }
     ax.figure.savefig(out_dir / "funnel_loss.png", dpi=120, bbox_inches="tight")

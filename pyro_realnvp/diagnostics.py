@@ -91,7 +91,9 @@ def psis_khat(
 
     Wraps ``pyro.infer.importance.psis_diagnostic`` (Yao et al., 2018, "Yes, but did it
     work?"): below 0.5 the guide is good, up to 0.7 usable, above 0.7 its posterior is
-    not trustworthy. The estimate is noisy; use a few thousand samples to compare guides.
+    not trustworthy. The estimate is noisy near the thresholds: on a 10-D funnel fitted by
+    ``AutoNormal`` it scatters from 0.6 to 1.1 over seeds at 2000 samples, and from 0.75
+    to 0.98 at 10000; use ten thousand or more to compare guides.
 
     Args:
         model: The Pyro model; ``*args`` and ``**kwargs`` are passed to it and the guide.

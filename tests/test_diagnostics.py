@@ -69,7 +69,8 @@ def test_khat_is_low_for_realnvp_on_an_easy_posterior():
 def test_khat_is_high_for_autonormal_on_the_funnel():
     guide = AutoNormal(funnel)
     fit(funnel, guide, num_steps=300, lr=0.05, progress=False)
-    khat = psis_khat(funnel, guide, num_samples=2000)
+    # Many draws: at 2000 the estimate of a heavy tail scatters from 0.6 to 1.1 by seed.
+    khat = psis_khat(funnel, guide, num_samples=20000)
     assert khat > 0.7, khat
     assert khat.reading == "bad"
 
