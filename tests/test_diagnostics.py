@@ -131,3 +131,19 @@ def test_log_weights_are_log_p_minus_log_q():
 def test_too_few_samples_name_the_argument(function, num_samples):
     with pytest.raises(ValueError, match="num_samples"):
         function(funnel, AutoNormal(funnel), num_samples=num_samples)
+
+
+@pytest.mark.cuda
+def test_diagnostics_take_a_model_on_cuda():
+    sigma, y = SIGMA.cuda(), Y.cuda()
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(torch.zeros((), device="cuda"), 5.0))
+        with pyro.plate("school", len(sigma)):
+            pyro.sample("obs", dist.Normal(mu, sigma), obs=y)
+
+    guide = AutoRealNVP(model, num_layers=2, hidden_dims=(16,))
+    fit(model, guide, num_steps=50, progress=False)
+    assert math.isfinite(psis_khat(model, guide, num_samples=500))
+    data = to_inference_data(model, guide, num_samples=100)
+    assert data.posterior_predictive["obs"].dims == ("chain", "draw", "school")
