@@ -35,3 +35,17 @@ clean:
 .PHONY: bench-speed
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
+
+# Docs and the executed notebook need their own extras, installed once on top of `dev`.
+.PHONY: docs notebook
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(BIN)/python -m pip install $(PIP_QUIET) -c constraints.txt -e '.[dev,docs,notebook]'
+	touch $@
+
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
+notebook: $(DOCS_STAMP)
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace examples/tour.ipynb

@@ -3,12 +3,14 @@
 from .conditional import ConditionalRealNVP, ConditionedRealNVP, conditional_realnvp
 from .coupling import MaskedAffineCoupling, masked_affine_coupling
 from .density import anomaly_scores, bits_per_dim, dequantize, fit_density, flow_distribution
+from .diagnostics import KHat, khat_reading, psis_khat, to_inference_data
 from .distributed import DataParallelELBO, RankFailedError, fit_distributed
 from .fast import FastELBO, FastPathError, fit_fast
 from .flow import RealNVP, realnvp
 from .guide import AutoRealNVP
 from .infer import FiniteELBO, NonFiniteLossError, fit
 from .masks import alternating_mask, coupling_masks, half_mask
+from .plots import plot_loss, plot_pair
 
 __all__ = [
     "AutoRealNVP",
@@ -18,6 +20,7 @@ __all__ = [
     "FastELBO",
     "FastPathError",
     "FiniteELBO",
+    "KHat",
     "MaskedAffineCoupling",
     "NonFiniteLossError",
     "RankFailedError",
@@ -34,8 +37,13 @@ __all__ = [
     "fit_fast",
     "flow_distribution",
     "half_mask",
+    "khat_reading",
     "masked_affine_coupling",
+    "plot_loss",
+    "plot_pair",
+    "psis_khat",
     "realnvp",
+    "to_inference_data",
 ]
 
 __version__ = "0.1.0"

@@ -1,0 +1,248 @@
+"""Posterior diagnostics: the PSIS k-hat of a fitted guide, and export to ArviZ.
+
+Both are built on Pyro's importance weights :math:`\\log w = \\log p(x, z) - \\log q(z)`,
+:math:`z \\sim q`, computed in one vectorized pass (``pyro.infer.importance``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer.importance import vectorized_importance_weights
+from pyro.infer.predictive import _guess_max_plate_nesting
+from pyro.poutine.util import site_is_subsample
+
+if TYPE_CHECKING:
+    from arviz import InferenceData
+
+__all__ = ["KHat", "khat_reading", "psis_khat", "to_inference_data"]
+
+#: Upper ends of the "good" and "ok" readings of k-hat (Yao et al., 2018).
+KHAT_GOOD, KHAT_OK = 0.5, 0.7
+#: Name of the plate that vectorizes the draws, as in ``pyro.infer.importance``.
+_DRAWS_PLATE = "num_particles_vectorized"
+
+
+def khat_reading(khat: float) -> str:
+    """The usual reading of a Pareto k-hat: ``"good"`` (< 0.5), ``"ok"`` (<= 0.7) or ``"bad"``.
+
+    A ``"bad"`` guide's importance weights have a tail too heavy for importance sampling
+    to correct it: its posterior expectations are not to be trusted.
+
+    Example:
+        >>> [khat_reading(k) for k in (0.2, 0.6, 0.9, float("inf"))]
+        ['good', 'ok', 'bad', 'bad']
+    """
+    if khat < KHAT_GOOD:
+        return "good"
+    return "ok" if khat <= KHAT_OK else "bad"
+
+
+class KHat(float):
+    """A PSIS k-hat: a ``float`` that also says how to read it.
+
+    Example:
+        >>> k = KHat(0.62)
+        >>> k.reading, k.trustworthy, f"{k:.1f}"
+        ('ok', True, '0.6')
+    """
+
+    @property
+    def reading(self) -> str:
+        """``"good"``, ``"ok"`` or ``"bad"``, see :func:`khat_reading`."""
+        return khat_reading(self)
+
+    @property
+    def trustworthy(self) -> bool:
+        """``True`` unless the reading is ``"bad"`` (k-hat above 0.7)."""
+        return self.reading != "bad"
+
+    def __repr__(self) -> str:
+        return f"KHat({float(self):.3f}, reading={self.reading!r})"
+
+
+def _ensure_setup(guide: Callable, args: tuple, kwargs: dict) -> None:
+    """Build an autoguide's parameters outside any vectorizing plate, once."""
+    if getattr(guide, "prototype_trace", False) is None:
+        with poutine.block():
+            guide(*args, **kwargs)
+
+
+def _plate_nesting(model: Callable, args: tuple, kwargs: dict, given: int | None) -> int:
+    if given is not None:
+        return given
+    return _guess_max_plate_nesting(model, args, kwargs)
+
+
+def _log_weights(model, guide, args, kwargs, num_samples, nesting):
+    """Importance log-weights of ``num_samples`` guide draws, and the traces they came from."""
+    with poutine.block():
+        return vectorized_importance_weights(
+            model, guide, *args, num_samples=num_samples, max_plate_nesting=nesting, **kwargs
+        )
+
+
+@torch.no_grad()
+def psis_khat(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1000,
+    max_plate_nesting: int | None = None,
+    **kwargs,
+) -> KHat:
+    r"""Pareto k-hat of the importance weights of a fitted guide, :math:`w = p(x, z) / q(z)`.
+
+    The diagnostic of Yao et al. (2018), "Yes, but did it work?", as Pyro's
+    ``psis_diagnostic`` computes it: Pyro draws the log-weights in one vectorized pass
+    (``vectorized_importance_weights``), on the model's device; they are moved to the CPU
+    and ArviZ's ``psislw`` fits the Pareto tail (Pyro's own fit builds its grid on the
+    CPU, so it cannot take CUDA weights). Below 0.5 the guide is good, up to 0.7 usable,
+    above 0.7 its posterior is not trustworthy. The estimate is noisy near the
+    thresholds: on a 10-D funnel fitted by ``AutoNormal`` it scatters from 0.6 to 1.1
+    over seeds at 2000 samples; use ten thousand or more to compare guides. ArviZ is
+    imported on the first call.
+
+    Args:
+        model: The Pyro model; ``*args`` and ``**kwargs`` are passed to it and the guide.
+        guide: A fitted guide with static structure, vectorizable over draws.
+        num_samples: Draws from the guide, all at once.
+        max_plate_nesting: Plates nested in the model; guessed by running it if ``None``.
+
+    Returns:
+        The k-hat as a :class:`KHat`, a ``float`` with ``.reading`` and ``.trustworthy``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> guide = pyro.infer.autoguide.AutoNormal(model, init_scale=1.2)
+        >>> psis_khat(model, guide, num_samples=500).reading
+        'good'
+    """
+    import arviz as az
+
+    if num_samples < 10:
+        raise ValueError(f"num_samples must be at least 10, got {num_samples}")
+    _ensure_setup(guide, args, kwargs)
+    nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
+    log_weights, _, _ = _log_weights(model, guide, args, kwargs, num_samples, nesting)
+    _, khat = az.psislw(log_weights.detach().double().cpu().numpy())
+    return KHat(khat)
+
+
+def _dim_names(site: dict, ndim: int) -> list[str]:
+    """Name a site's first ``ndim`` dims after their plates, else ``<site>_dim_<i>``."""
+    plates = {frame.dim: frame.name for frame in site["cond_indep_stack"] if frame.vectorized}
+    batch_ndim = len(site["fn"].batch_shape)
+    return [plates.get(i - batch_ndim, f"{site['name']}_dim_{i}") for i in range(ndim)]
+
+
+def _one_draw_trace(model: Callable, guide: Callable, args: tuple, kwargs: dict):
+    """A trace of the model at one guide draw: the per-draw shapes and plates of each site."""
+    with poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        return poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+
+
+def _sites(trace) -> dict:
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+    }
+
+
+@torch.no_grad()
+def to_inference_data(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1000,
+    max_plate_nesting: int | None = None,
+    **kwargs,
+) -> InferenceData:
+    r"""Draws of a fitted guide as an ArviZ ``InferenceData``, :math:`z_s \sim q`, one chain.
+
+    Groups:
+
+    - ``posterior``: every latent (and ``pyro.deterministic``) site in its constrained
+      space, shape ``(1, num_samples, ...)``; dims are named after the model's plates,
+      other dims ``<site>_dim_<i>``.
+    - ``posterior_predictive``: each observed site resampled at each draw.
+    - ``observed_data``: the observed values.
+    - ``log_likelihood``: pointwise :math:`\log p(y \mid z_s)` of each observed site.
+    - ``sample_stats``: ``log_weight``, the importance log-weight
+      :math:`\log p(x, z_s) - \log q(z_s)` of each draw, for ``az.psislw``.
+
+    The draws come from ``q``, not from the posterior: ``az.summary`` describes the guide,
+    and tools that assume posterior draws (``az.loo``) are as good as the guide's
+    :func:`psis_khat`. ArviZ is imported on the first call.
+
+    Args:
+        model: The Pyro model; ``*args`` and ``**kwargs`` are passed to it and the guide.
+        guide: A fitted guide with static structure, vectorizable over draws.
+        num_samples: Draws from the guide.
+        max_plate_nesting: Plates nested in the model; guessed by running it if ``None``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(y):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("obs", len(y)):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> guide = pyro.infer.autoguide.AutoNormal(model)
+        >>> idata = to_inference_data(model, guide, torch.zeros(3), num_samples=100)
+        >>> idata.posterior["mu"].shape, idata.posterior_predictive["y"].dims
+        ((1, 100), ('chain', 'draw', 'obs'))
+    """
+    import arviz as az
+
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    _ensure_setup(guide, args, kwargs)
+    nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
+    log_weights, model_trace, guide_trace = _log_weights(
+        model, guide, args, kwargs, num_samples, nesting
+    )
+    with poutine.block(), pyro.plate(_DRAWS_PLATE, num_samples, dim=-(nesting + 1)):
+        replayed = poutine.replay(poutine.uncondition(model), trace=guide_trace)
+        predictive_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    shapes = _sites(_one_draw_trace(model, guide, args, kwargs))
+    groups: dict[str, dict] = {
+        "posterior": {},
+        "posterior_predictive": {},
+        "log_likelihood": {},
+        "observed_data": {},
+    }
+    dims: dict[str, list[str]] = {}
+
+    def per_draw(value: torch.Tensor, shape: torch.Size):
+        # The draws plate leaves singleton dims left of each site's own shape.
+        return value.detach().reshape((1, num_samples) + tuple(shape)).cpu().numpy()
+
+    for name, site in _sites(model_trace).items():
+        one = shapes[name]
+        if not site["is_observed"] or site["infer"].get("_deterministic", False):
+            groups["posterior"][name] = per_draw(site["value"], one["value"].shape)
+            dims[name] = _dim_names(one, one["value"].dim())
+            continue
+        batch_shape = one["fn"].batch_shape
+        groups["observed_data"][name] = one["value"].detach().cpu().numpy()
+        groups["posterior_predictive"][name] = per_draw(
+            predictive_trace.nodes[name]["value"], batch_shape + one["fn"].event_shape
+        )
+        groups["log_likelihood"][name] = per_draw(site["fn"].log_prob(site["value"]), batch_shape)
+        if one["value"].shape == batch_shape + one["fn"].event_shape:
+            # Batch dims only: ArviZ names event dims ``<site>_dim_<i>`` as we would.
+            dims[name] = _dim_names(one, len(batch_shape))
+    return az.from_dict(
+        **{group: data or None for group, data in groups.items()},
+        sample_stats={"log_weight": log_weights.reshape(1, num_samples).cpu().numpy()},
+        dims=dims,
+        attrs={"inference_library": "pyro", "guide": type(guide).__name__},
+    )
