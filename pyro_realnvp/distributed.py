@@ -54,7 +54,12 @@ _OK, _NOT_FINITE, _RAISED = 0, 1, 2
 
 
 class RankFailedError(RuntimeError):
-    """A rank raised during a distributed step; every rank raises this instead of hanging."""
+    """A rank raised during a distributed step; every rank raises this instead of hanging.
+
+    Example:
+        >>> str(RankFailedError("rank 1 raised ValueError"))
+        'rank 1 raised ValueError'
+    """
 
 
 def _active() -> bool:
@@ -487,6 +492,17 @@ def load_checkpoint(
     Parameters already in the store (a guide that has run) are overwritten in place, so
     the guide's modules see the loaded values; the others are added and picked up when
     the guide is built. A parameter whose shape differs raises, naming it.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "params.pt"
+        >>> _ = pyro.param("b", torch.zeros(3))
+        >>> save_checkpoint(path)
+        >>> with torch.no_grad():
+        ...     _ = pyro.param("b").fill_(7.0)
+        >>> load_checkpoint(path)
+        >>> pyro.param("b")
+        tensor([0., 0., 0.], requires_grad=True)
     """
     path = Path(path)
     state = torch.load(path, map_location=map_location, weights_only=False)

@@ -37,7 +37,20 @@ _PARTICLES = "_fast_elbo_particles"
 
 
 class FastPathError(ValueError):
-    """The fast path cannot reproduce ``Trace_ELBO`` for this model; use :func:`fit`."""
+    """The fast path cannot reproduce ``Trace_ELBO`` for this model; use :func:`fit`.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", 100, subsample_size=10):
+        ...         pyro.sample("y", dist.Normal(x, 1.0), obs=torch.zeros(10))
+        >>> try:
+        ...     FastELBO(model, AutoRealNVP(model, num_layers=2))
+        ... except FastPathError as error:
+        ...     print("subsampl" in str(error))
+        True
+    """
 
 
 def _per_particle(log_prob: Tensor, particle_dims: int) -> Tensor:
