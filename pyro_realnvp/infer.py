@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -145,16 +146,20 @@ def fit(
     optim: PyroOptim | None = None,
     lr_decay: float = 0.1,
     clip_norm: float = 10.0,
+    max_redraws: int = 3,
     **kwargs,
 ) -> list[float]:
     """Run SVI for ``num_steps`` and return the loss history (negative ELBO per step).
 
     The default optimizer is Pyro's ``ClippedAdam`` at ``lr``, decayed geometrically to
     ``lr * lr_decay`` by the last step, with gradient norms clipped at ``clip_norm``.
-    Particles are vectorized. The loss is wrapped in :class:`FiniteELBO`: a non-finite
-    step raises :class:`NonFiniteLossError` saying which side failed and leaves the guide
-    at its last finite state. The progress bar shows the loss; it is off with
-    ``progress=False`` and when standard error is not a terminal.
+    Particles are vectorized. The loss is wrapped in :class:`FiniteELBO`, so a step with a
+    non-finite loss or gradient updates nothing. A rare draw far in the guide's tails can
+    overflow the model's density (Neal's funnel in float32 does); such a step is redrawn,
+    up to ``max_redraws`` times in a row, and a warning at the end says how many were. A
+    step that stays non-finite raises :class:`NonFiniteLossError` saying which side failed,
+    leaving the guide at its last finite state. The progress bar shows the loss; it is off
+    with ``progress=False`` and when standard error is not a terminal.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -173,11 +178,35 @@ def fit(
         optim = ClippedAdam({"lr": lr, "lrd": lr_decay ** (1 / num_steps), "clip_norm": clip_norm})
     svi = SVI(model, guide, optim, FiniteELBO(loss))
     losses: list[float] = []
+    redraws = 0
     every = max(1, num_steps // 100)
     with tqdm(total=num_steps, disable=None if progress else True, desc="SVI") as bar:
         for step in range(num_steps):
-            losses.append(svi.step(*args, **kwargs))
+            loss_value, attempts = _step_with_redraws(svi, max_redraws, args, kwargs)
+            losses.append(loss_value)
+            redraws += attempts
             if (step + 1) % every == 0 or step + 1 == num_steps:
                 bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
                 bar.update(step + 1 - bar.n)
+    if redraws:
+        warnings.warn(
+            f"{redraws} of {num_steps} SVI steps were redrawn after a non-finite loss; "
+            "they updated nothing. Many redraws mean the guide's tails reach where the "
+            "model's density overflows: try a smaller lr or float64.",
+            UserWarning,
+            stacklevel=2,
+        )
     return losses
+
+
+def _step_with_redraws(svi: SVI, max_redraws: int, args, kwargs) -> tuple[float, int]:
+    """One SVI step, redrawn after a non-finite loss; returns the loss and the redraws."""
+    for attempt in range(max_redraws + 1):
+        try:
+            return svi.step(*args, **kwargs), attempt
+        except NonFiniteLossError as error:
+            if attempt == max_redraws:
+                raise NonFiniteLossError(
+                    f"{error} It stayed non-finite over {max_redraws + 1} fresh draws."
+                ) from error
+    raise AssertionError("unreachable")

@@ -83,6 +83,29 @@ def test_fit_returns_history_and_decreases_loss():
     assert abs(guide.median()["x"] - 5.0) < 0.2
 
 
+def test_rare_non_finite_draws_are_redrawn_with_a_warning():
+    state = {"calls": 0}
+
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        state["calls"] += 1
+        shift = float("inf") if state["calls"] % 7 == 3 else 0.0
+        pyro.sample("y", dist.Normal(x + shift, 1.0), obs=torch.tensor(1.0))
+
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.warns(UserWarning, match="redrawn after a non-finite loss"):
+        losses = fit(model, guide, num_steps=30, progress=False)
+    assert len(losses) == 30
+    assert all(math.isfinite(loss) for loss in losses)
+
+
+def test_persistent_non_finite_loss_raises_after_the_redraws():
+    model = poisonable_model({"poison": True})
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.raises(NonFiniteLossError, match="over 3 fresh draws"):
+        fit(model, guide, num_steps=5, max_redraws=2, progress=False)
+
+
 def test_fit_rejects_zero_steps():
     with pytest.raises(ValueError, match="num_steps"):
         fit(lambda: None, lambda: None, num_steps=0)
