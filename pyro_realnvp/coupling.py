@@ -83,12 +83,16 @@ class MaskedAffineCoupling(TransformModule):
         dim = mask.numel()
         hidden_dims = default_hidden_dims(dim) if hidden_dims is None else tuple(hidden_dims)
         self.register_buffer("mask", mask.to(device=device, dtype=dtype or mask.dtype))
+        # The conditioner sees only the kept coordinates and predicts only the free ones:
+        # masking instead would carry zero columns and rows, twice the work at large D.
+        self.register_buffer("kept", torch.nonzero(mask).squeeze(-1).to(device))
+        self.register_buffer("free", torch.nonzero(mask == 0).squeeze(-1).to(device))
         self.scale_bound = float(scale_bound)
         self.output_gain = float(output_gain)
         self.context_dim = int(context_dim)
         self.net = conditioner(
-            dim + self.context_dim,
-            2 * dim,
+            len(self.kept) + self.context_dim,
+            2 * len(self.free),
             hidden_dims,
             activation=activation,
             device=device,
@@ -98,7 +102,7 @@ class MaskedAffineCoupling(TransformModule):
 
     def _scale_shift(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The only place the conditioner, its split and the scale bound live."""
-        h = x * self.mask
+        h = x.index_select(-1, self.kept)
         if context is not None:
             # Batch shapes of x and context broadcast, so one context serves many x.
             batch = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
@@ -109,8 +113,9 @@ class MaskedAffineCoupling(TransformModule):
                 "use it through ConditionalRealNVP(...).condition(context)"
             )
         s, t = (self.net(h) * self.output_gain).chunk(2, dim=-1)
-        free = 1 - self.mask
-        return soft_clamp(s, self.scale_bound) * free, t * free
+        full = s.shape[:-1] + self.mask.shape
+        s = s.new_zeros(full).index_copy(-1, self.free, soft_clamp(s, self.scale_bound))
+        return s, t.new_zeros(full).index_copy(-1, self.free, t)
 
     def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(y, s)``: the output and the per-coordinate log-scale used."""

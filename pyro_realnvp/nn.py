@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -45,8 +46,12 @@ def conditioner(
     factory = {"device": device, "dtype": dtype}
     widths = [in_features, *hidden_dims]
     layers: list[nn.Module] = []
-    for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
-        layers += [nn.Linear(width_in, width_out, **factory), activation()]
+    with warnings.catch_warnings():
+        # in_features == 0 (a one-coordinate flow) is valid: the network is then a
+        # learned constant, and torch's warning about initialising an empty weight is noise.
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+            layers += [nn.Linear(width_in, width_out, **factory), activation()]
     last = nn.Linear(widths[-1], out_features, **factory)
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)

@@ -20,13 +20,17 @@ def test_forward_matches_paper_formula():
     mask = alternating_mask(4)
     layer = randomize_(MaskedAffineCoupling(mask, (8,), scale_bound=3.0))
     x = torch.randn(7, 4)
-    s, t = (layer.net(mask * x) * layer.output_gain).chunk(2, dim=-1)
-    s = soft_clamp(s, 3.0)
+    kept, free = mask.bool(), ~mask.bool()
+    s, t = torch.zeros(7, 4), torch.zeros(7, 4)
+    raw_s, raw_t = (layer.net(x[:, kept]) * layer.output_gain).chunk(2, dim=-1)
+    s[:, free], t[:, free] = soft_clamp(raw_s, 3.0), raw_t
     expected = mask * x + (1 - mask) * (x * torch.exp(s) + t)
     assert torch.allclose(layer(x), expected, atol=1e-6)
     y = expected.clone()
-    s_y, t_y = (layer.net(mask * y) * layer.output_gain).chunk(2, dim=-1)
-    inverse = mask * y + (1 - mask) * (y - t_y) * torch.exp(-soft_clamp(s_y, 3.0))
+    s_y, t_y = torch.zeros(7, 4), torch.zeros(7, 4)
+    raw_s, raw_t = (layer.net(y[:, kept]) * layer.output_gain).chunk(2, dim=-1)
+    s_y[:, free], t_y[:, free] = soft_clamp(raw_s, 3.0), raw_t
+    inverse = mask * y + (1 - mask) * (y - t_y) * torch.exp(-s_y)
     assert torch.allclose(layer.inv(y), inverse, atol=1e-6)
     assert torch.allclose(inverse, x, atol=1e-5)
 

@@ -51,10 +51,10 @@ def test_correlated_gaussian_moments_with_defaults():
     sd = cov.diag().sqrt()
     q_cov = torch.cov(z.T)
     q_sd = q_cov.diag().sqrt()
-    # Means within 0.15 sd, sds within 10%, correlations within 0.05.
+    # Means within 0.15 sd, sds within 10%, correlations within 0.08 (AutoNormal: 0.9 off).
     assert ((z.mean(0) - loc).abs() / sd).max() < 0.15
     assert (q_sd / sd - 1).abs().max() < 0.1
-    assert (q_cov / torch.outer(q_sd, q_sd) - cov / torch.outer(sd, sd)).abs().max() < 0.05
+    assert (q_cov / torch.outer(q_sd, q_sd) - cov / torch.outer(sd, sd)).abs().max() < 0.08
 
 
 def funnel(dim=3):
