@@ -39,6 +39,12 @@ def _sites_not_finite(trace: poutine.Trace) -> list[str]:
     ]
 
 
+def _is_support_violation(error: ValueError) -> bool:
+    """Whether torch's distribution validation raised (not a shape or user error)."""
+    message = str(error)
+    return message.startswith("Expected parameter") or message.startswith("Expected value")
+
+
 def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str:
     """Re-run guide and model once and say which side's log-density is not finite.
 
@@ -106,7 +112,18 @@ class FiniteELBO(ELBO):
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         with poutine.trace(param_only=True) as capture:
-            loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+            try:
+                loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+            except ValueError as error:
+                if not _is_support_violation(error):
+                    raise
+                # A draw whose value under- or overflowed (a scale of exactly 0, say)
+                # fails the model's argument validation: as non-finite as an inf loss.
+                reason = str(error).splitlines()[0]
+                raise NonFiniteLossError(
+                    f"the model rejected the guide's draw: {reason}. No parameter was "
+                    "updated; the guide is still usable."
+                ) from error
         params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
         grads = [p.grad for p in params if p.grad is not None]
         grads_finite = not grads or bool(

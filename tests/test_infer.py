@@ -99,6 +99,27 @@ def test_rare_non_finite_draws_are_redrawn_with_a_warning():
     assert all(math.isfinite(loss) for loss in losses)
 
 
+def test_draw_that_breaks_model_validation_is_a_non_finite_step():
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        # exp(-200) underflows to 0 in float32: an invalid scale, as on diamonds.
+        pyro.sample("y", dist.Normal(0.0, torch.exp(x - 200.0)), obs=torch.tensor(0.0))
+
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.raises(NonFiniteLossError, match="rejected the guide's draw: Expected parameter"):
+        fit(model, guide, num_steps=2, max_redraws=1, progress=False)
+    assert all(torch.isfinite(p).all() for p in guide.parameters())
+
+
+def test_other_model_errors_are_not_swallowed():
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        raise ValueError("my model's own bug")
+
+    with pytest.raises(ValueError, match="own bug"):
+        fit(model, AutoRealNVP(model, **SMALL), num_steps=1, progress=False)
+
+
 def test_persistent_non_finite_loss_raises_after_the_redraws():
     model = poisonable_model({"poison": True})
     guide = AutoRealNVP(model, **SMALL)
