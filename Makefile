@@ -28,3 +28,6 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.accuracy --out docs/benchmarks.md

@@ -389,7 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown here")
     parser.add_argument("--results", type=Path, default=None, help="also dump raw JSON")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--pdb-steps", type=int, default=1500)
+    parser.add_argument("--pdb-steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pdb-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--particles", type=int, default=1)
@@ -402,10 +402,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.smoke:
-        args.steps = args.pdb_steps = 20
+        args.steps = args.pdb_steps = 10
         args.seeds, args.pdb_seeds = [0], [0]
-        args.draws, args.workers = 128, 1
-        args.timing_steps, args.timing_rounds = 3, 2
+        args.draws, args.workers = 64, 1
+        args.timing_steps, args.timing_rounds = 2, 2
     return args
 
 

@@ -248,8 +248,9 @@ def load_draws(folder: str, columns: tuple) -> Tensor:
     return torch.cat([_tensor([chain[name] for name in names]).T for chain in chains])
 
 
-def load_data(folder: str) -> dict:
-    return json.loads((posteriordb_root() / folder / "data.json").read_text())
+def load_data(name: str) -> dict:
+    """The named posterior's data, as posteriordb's ``data.json`` holds it."""
+    return json.loads((posteriordb_root() / _SPECS[name][0] / "data.json").read_text())
 
 
 def load_target(name: str) -> Target:
@@ -264,7 +265,7 @@ def load_target(name: str) -> Target:
     return Target(
         name,
         model,
-        make_args(load_data(folder)),
+        make_args(load_data(name)),
         columns,
         (draws[:half], draws[half:]),
         draws.mean(0),
