@@ -32,9 +32,16 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 
-.PHONY: bench-speed
+# Benchmarks run by hand; each writes its table into docs/.
+.PHONY: bench bench-speed bench-distributed
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.accuracy --out docs/benchmarks.md
+
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
+
+bench-distributed: $(STAMP)
+	$(BIN)/python benchmarks/distributed.py
 
 # Docs and the executed notebook need their own extras, installed once on top of `dev`.
 .PHONY: docs notebook

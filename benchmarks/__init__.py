@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of AutoRealNVP and Pyro's guides; ``accuracy.py`` is the runner."""

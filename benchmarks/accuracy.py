@@ -1,0 +1,470 @@
+"""Fit every guide to every target at one budget and write the side-by-side tables.
+
+Run ``python -m benchmarks.accuracy --out docs/benchmarks.md`` (``make bench``) for the
+full run, ``--smoke`` for a fast check of the whole pipeline. Every guide is trained by
+:func:`pyro_realnvp.fit` with the same optimizer, learning-rate schedule, steps and
+particles; each (target, seed, guide) fit is one job, run in ``--workers`` processes
+with one torch thread each. The interleaved timing runs afterwards in the main process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyro
+import torch
+from pyro.infer.importance import psis_diagnostic, vectorized_importance_weights
+
+from benchmarks.guides import GUIDES, make_guide
+from benchmarks.metrics import moment_errors, sliced_w1, standardize
+from benchmarks.posteriordb import POSTERIORDB_TARGETS
+from benchmarks.targets import EXACT_TARGETS, Target
+from pyro_realnvp import NonFiniteLossError, fit
+
+__all__ = ["main", "parse_args", "run_job"]
+
+HEADLINE = ("funnel_d10", "banana_d2", "banana_d8", "corr_gauss_d20")
+TIMING_TARGETS = ("funnel_d10", "corr_gauss_d20")
+#: Threshold of the time-to-KL table, in nats.
+KL_THRESHOLD = 0.25
+#: Window of the moving average of the training loss used for time-to-KL.
+KL_WINDOW = 100
+
+
+@cache
+def get_target(name: str, num_draws: int) -> Target:
+    if name in EXACT_TARGETS:
+        return EXACT_TARGETS[name](num_draws=num_draws)
+    return POSTERIORDB_TARGETS[name]()
+
+
+def _reference_pair(target: Target, num_draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    first, second = (
+        standardize(ref[:num_draws], target.ref_mean, target.ref_sd) for ref in target.reference
+    )
+    return first, second
+
+
+def _time_to_kl(losses: list[float], log_z: float | None, seconds_per_step: float):
+    """First step where the moving-average loss + log Z (a KL estimate) is below threshold."""
+    if log_z is None or len(losses) < KL_WINDOW:
+        return None
+    loss = torch.tensor(losses, dtype=torch.float64)
+    smooth = loss.unfold(0, KL_WINDOW, 1).mean(-1) + log_z
+    below = torch.nonzero(smooth <= KL_THRESHOLD)
+    if len(below) == 0:
+        return None
+    step = int(below[0]) + KL_WINDOW
+    return step, step * seconds_per_step
+
+
+def run_job(job: dict) -> dict:
+    """Fit one guide to one target with one seed, then measure it against the truth."""
+    torch.set_num_threads(1)
+    target = get_target(job["target"], job["draws"])
+    result = {key: job[key] for key in ("target", "seed", "guide")}
+    pyro.clear_param_store()
+    pyro.set_rng_seed(job["seed"])
+    try:
+        guide = make_guide(job["guide"], target.model)
+        start = time.perf_counter()
+        losses = fit(
+            target.model,
+            guide,
+            *target.args,
+            num_steps=job["steps"],
+            num_particles=job["particles"],
+            progress=False,
+        )
+        wall = time.perf_counter() - start
+        result.update(_evaluate(target, guide, job["draws"]))
+    except (RuntimeError, ValueError) as error:  # NonFiniteLossError is a RuntimeError
+        result["error"] = f"{type(error).__name__}: {str(error)[:200]}"
+        return result
+    result["wall_s"] = wall
+    result["ms_per_step"] = 1e3 * wall / job["steps"]
+    result["time_to_kl"] = _time_to_kl(losses, target.log_z, wall / job["steps"])
+    return result
+
+
+@torch.no_grad()
+def _evaluate(target: Target, guide, num_draws: int) -> dict:
+    num_draws = min(num_draws, len(target.reference[0]))
+    log_w, model_trace, _ = vectorized_importance_weights(
+        target.model, guide, *target.args, num_samples=num_draws, max_plate_nesting=0
+    )
+    draws = torch.cat(
+        [model_trace.nodes[site]["value"].reshape(num_draws, -1) for site, _ in target.columns],
+        1,
+    ).float()
+    elbo = float(log_w.mean())
+    k_hat = float(
+        psis_diagnostic(
+            target.model, guide, *target.args, num_particles=num_draws, max_plate_nesting=0
+        )
+    )
+    mean_error, sd_low, sd_high = moment_errors(draws, target.ref_mean, target.ref_sd)
+    reference, _ = _reference_pair(target, num_draws)
+    w1 = sliced_w1(standardize(draws, target.ref_mean, target.ref_sd), reference)
+    return {
+        "elbo": elbo,
+        "kl": None if target.log_z is None else target.log_z - elbo,
+        "k_hat": k_hat,
+        "mean_error": mean_error,
+        "sd_low": sd_low,
+        "sd_high": sd_high,
+        "w1": w1,
+    }
+
+
+def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) -> dict:
+    """ms per step of each guide, timed in turns within one process, and the ratio to
+    AutoNormal. Includes AutoRealNVP at Pyro's coupling size (4 layers, one hidden layer
+    of width 10 D, as ``affine_coupling``'s default) for a like-for-like comparison."""
+    torch.set_num_threads(1)
+    target = get_target(target_name, draws)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guides = {name: make_guide(name, target.model) for name in GUIDES}
+    equal = "AutoRealNVP (4 layers, width 10D)"
+    guides[equal] = make_guide(
+        "AutoRealNVP",
+        target.model,
+        label=equal,
+        num_layers=4,
+        hidden_dims=(10 * target.dim,),
+    )
+    for guide in guides.values():  # set-up and first steps outside the clock
+        fit(target.model, guide, *target.args, num_steps=5, progress=False)
+    times: dict[str, list[float]] = {name: [] for name in guides}
+    for round_ in range(rounds):
+        names = list(guides)
+        names = names[round_ % len(names) :] + names[: round_ % len(names)]
+        for name in names:
+            start = time.perf_counter()
+            try:
+                fit(target.model, guides[name], *target.args, num_steps=steps, progress=False)
+            except NonFiniteLossError:  # a bad draw ends this round early: not a timing
+                continue
+            times[name].append(1e3 * (time.perf_counter() - start) / steps)
+    ms = {name: statistics.median(v) if v else math.nan for name, v in times.items()}
+    return {name: (value, value / ms["AutoNormal"]) for name, value in ms.items()}
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return str(value) if isinstance(value, float) else "—"
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    return f"{value:.{max(0, digits - 1 - magnitude)}f}" if magnitude < 5 else f"{value:.3g}"
+
+
+def _cell(values: list, digits: int = 3) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return _fmt(values[0], digits)
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{_fmt(mid, digits)} [{_fmt(low, digits)}, {_fmt(high, digits)}]"
+
+
+def _table(results, targets, guides, cell) -> list[str]:
+    lines = ["| target | " + " | ".join(guides) + " |", "|---" * (len(guides) + 1) + "|"]
+    for target in targets:
+        row = []
+        for guide in guides:
+            runs = [r for r in results if r["target"] == target and r["guide"] == guide]
+            failed = [r for r in runs if "error" in r]
+            text = cell([r for r in runs if "error" not in r])
+            row.append(text + (f" ({len(failed)} failed)" if failed else ""))
+        lines.append(f"| {target} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _metric(key):
+    return lambda runs: _cell([r[key] for r in runs])
+
+
+def _sd_range(runs) -> str:
+    if not runs:
+        return "—"
+    low = statistics.median(r["sd_low"] for r in runs)
+    high = statistics.median(r["sd_high"] for r in runs)
+    return f"{_fmt(low, 2)}–{_fmt(high, 2)}"
+
+
+def _time_to_kl_cell(runs) -> str:
+    reached = [r["time_to_kl"] for r in runs if r["time_to_kl"] is not None]
+    if not reached:
+        return "not reached"
+    seconds = statistics.median(t[1] for t in reached)
+    steps = statistics.median(t[0] for t in reached)
+    return f"{_fmt(seconds, 2)} s ({steps:.0f} steps, {len(reached)}/{len(runs)})"
+
+
+def _median(results, target, guide, key):
+    values = [
+        r[key]
+        for r in results
+        if r["target"] == target and r["guide"] == guide and r.get(key) is not None
+    ]
+    return statistics.median(values) if values else None
+
+
+def _targets_check(results, exact, pdb, timing) -> list[str]:
+    """The issue's targets for AutoRealNVP, met or not, with the figures."""
+    pyro_guides = [g for g in GUIDES if g != "AutoRealNVP"]
+    lines = ["| target | figure | met |", "|---|---|---|"]
+    for name in [t for t in HEADLINE if t in exact]:
+        ours = _median(results, name, "AutoRealNVP", "kl")
+        best = min(
+            (v for g in pyro_guides if (v := _median(results, name, g, "kl")) is not None),
+            default=None,
+        )
+        met = ours is not None and best is not None and ours <= best / 2
+        lines.append(
+            f"| {name}: KL ≤ ½ best Pyro guide | {_fmt(ours)} vs ½·{_fmt(best)} | "
+            f"{'yes' if met else 'no'} |"
+        )
+        k_hat = _median(results, name, "AutoRealNVP", "k_hat")
+        lines.append(
+            f"| {name}: k-hat < 0.5 | {_fmt(k_hat)} | "
+            f"{'yes' if k_hat is not None and k_hat < 0.5 else 'no'} |"
+        )
+    for name in pdb:
+        ours = _median(results, name, "AutoRealNVP", "w1")
+        iaf = _median(results, name, "AutoIAFNormal", "w1")
+        met = ours is not None and iaf is not None and ours <= iaf
+        lines.append(
+            f"| {name}: W1 ≤ AutoIAFNormal's | {_fmt(ours)} vs {_fmt(iaf)} | "
+            f"{'yes' if met else 'no'} |"
+        )
+        k_hat = _median(results, name, "AutoRealNVP", "k_hat")
+        lines.append(
+            f"| {name}: k-hat < 0.7 | {_fmt(k_hat)} | "
+            f"{'yes' if k_hat is not None and k_hat < 0.7 else 'no'} |"
+        )
+    for name, rows in timing.items():
+        ours = rows["AutoRealNVP (4 layers, width 10D)"][0]
+        pyro_ms = rows["ANF 4 coupling"][0]
+        lines.append(
+            f"| {name}: ms/step ≤ Pyro coupling flow (4 layers, width 10D) | "
+            f"{_fmt(ours)} vs {_fmt(pyro_ms)} | {'yes' if ours <= pyro_ms else 'no'} |"
+        )
+    return lines
+
+
+def _environment() -> list[str]:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        models = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = models[0] if models else cpu
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return [
+        f"- CPU: {cpu}, {multiprocessing.cpu_count()} cores visible (shared with other jobs)",
+        f"- Python {platform.python_version()}, torch {torch.__version__}, "
+        f"pyro-ppl {pyro.__version__}, {platform.platform()}",
+        f"- pyro-realnvp commit {commit}",
+    ]
+
+
+def render(
+    results: list[dict], timing: dict, args: argparse.Namespace, seconds: float, env: list[str]
+) -> str:
+    exact = [t for t in args.exact if any(r["target"] == t for r in results)]
+    pdb = [t for t in args.posteriordb if any(r["target"] == t for r in results)]
+    guides = list(GUIDES)
+    command = "python -m benchmarks.accuracy " + shlex.join(args.argv)
+    out = [
+        "# Benchmarks: AutoRealNVP beside Pyro's guides",
+        "",
+        "Produced by one command; every number below is as it printed. Do not edit by hand.",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"- Finished {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{seconds / 60:.1f} min wall on {args.workers} worker process(es), "
+        "one torch thread each",
+        *env,
+        "",
+        "## What was run",
+        "",
+        f"- Exact-truth targets: {', '.join(exact)}; {args.steps} steps, seeds "
+        f"{args.seeds}. posteriordb targets: {', '.join(pdb)}; {args.pdb_steps} steps, "
+        f"seeds {args.pdb_seeds}.",
+        f"- Every guide: `pyro_realnvp.fit` defaults (ClippedAdam, lr 0.01 decayed to 0.001, "
+        f"gradient norm clipped at 10), {args.particles} particle(s) per step, guide "
+        "defaults. ANF = `AutoNormalizingFlow`: `partial(iterated, 4, affine_coupling)` "
+        "as Pyro documents it, and `+perm` with a reversal `Permute` between the layers.",
+        f"- Metrics from {args.draws} guide draws (fewer where the reference has fewer): "
+        "ELBO and KL(q‖p) = log Z − ELBO from the same importance weights; k-hat from "
+        f"`pyro.infer.importance.psis_diagnostic` on {args.draws} fresh draws; moments "
+        "against the analytic (exact targets) or all reference draws (posteriordb) in the "
+        "constrained space of the reference's columns; sliced W1 (256 projections) on "
+        "columns standardised by the reference sd, against one independent exact set (or "
+        "the first half of the posteriordb chains), with the exact-vs-exact (or half-vs-half)"
+        " floor beside it.",
+        "- Cells: median [min, max] over seeds; 'failed' counts fits stopped by a "
+        "non-finite loss (`NonFiniteLossError`).",
+        "",
+    ]
+    floor = {
+        name: sliced_w1(*_reference_pair(get_target(name, args.draws), args.draws))
+        for name in exact + pdb
+    }
+    tables = [
+        ("KL(q‖p), nats (log Z exact)", exact, _metric("kl")),
+        ("ELBO", exact + pdb, _metric("elbo")),
+        ("PSIS k-hat", exact + pdb, _metric("k_hat")),
+        ("max |mean error| / reference sd", exact + pdb, _metric("mean_error")),
+        ("sd / reference sd, min–max over coordinates", exact + pdb, _sd_range),
+        (
+            f"Time to KL ≤ {KL_THRESHOLD} nats (moving average of {KL_WINDOW} training "
+            "losses + log Z; seconds, steps, seeds that reached it)",
+            exact,
+            _time_to_kl_cell,
+        ),
+        ("Training wall time, s (parallel workers: indicative)", exact + pdb, _metric("wall_s")),
+    ]
+    for title, targets, cell in tables:
+        out += [f"## {title}", "", *_table(results, targets, guides, cell), ""]
+    w1_lines = _table(results, exact + pdb, guides, _metric("w1"))
+    w1_lines[0] += " noise floor |"
+    w1_lines[1] += "---|"
+    for index, name in enumerate(exact + pdb):
+        w1_lines[index + 2] += f" {_fmt(floor[name])} |"
+    out += ["## Sliced W1 to the truth (standardised units)", "", *w1_lines, ""]
+    out += [
+        "## Time per step, interleaved in one process (ms; ratio to AutoNormal)",
+        "",
+        f"{args.timing_rounds} rounds of {args.timing_steps} steps per guide, guides in "
+        "rotating order, median over rounds.",
+        "",
+    ]
+    if timing:
+        names = list(next(iter(timing.values())))
+        out += ["| target | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for target, rows in timing.items():
+            cells = [f"{_fmt(rows[n][0])} ({_fmt(rows[n][1], 2)}×)" for n in names]
+            out.append(f"| {target} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["## The issue's targets for AutoRealNVP", ""]
+    out += [*_targets_check(results, exact, pdb, timing), ""]
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a few steps of everything")
+    parser.add_argument("--out", type=Path, default=None, help="write the Markdown here")
+    parser.add_argument("--results", type=Path, default=None, help="also write JSON lines")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--pdb-steps", type=int, default=500)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pdb-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--particles", type=int, default=1)
+    parser.add_argument("--draws", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--exact", nargs="+", default=list(EXACT_TARGETS))
+    parser.add_argument("--posteriordb", nargs="+", default=list(POSTERIORDB_TARGETS))
+    parser.add_argument("--timing-steps", type=int, default=40)
+    parser.add_argument("--timing-rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.smoke:
+        args.steps = args.pdb_steps = 10
+        args.seeds, args.pdb_seeds = [0], [0]
+        args.draws, args.workers = 64, 1
+        args.timing_steps, args.timing_rounds = 2, 2
+    return args
+
+
+def _jobs(args: argparse.Namespace) -> list[dict]:
+    common = {"particles": args.particles, "draws": args.draws}
+    jobs = [
+        {"target": t, "seed": s, "guide": g, "steps": args.steps, **common}
+        for t in args.exact
+        for s in args.seeds
+        for g in GUIDES
+    ]
+    jobs += [
+        {"target": t, "seed": s, "guide": g, "steps": args.pdb_steps, **common}
+        for t in args.posteriordb
+        for s in args.pdb_seeds
+        for g in GUIDES
+    ]
+    # The slowest guide and the largest model first, so the pool's tail is short.
+    return sorted(jobs, key=lambda j: (j["guide"] != "AutoRealNVP", j["target"] != "diamonds"))
+
+
+def main(args: argparse.Namespace) -> str:
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    env = _environment()  # the commit the run started from
+    jobs = _jobs(args)
+    results = []
+    log = None if args.results is None else args.results.open("w")
+    if args.workers > 1:
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            for result in pool.imap_unordered(run_job, jobs):
+                results.append(result)
+                print(json.dumps(result), flush=True)
+                if log is not None:
+                    print(json.dumps(result), file=log, flush=True)
+    else:
+        for job in jobs:
+            results.append(run_job(job))
+            print(json.dumps(results[-1]), flush=True)
+            if log is not None:
+                print(json.dumps(results[-1]), file=log, flush=True)
+    timing = {
+        name: interleaved_timing(name, args.timing_steps, args.timing_rounds, args.draws)
+        for name in TIMING_TARGETS
+        if name in args.exact
+    }
+    text = render(results, timing, args, time.perf_counter() - start, env)
+    print(text)
+    if log is not None:
+        print(json.dumps({"timing": timing}), file=log, flush=True)
+        log.close()
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    main(parse_args())

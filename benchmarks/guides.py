@@ -1,0 +1,59 @@
+"""The guides compared, each built from a model with its documented defaults."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from pyro.distributions.transforms import (
+    ComposeTransformModule,
+    Permute,
+    affine_coupling,
+    iterated,
+)
+from pyro.infer.autoguide import (
+    AutoIAFNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+    AutoNormalizingFlow,
+)
+
+from pyro_realnvp import AutoRealNVP
+
+__all__ = ["GUIDES", "coupling_with_permutations", "make_guide"]
+
+
+def coupling_with_permutations(input_dim: int, num_layers: int = 4) -> ComposeTransformModule:
+    """``num_layers`` of Pyro's ``affine_coupling`` with a reversal between them, so the
+    coordinates left unchanged by one layer are transformed by the next."""
+    reverse = torch.arange(input_dim - 1, -1, -1)
+    parts = []
+    for layer in range(num_layers):
+        parts.append(affine_coupling(input_dim))
+        if layer < num_layers - 1:
+            parts.append(Permute(reverse))
+    return ComposeTransformModule(parts)
+
+
+#: Column label -> guide constructor taking the model.
+GUIDES: dict[str, Callable] = {
+    "AutoRealNVP": AutoRealNVP,
+    "AutoNormal": AutoNormal,
+    "AutoMultivariateNormal": AutoMultivariateNormal,
+    "AutoIAFNormal": AutoIAFNormal,
+    "ANF 4 coupling": lambda model: AutoNormalizingFlow(
+        model, partial(iterated, 4, affine_coupling)
+    ),
+    "ANF 4 coupling+perm": lambda model: AutoNormalizingFlow(model, coupling_with_permutations),
+}
+
+
+def make_guide(name: str, model: Callable, *, label: str | None = None, **options):
+    """Build the named guide; its param names are prefixed with ``label`` (default the
+    name), so several guides of one class can share the param store, as the interleaved
+    timing needs."""
+    guide = GUIDES[name](model, **options)
+    guide._pyro_name = re.sub(r"\W", "_", label or name)
+    return guide

@@ -1,0 +1,255 @@
+"""The benchmark runner's smoke mode, its metrics, and the posteriordb translations.
+
+Each translation's log-density is compared with the Stan program's, written out by hand
+below (independently of ``benchmarks/posteriordb.py``), as differences between two
+reference draws, so constants drop out.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from pyro import poutine
+
+from benchmarks import accuracy
+from benchmarks.metrics import moment_errors, sliced_w1
+from benchmarks.posteriordb import POSTERIORDB_TARGETS, load_data, load_target, posteriordb_root
+
+pytestmark = pytest.mark.skipif(
+    not posteriordb_root().is_dir(), reason="posteriordb reference posteriors not found"
+)
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def normal_lpdf(x, mu, sd):
+    x, mu, sd = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (x, mu, sd)))
+    return float(np.sum(-0.5 * ((x - mu) / sd) ** 2 - np.log(sd) - 0.5 * LOG_2PI))
+
+
+def cauchy_lpdf(x, scale):
+    return float(np.sum(-np.log(np.pi * scale * (1 + (np.asarray(x) / scale) ** 2))))
+
+
+def student_t_lpdf(x, nu, mu, sd):
+    z = (np.asarray(x, dtype=float) - mu) / sd
+    const = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
+    return float(np.sum(const - math.log(sd) - (nu + 1) / 2 * np.log1p(z**2 / nu)))
+
+
+def gamma_lpdf(x, shape, rate):
+    return shape * math.log(rate) - math.lgamma(shape) + (shape - 1) * math.log(x) - rate * x
+
+
+def beta_lpdf(x, a, b):
+    log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    return (a - 1) * math.log(x) + (b - 1) * math.log1p(-x) - log_beta
+
+
+def poisson_log_lpmf(k, log_rate):
+    k, log_rate = np.asarray(k, dtype=float), np.asarray(log_rate, dtype=float)
+    lgam = np.array([math.lgamma(v + 1) for v in k])
+    return float(np.sum(k * log_rate - np.exp(log_rate) - lgam))
+
+
+def gp_cholesky(x, alpha, rho):
+    x = np.asarray(x, dtype=float)
+    cov = alpha**2 * np.exp(-((x[:, None] - x[None, :]) ** 2) / (2 * rho**2))
+    return np.linalg.cholesky(cov + 1e-10 * np.eye(len(x)))
+
+
+# Stan's model block, term by term, on Stan's parameters (p) and data (d).
+def stan_eight_schools_noncentered(p, d):
+    theta = p["theta_trans"] * p["tau"] + p["mu"]
+    return (
+        normal_lpdf(p["theta_trans"], 0, 1)
+        + normal_lpdf(d["y"], theta, d["sigma"])
+        + normal_lpdf(p["mu"], 0, 5)
+        + cauchy_lpdf(p["tau"], 5)
+    )
+
+
+def stan_eight_schools_centered(p, d):
+    return (
+        normal_lpdf(p["theta"], p["mu"], p["tau"])
+        + normal_lpdf(d["y"], p["theta"], d["sigma"])
+        + normal_lpdf(p["mu"], 0, 5)
+        + cauchy_lpdf(p["tau"], 5)
+    )
+
+
+def stan_arK(p, d):
+    lp = normal_lpdf(p["alpha"], 0, 10) + normal_lpdf(p["beta"], 0, 10)
+    lp += cauchy_lpdf(p["sigma"], 2.5)
+    y, K = d["y"], d["K"]
+    for t in range(K, d["T"]):
+        mu = p["alpha"] + sum(p["beta"][k] * y[t - k - 1] for k in range(K))
+        lp += normal_lpdf(y[t], mu, p["sigma"])
+    return lp
+
+
+def stan_garch11(p, d):
+    y, sigma = d["y"], [d["sigma1"]]
+    for t in range(1, d["T"]):
+        var = p["alpha0"] + p["alpha1"] * (y[t - 1] - p["mu"]) ** 2 + p["beta1"] * sigma[-1] ** 2
+        sigma.append(math.sqrt(var))
+    return normal_lpdf(y, p["mu"], sigma)
+
+
+def stan_gp_pois_regr(p, d):
+    f = gp_cholesky(d["x"], p["alpha"], p["rho"]) @ p["f_tilde"]
+    return (
+        gamma_lpdf(p["rho"], 25, 4)
+        + normal_lpdf(p["alpha"], 0, 2)
+        + normal_lpdf(p["f_tilde"], 0, 1)
+        + poisson_log_lpmf(d["k"], f)
+    )
+
+
+def stan_kilpisjarvi(p, d):
+    return (
+        normal_lpdf(p["alpha"], d["pmualpha"], d["psalpha"])
+        + normal_lpdf(p["beta"], d["pmubeta"], d["psbeta"])
+        + normal_lpdf(d["y"], p["alpha"] + p["beta"] * np.asarray(d["x"]), p["sigma"])
+    )
+
+
+def stan_low_dim_gauss_mix(p, d):
+    lp = normal_lpdf(p["sigma"], 0, 2) + normal_lpdf(p["mu"], 0, 2)
+    lp += beta_lpdf(p["theta"], 5, 5)
+    for y in d["y"]:
+        first = math.log(p["theta"]) + normal_lpdf(y, p["mu"][0], p["sigma"][0])
+        second = math.log1p(-p["theta"]) + normal_lpdf(y, p["mu"][1], p["sigma"][1])
+        lp += np.logaddexp(first, second)
+    return lp
+
+
+def stan_diamonds(p, d):
+    X = np.asarray(d["X"], dtype=float)[:, 1:]
+    mean = p["Intercept"] + (X - X.mean(0)) @ p["b"]
+    return (
+        normal_lpdf(p["b"], 0, 1)
+        + student_t_lpdf(p["Intercept"], 3, 8, 10)
+        + student_t_lpdf(p["sigma"], 3, 0, 10)
+        + normal_lpdf(d["Y"], mean, p["sigma"])
+    )
+
+
+STAN = {
+    "eight_schools_noncentered": stan_eight_schools_noncentered,
+    "eight_schools_centered": stan_eight_schools_centered,
+    "arK": stan_arK,
+    "garch11": stan_garch11,
+    "gp_pois_regr": stan_gp_pois_regr,
+    "kilpisjarvi_mod": stan_kilpisjarvi,
+    "low_dim_gauss_mix": stan_low_dim_gauss_mix,
+    "diamonds": stan_diamonds,
+}
+
+
+def draw(target, index):
+    """Reference draw ``index`` as ``{site: float64 array or float}``."""
+    row, values, start = target.reference[0][index].double().numpy(), {}, 0
+    for site, size in target.columns:
+        chunk = row[start : start + size]
+        values[site] = float(chunk[0]) if size == 1 else chunk
+        start += size
+    return values
+
+
+def stan_parameters(name, values, data):
+    """The Stan program's parameters from a draw of its (transformed) reported columns."""
+    p = dict(values)
+    if name == "eight_schools_noncentered":
+        p["theta_trans"] = (p.pop("theta") - p["mu"]) / p["tau"]
+    if name == "gp_pois_regr":
+        p["f_tilde"] = np.linalg.solve(gp_cholesky(data["x"], p["alpha"], p["rho"]), p.pop("f"))
+    return p
+
+
+def pyro_latents(name, p):
+    """Stan parameters as the Pyro model's latent sites; garch's beta1 is beta1_raw there."""
+    latents = dict(p)
+    if name == "garch11":
+        latents["beta1_raw"] = latents.pop("beta1") / (1 - p["alpha1"])
+    return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in latents.items()}
+
+
+def pyro_log_density(target, latents):
+    with poutine.block():
+        conditioned = poutine.condition(target.model, data=latents)
+        trace = poutine.trace(conditioned).get_trace(*target.args)
+    return float(trace.log_prob_sum())
+
+
+def stan_measure_correction(name, p):
+    """log |d(Pyro's latents) / d(Stan's parameters)|: garch's beta1_raw = beta1 / (1 - alpha1)."""
+    return -math.log1p(-p["alpha1"]) if name == "garch11" else 0.0
+
+
+@pytest.mark.parametrize("name", list(POSTERIORDB_TARGETS), ids=list(POSTERIORDB_TARGETS))
+def test_log_density_matches_stan_up_to_a_constant(name):
+    target = load_target(name)
+    data = load_data(name)
+    points = [stan_parameters(name, draw(target, i), data) for i in (0, 1234, 4321)]
+    pyro_lp = [
+        pyro_log_density(target, pyro_latents(name, p)) + stan_measure_correction(name, p)
+        for p in points
+    ]
+    stan_lp = [STAN[name](p, data) for p in points]
+    pyro_diff = np.diff(pyro_lp)
+    stan_diff = np.diff(stan_lp)
+    assert np.abs(stan_diff).max() > 1e-3  # the points differ, so the check has teeth
+    # float32 sums of thousands of terms: tolerance relative to the size of the log-density
+    atol = 1e-6 * max(abs(v) for v in stan_lp) + 1e-3
+    np.testing.assert_allclose(pyro_diff, stan_diff, rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize("name", list(POSTERIORDB_TARGETS), ids=list(POSTERIORDB_TARGETS))
+def test_model_reproduces_reference_columns_from_its_latents(name):
+    """Reference draws map to latents the model accepts (support checked), and the
+    model's sites then give back the reference columns (deterministic ones included)."""
+    target = load_target(name)
+    data = load_data(name)
+    rows = range(0, 5000, 250)
+    points = [stan_parameters(name, draw(target, i), data) for i in rows]
+    for index, p in zip(rows, points, strict=True):
+        latents = pyro_latents(name, p)
+        with poutine.block():
+            trace = poutine.trace(poutine.condition(target.model, data=latents)).get_trace(
+                *target.args
+            )
+        assert math.isfinite(trace.log_prob_sum())
+        got = torch.cat([trace.nodes[s]["value"].reshape(-1) for s, _ in target.columns])
+        torch.testing.assert_close(got, target.reference[0][index], rtol=1e-4, atol=1e-4)
+
+
+def test_sliced_w1_of_a_one_dimensional_shift_is_the_shift():
+    x = torch.randn(1000, 1)
+    assert sliced_w1(x, x + 0.3) == pytest.approx(0.3, rel=1e-4)
+
+
+def test_moment_errors_report_mean_error_in_sds_and_sd_ratio_range():
+    x = torch.tensor([[0.0, 0.0], [2.0, 4.0]])  # means (1, 2), sds (sqrt 2, 2 sqrt 2)
+    error, low, high = moment_errors(x, torch.zeros(2), torch.tensor([math.sqrt(2), 1.0]))
+    assert (error, low, high) == pytest.approx((2.0, 1.0, 2 * math.sqrt(2)))
+
+
+def test_smoke_run_writes_every_table_with_a_row_per_target(tmp_path):
+    out = tmp_path / "benchmarks.md"
+    # A subset keeps the suite fast; the log-density tests cover every translation.
+    subset = ["--exact", "funnel_d10", "banana_d2", "--posteriordb", "eight_schools_centered"]
+    args = accuracy.parse_args(["--smoke", *subset, "--out", str(out)])
+    accuracy.main(args)
+    text = out.read_text()
+    assert "python -m benchmarks.accuracy --smoke --exact funnel_d10" in text
+    kl_table = text.split("## KL(q‖p)")[1].split("##")[0]
+    for name in args.exact:
+        row = next(line for line in kl_table.splitlines() if line.startswith(f"| {name} |"))
+        cells = row.strip("|").split("|")[1:]
+        assert len(cells) == len(accuracy.GUIDES)
+        assert all(math.isfinite(float(c.split()[0])) for c in cells if "failed" not in c)
+    w1_table = text.split("## Sliced W1")[1].split("##")[0]
+    for name in args.exact + args.posteriordb:
+        assert f"| {name} |" in w1_table
