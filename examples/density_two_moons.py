@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.05)
     parser.add_argument("--num-steps", type=int, default=3000)
     parser.add_argument("--num-layers", type=int, default=16)
-    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--output-gain", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--batch-size", type=int, default=256)
