@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable
@@ -39,10 +40,24 @@ def _sites_not_finite(trace: poutine.Trace) -> list[str]:
     ]
 
 
-def _is_support_violation(error: ValueError) -> bool:
-    """Whether torch's distribution validation raised (not a shape or user error)."""
-    message = str(error)
-    return message.startswith("Expected parameter") or message.startswith("Expected value")
+@contextlib.contextmanager
+def _rejected_draws_are_non_finite():
+    """Turn torch's distribution validation errors into :class:`NonFiniteLossError`.
+
+    A draw whose value under- or overflowed (a scale of exactly 0, say) fails the model's
+    argument validation: as non-finite as an inf loss. Other ValueErrors (shapes, the
+    user's own) pass through.
+    """
+    try:
+        yield
+    except ValueError as error:
+        message = str(error)
+        if not message.startswith(("Expected parameter", "Expected value")):
+            raise
+        raise NonFiniteLossError(
+            f"the model rejected the guide's draw: {message.splitlines()[0]}. No parameter "
+            "was updated; the guide is still usable."
+        ) from error
 
 
 def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str:
@@ -105,25 +120,15 @@ class FiniteELBO(ELBO):
         super().__init__(num_particles=self.elbo.num_particles)
 
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        loss = self.elbo.loss(model, guide, *args, **kwargs)
+        with _rejected_draws_are_non_finite():
+            loss = self.elbo.loss(model, guide, *args, **kwargs)
         if not math.isfinite(loss):
             self._raise(loss, "", model, guide, args, kwargs)
         return loss
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        with poutine.trace(param_only=True) as capture:
-            try:
-                loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
-            except ValueError as error:
-                if not _is_support_violation(error):
-                    raise
-                # A draw whose value under- or overflowed (a scale of exactly 0, say)
-                # fails the model's argument validation: as non-finite as an inf loss.
-                reason = str(error).splitlines()[0]
-                raise NonFiniteLossError(
-                    f"the model rejected the guide's draw: {reason}. No parameter was "
-                    "updated; the guide is still usable."
-                ) from error
+        with poutine.trace(param_only=True) as capture, _rejected_draws_are_non_finite():
+            loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
         grads = [p.grad for p in params if p.grad is not None]
         grads_finite = not grads or bool(
