@@ -8,6 +8,7 @@ from .distributed import DataParallelELBO, RankFailedError, fit_distributed
 from .fast import FastELBO, FastPathError, fit_fast
 from .flow import RealNVP, realnvp
 from .guide import AutoRealNVP
+from .image import ConvConditioner, channel_mask, checkerboard_mask, multiscale_realnvp, squeeze
 from .infer import FiniteELBO, NonFiniteLossError, fit
 from .masks import alternating_mask, coupling_masks, half_mask
 from .plots import plot_loss, plot_pair
@@ -16,6 +17,7 @@ __all__ = [
     "AutoRealNVP",
     "ConditionalRealNVP",
     "ConditionedRealNVP",
+    "ConvConditioner",
     "DataParallelELBO",
     "FastELBO",
     "FastPathError",
@@ -27,6 +29,8 @@ __all__ = [
     "RealNVP",
     "alternating_mask",
     "anomaly_scores",
+    "channel_mask",
+    "checkerboard_mask",
     "bits_per_dim",
     "conditional_realnvp",
     "coupling_masks",
@@ -39,10 +43,12 @@ __all__ = [
     "half_mask",
     "khat_reading",
     "masked_affine_coupling",
+    "multiscale_realnvp",
     "plot_loss",
     "plot_pair",
     "psis_khat",
     "realnvp",
+    "squeeze",
     "to_inference_data",
 ]
 

@@ -48,6 +48,12 @@ class MaskedAffineCoupling(TransformModule):
             conditioner reads ``[b x, c]``, so ``s`` and ``t`` depend on ``c`` (the
             conditional coupling of :class:`~pyro_realnvp.ConditionalRealNVP`); the
             context is then passed to :meth:`_forward` / :meth:`_backward`.
+        net: A conditioner to use instead of the MLP: it maps the kept coordinates
+            ``x[..., kept]`` (then the context, if any) to ``2 * len(free)`` outputs, the
+            raw log-scales then the shifts of the free coordinates, and should start at
+            zero so the layer starts as the identity (e.g.
+            :class:`~pyro_realnvp.image.ConvConditioner` for images). ``hidden_dims``
+            and ``activation`` are then unused.
         device, dtype: Where the parameters live.
 
     Example:
@@ -71,6 +77,7 @@ class MaskedAffineCoupling(TransformModule):
         output_gain: float = 0.1,
         activation: type[nn.Module] = nn.ELU,
         context_dim: int = 0,
+        net: nn.Module | None = None,
         device=None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -90,14 +97,16 @@ class MaskedAffineCoupling(TransformModule):
         self.scale_bound = float(scale_bound)
         self.output_gain = float(output_gain)
         self.context_dim = int(context_dim)
-        self.net = conditioner(
-            len(self.kept) + self.context_dim,
-            2 * len(self.free),
-            hidden_dims,
-            activation=activation,
-            device=device,
-            dtype=dtype,
-        )
+        if net is None:
+            net = conditioner(
+                len(self.kept) + self.context_dim,
+                2 * len(self.free),
+                hidden_dims,
+                activation=activation,
+                device=device,
+                dtype=dtype,
+            )
+        self.net = net
         self._cached_log_scale = None
 
     def _scale_shift(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

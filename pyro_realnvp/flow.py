@@ -76,11 +76,37 @@ class RealNVP(TransformModule):
             "context_dim": context_dim,
         }
         factory = {"device": device, "dtype": dtype}
-        self.input_dim = input_dim
-        self.context_dim = int(context_dim)
-        self.layers = nn.ModuleList(
-            MaskedAffineCoupling(mask, hidden_dims, **options, **factory) for mask in masks
-        )
+        self._stack([MaskedAffineCoupling(m, hidden_dims, **options, **factory) for m in masks])
+
+    @classmethod
+    def from_couplings(cls, couplings: Sequence[MaskedAffineCoupling]) -> RealNVP:
+        """A RealNVP over couplings built elsewhere, applied in the order given.
+
+        This is how other architectures reuse the stack, e.g.
+        :func:`~pyro_realnvp.image.multiscale_realnvp` (masks on images, convolutional
+        conditioners). All couplings must share the event size and ``context_dim``.
+
+        Example:
+            >>> from pyro_realnvp.masks import alternating_mask
+            >>> layers = [MaskedAffineCoupling(alternating_mask(3, p), (8,)) for p in (0, 1)]
+            >>> RealNVP.from_couplings(layers).input_dim
+            3
+        """
+        couplings = list(couplings)
+        if not couplings:
+            raise ValueError("from_couplings needs at least one coupling")
+        sizes = {(c.mask.numel(), c.context_dim) for c in couplings}
+        if len(sizes) > 1:
+            raise ValueError(f"couplings disagree on (event size, context_dim): {sorted(sizes)}")
+        flow = cls.__new__(cls)
+        TransformModule.__init__(flow, cache_size=1)
+        flow._stack(couplings)
+        return flow
+
+    def _stack(self, couplings: list[MaskedAffineCoupling]) -> None:
+        self.input_dim = couplings[0].mask.numel()
+        self.context_dim = couplings[0].context_dim
+        self.layers = nn.ModuleList(couplings)
         self._cached_log_det = None
 
     def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -55,11 +55,13 @@ def test_npe_posterior_close_to_exact():
     assert results["std_relative_error"] < 0.25
 
 
-def test_digits_flow_beats_the_diagonal_gaussian_and_saves_a_grid(tmp_path):
+@pytest.mark.parametrize("architecture", ["multiscale", "vector"])
+def test_digits_flow_beats_the_diagonal_gaussian_and_saves_a_grid(tmp_path, architecture):
     pytest.importorskip("sklearn")
     example = load("digits")
     png = tmp_path / "samples.png"
     argv = ["--num-steps", "40", "--num-layers", "4", "--samples", str(png), "--no-progress"]
+    argv += ["--architecture", architecture, "--hidden-channels", "16", "--num-blocks", "1"]
     results = example.main(example.parse_args(argv))
     assert results["realnvp_bits_per_dim"] < results["diagonal_gaussian_bits_per_dim"]
     assert results["diagonal_gaussian_bits_per_dim"] < math.log2(17)  # the uniform density
