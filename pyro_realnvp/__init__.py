@@ -10,7 +10,7 @@ from .flow import RealNVP, realnvp
 from .guide import AutoRealNVP
 from .image import ConvConditioner, channel_mask, checkerboard_mask, multiscale_realnvp, squeeze
 from .infer import FiniteELBO, NonFiniteLossError, fit
-from .masks import alternating_mask, coupling_masks, half_mask
+from .masks import alternating_mask, bit_mask, coupling_masks, half_mask
 from .plots import plot_loss, plot_pair
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "anomaly_scores",
     "channel_mask",
     "checkerboard_mask",
+    "bit_mask",
     "bits_per_dim",
     "conditional_realnvp",
     "coupling_masks",

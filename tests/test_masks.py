@@ -1,10 +1,20 @@
 import pytest
 import torch
 
-from pyro_realnvp.masks import alternating_mask, check_mask, coupling_masks, half_mask
+from pyro_realnvp.masks import (
+    alternating_mask,
+    bit_mask,
+    check_mask,
+    coupling_masks,
+    half_mask,
+)
 
 
-@pytest.mark.parametrize("make", [alternating_mask, half_mask], ids=["alternating", "half"])
+@pytest.mark.parametrize(
+    "make",
+    [alternating_mask, half_mask, lambda dim, parity: bit_mask(dim, 1, parity)],
+    ids=["alternating", "half", "bit"],
+)
 @pytest.mark.parametrize("dim", [2, 3, 7])
 def test_parities_are_complements(make, dim):
     assert torch.equal(make(dim, 0) + make(dim, 1), torch.ones(dim))
@@ -22,6 +32,18 @@ def test_every_coordinate_is_transformed_by_each_pair(dim, num_layers):
 def test_pairs_change_pattern_so_same_parity_coordinates_interact():
     masks = coupling_masks(6, 4)
     assert not torch.equal(masks[0], masks[2])
+
+
+@pytest.mark.parametrize(("dim", "num_layers"), [(2, 2), (5, 6), (10, 8), (16, 8), (33, 12)])
+def test_every_pair_of_coordinates_is_split_by_some_layer(dim, num_layers):
+    masks = torch.stack(coupling_masks(dim, num_layers))
+    split = (masks[:, :, None] != masks[:, None, :]).any(0)
+    assert bool(split.fill_diagonal_(True).all())
+
+
+def test_bit_zero_is_the_alternating_mask():
+    assert torch.equal(bit_mask(7, 0), alternating_mask(7))
+    assert torch.equal(bit_mask(7, 0, parity=1), alternating_mask(7, parity=1))
 
 
 @pytest.mark.parametrize(
