@@ -12,11 +12,12 @@ from torch.distributions.transforms import Transform
 
 from .coupling import default_hidden_dims
 from .flow import RealNVP
+from .one_pass import OnePassLogDet
 
 __all__ = ["ConditionalRealNVP", "ConditionedRealNVP", "conditional_realnvp"]
 
 
-class ConditionedRealNVP(Transform):
+class ConditionedRealNVP(OnePassLogDet, Transform):
     r"""A :class:`~pyro_realnvp.RealNVP` evaluated at one context, :math:`y = f(x; c)`.
 
     Made by :meth:`ConditionalRealNVP.condition`; it shares the conditional flow's layers
@@ -42,21 +43,12 @@ class ConditionedRealNVP(Transform):
         super().__init__(cache_size=1)
         self.flow = flow
         self.context = context
-        self._cached_log_det = None
 
-    def _call(self, x: Tensor) -> Tensor:
-        y, self._cached_log_det = self.flow._forward(x, self.context)
-        return y
+    def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow._forward(x, self.context)
 
-    def _inverse(self, y: Tensor) -> Tensor:
-        x, self._cached_log_det = self.flow._backward(y, self.context)
-        return x
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        x_old, y_old = self._cached_x_y
-        if self._cached_log_det is not None and x is x_old and y is y_old:
-            return self._cached_log_det
-        return self.flow._forward(x, self.context)[1]
+    def _backward_pass(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow._backward(y, self.context)
 
 
 class ConditionalRealNVP(ConditionalTransformModule):

@@ -11,6 +11,7 @@ from torch.distributions import constraints
 
 from .masks import alternating_mask, check_mask
 from .nn import conditioner, soft_clamp
+from .one_pass import OnePassLogDet
 
 __all__ = ["MaskedAffineCoupling", "masked_affine_coupling", "default_hidden_dims"]
 
@@ -26,7 +27,7 @@ def default_hidden_dims(input_dim: int) -> tuple[int, int]:
     return (width, width)
 
 
-class MaskedAffineCoupling(TransformModule):
+class MaskedAffineCoupling(OnePassLogDet, TransformModule):
     r"""RealNVP affine coupling, :math:`y = b x + (1-b)(x e^{s(bx)} + t(bx))`.
 
     The inverse is :math:`x = b y + (1-b)(y - t(by)) e^{-s(by)}` and
@@ -107,7 +108,6 @@ class MaskedAffineCoupling(TransformModule):
                 dtype=dtype,
             )
         self.net = net
-        self._cached_log_scale = None
 
     def _scale_shift(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The only place the conditioner, its split and the scale bound live."""
@@ -136,21 +136,13 @@ class MaskedAffineCoupling(TransformModule):
         s, t = self._scale_shift(y, context)
         return (y - t) * torch.exp(-s), s
 
-    def _call(self, x: Tensor) -> Tensor:
-        y, self._cached_log_scale = self._forward(x)
-        return y
+    def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y, s = self._forward(x)
+        return y, s.sum(-1)
 
-    def _inverse(self, y: Tensor) -> Tensor:
-        x, self._cached_log_scale = self._backward(y)
-        return x
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        x_old, y_old = self._cached_x_y
-        if self._cached_log_scale is not None and x is x_old and y is y_old:
-            log_scale = self._cached_log_scale
-        else:
-            log_scale, _ = self._scale_shift(x)
-        return log_scale.sum(-1)
+    def _backward_pass(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        x, s = self._backward(y)
+        return x, s.sum(-1)
 
 
 def masked_affine_coupling(

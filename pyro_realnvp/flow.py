@@ -11,11 +11,12 @@ from torch.distributions import constraints
 
 from .coupling import MaskedAffineCoupling
 from .masks import coupling_masks
+from .one_pass import OnePassLogDet
 
 __all__ = ["RealNVP", "realnvp"]
 
 
-class RealNVP(TransformModule):
+class RealNVP(OnePassLogDet, TransformModule):
     r"""Stacked couplings, :math:`f = f_L \circ \dots \circ f_1`, masks ``b, 1-b, b', 1-b', ...``.
 
     :math:`\log|\det \partial f/\partial x| = \sum_l \sum_i (1 - b^{(l)}_i) s^{(l)}_i`,
@@ -107,7 +108,6 @@ class RealNVP(TransformModule):
         self.input_dim = couplings[0].mask.numel()
         self.context_dim = couplings[0].context_dim
         self.layers = nn.ModuleList(couplings)
-        self._cached_log_det = None
 
     def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(f(x), log|det|)`` in one pass; ``context`` only for a conditional flow."""
@@ -125,19 +125,11 @@ class RealNVP(TransformModule):
             log_det = log_det + log_scale.sum(-1)
         return y, log_det
 
-    def _call(self, x: Tensor) -> Tensor:
-        y, self._cached_log_det = self._forward(x)
-        return y
+    def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._forward(x)
 
-    def _inverse(self, y: Tensor) -> Tensor:
-        x, self._cached_log_det = self._backward(y)
-        return x
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        x_old, y_old = self._cached_x_y
-        if self._cached_log_det is not None and x is x_old and y is y_old:
-            return self._cached_log_det
-        return self._forward(x)[1]
+    def _backward_pass(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self._backward(y)
 
 
 def realnvp(input_dim: int, num_layers: int = 8, **kwargs) -> RealNVP:

@@ -1,0 +1,41 @@
+"""The log-determinant from the same pass as the output, kept for the call that follows."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+__all__ = ["OnePassLogDet"]
+
+
+class OnePassLogDet:
+    """Mixin for a ``Transform`` whose forward and inverse passes also give the log-det.
+
+    Pyro scores a draw by calling the transform and then ``log_abs_det_jacobian(x, y)``
+    on the same tensors; a coupling computes ``s`` on the way, so keeping the sum saves
+    a second pass through every conditioner. Only the exact ``(x, y)`` pair of the last
+    call (Pyro's one-slot cache) is answered from memory; anything else is recomputed.
+    Subclasses define :meth:`_forward_pass` and :meth:`_backward_pass`, each returning
+    ``(output, log|det dy/dx|)`` with the log-det of the forward map.
+    """
+
+    _cached_log_det: Tensor | None = None
+
+    def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _backward_pass(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _call(self, x: Tensor) -> Tensor:
+        y, self._cached_log_det = self._forward_pass(x)
+        return y
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        x, self._cached_log_det = self._backward_pass(y)
+        return x
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        x_old, y_old = self._cached_x_y
+        if self._cached_log_det is not None and x is x_old and y is y_old:
+            return self._cached_log_det
+        return self._forward_pass(x)[1]
