@@ -218,7 +218,9 @@ def multiscale_realnvp(
             ``2 ** (num_scales - 1)``.
         num_scales: Number of scales.
         hidden_channels, num_blocks, activation: Of each :class:`ConvConditioner`.
-        scale_bound, output_gain: As for :class:`~pyro_realnvp.MaskedAffineCoupling`.
+        scale_bound, output_gain: As for :class:`~pyro_realnvp.MaskedAffineCoupling`;
+            the gain defaults to 1 here, not 0.1: maximum likelihood at the usual
+            ``lr=1e-3`` is stable without the damping SVI at ``lr=1e-2`` needs.
         device, dtype: Where the parameters live.
 
     Example:
@@ -238,14 +240,13 @@ def multiscale_realnvp(
             f"{num_scales} scales need height and width divisible by {step}, got {height}x{width}"
         )
     dim = channels * height * width
-    options = {"scale_bound": scale_bound, "output_gain": output_gain, "device": device}
-    options["dtype"] = dtype
+    factory = {"device": device, "dtype": dtype}
+    options = {"scale_bound": scale_bound, "output_gain": output_gain, **factory}
     net_options = {
         "hidden_channels": hidden_channels,
         "num_blocks": num_blocks,
         "activation": activation,
-        "device": device,
-        "dtype": dtype,
+        **factory,
     }
     layout = torch.arange(dim).reshape(shape)
     layers = []
