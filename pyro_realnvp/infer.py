@@ -42,14 +42,20 @@ def _sites_not_finite(trace: poutine.Trace) -> list[str]:
 
 @contextlib.contextmanager
 def _rejected_draws_are_non_finite():
-    """Turn torch's distribution validation errors into :class:`NonFiniteLossError`.
+    """Turn draws the model cannot score into :class:`NonFiniteLossError`.
 
     A draw whose value under- or overflowed (a scale of exactly 0, say) fails the model's
-    argument validation: as non-finite as an inf loss. Other ValueErrors (shapes, the
-    user's own) pass through.
+    argument validation, and a draw far in the tails can make a matrix the model factors
+    numerically singular (a GP kernel with a tiny length scale): both are as non-finite
+    as an inf loss. Other ValueErrors (shapes, the user's own) pass through.
     """
     try:
         yield
+    except torch.linalg.LinAlgError as error:
+        raise NonFiniteLossError(
+            f"the model's linear algebra failed at the guide's draw: "
+            f"{str(error).splitlines()[0]} No parameter was updated; the guide is still usable."
+        ) from error
     except ValueError as error:
         message = str(error)
         if not message.startswith(("Expected parameter", "Expected value")):

@@ -111,6 +111,26 @@ def test_draw_that_breaks_model_validation_is_a_non_finite_step():
     assert all(torch.isfinite(p).all() for p in guide.parameters())
 
 
+def test_singular_matrix_at_a_draw_is_a_non_finite_step_that_is_redrawn():
+    state = {"calls": 0}
+
+    def model():
+        rho = pyro.sample("rho", dist.Normal(0.0, 1.0))
+        state["calls"] += 1
+        # Every fifth evaluation the "kernel" is singular, as a GP's is at a tail draw.
+        off = 2.0 if state["calls"] % 5 == 3 else 0.5
+        kernel = torch.tensor([[1.0, off], [off, 1.0]])
+        torch.linalg.cholesky(kernel)
+        pyro.sample("y", dist.Normal(rho, 1.0), obs=torch.tensor(0.5))
+
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.warns(UserWarning, match="redrawn after a non-finite loss"):
+        losses = fit(model, guide, num_steps=20, progress=False)
+    assert all(math.isfinite(loss) for loss in losses)
+    with pytest.raises(NonFiniteLossError, match="linear algebra failed at the guide's draw"):
+        FiniteELBO().loss(lambda: model() or torch.linalg.cholesky(-torch.eye(2)), guide)
+
+
 def test_other_model_errors_are_not_swallowed():
     def model():
         pyro.sample("x", dist.Normal(0.0, 1.0))
