@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.transforms import (
@@ -28,6 +29,11 @@ __all__ = ["AutoRealNVP"]
 _AFFINE_CHOICES = ("auto", "lower", "diagonal")
 #: Up to this latent size, ``affine="auto"`` learns a dense lower-triangular scale.
 AUTO_LOWER_MAX_DIM = 256
+#: Up to this latent size, ``init_scale="auto"`` reads the curvature (one Hessian row
+#: per dimension); above it every coordinate starts at :data:`MAX_INIT_SCALE`.
+AUTO_SCALE_MAX_DIM = 256
+#: The widest start of any coordinate.
+MAX_INIT_SCALE = 1.0
 
 
 def _hide_enumerated(msg: dict) -> bool:
@@ -45,7 +51,7 @@ class AutoRealNVP(AutoContinuous):
     ``"diagonal"`` it is the identity; ``"auto"`` picks ``"lower"`` up to
     ``AUTO_LOWER_MAX_DIM`` latent dimensions. The flow works in standardised coordinates
     and starts as the identity, so the guide starts as
-    :math:`\mathcal N(\text{init\_loc}, \text{init\_scale}^2 I)`.
+    :math:`\mathcal N(\text{init\_loc}, \operatorname{diag}(\text{init\_scale})^2)`.
     Each latent site is then mapped to its support with ``biject_to``; Pyro's
     ``AutoContinuous`` adds the log-det of that map to the ELBO.
 
@@ -60,9 +66,16 @@ class AutoRealNVP(AutoContinuous):
         hidden_dims: Conditioner widths; default two layers of ``4 * latent_dim``
             kept within ``[32, 256]``.
         init_loc_fn: Per-site initialisation, as for Pyro's autoguides.
-        init_scale: Initial scale :math:`\sigma` of every coordinate. ``1.0``, wider than
-            ``AutoNormal``'s ``0.1``: reverse KL lets a too-narrow start stay narrow, and
-            at 3000 steps it cut the KL on the 10-d funnel from 1.16 to 0.64, banana 0.45 to 0.28.
+        init_scale: Initial scale :math:`\sigma` of each coordinate. ``"auto"`` (the
+            default) takes the Laplace scale at the initial point,
+            :math:`(\partial^2 U/\partial z_i^2)^{-1/2}` of the model's negative log joint
+            in unconstrained space, capped at 1 (1 where the curvature is not positive,
+            and for every coordinate above 256 latent dimensions). A number sets every
+            coordinate. The cap is wide on purpose: reverse KL lets a too-narrow start
+            stay narrow (at 3000 steps a constant 1.0 beat ``AutoNormal``'s 0.1 on the
+            10-d funnel, KL 0.64 against 1.16); the curvature narrows only coordinates the
+            data pin down, where a start at 1 costs hundreds of steps of shrinking
+            (posteriordb kilpisjarvi_mod: sliced W1 to the reference 1.7 with it).
         scale_bound: Bound on each coupling's log-scale.
         activation: Hidden activation of the conditioners.
         affine: ``"auto"``, ``"lower"`` or ``"diagonal"`` (see above).
@@ -89,14 +102,14 @@ class AutoRealNVP(AutoContinuous):
         num_layers: int = 8,
         hidden_dims: Sequence[int] | None = None,
         init_loc_fn: Callable = init_to_median,
-        init_scale: float = 1.0,
+        init_scale: float | str = "auto",
         scale_bound: float = 5.0,
         activation: type[nn.Module] = nn.ELU,
         affine: str = "auto",
         num_quantile_samples: int = 4096,
     ) -> None:
-        if not (isinstance(init_scale, float | int) and init_scale > 0):
-            raise ValueError(f"init_scale must be a positive number, got {init_scale!r}")
+        if init_scale != "auto" and not (isinstance(init_scale, float | int) and init_scale > 0):
+            raise ValueError(f"init_scale must be 'auto' or a positive number, got {init_scale!r}")
         if affine not in _AFFINE_CHOICES:
             raise ValueError(f"affine must be one of {_AFFINE_CHOICES}, got {affine!r}")
         if num_layers < 1:
@@ -107,7 +120,7 @@ class AutoRealNVP(AutoContinuous):
             "scale_bound": scale_bound,
             "activation": activation,
         }
-        self._init_scale = float(init_scale)
+        self._init_scale = init_scale if init_scale == "auto" else float(init_scale)
         self._affine = affine
         self.num_quantile_samples = num_quantile_samples
         super().__init__(model, init_loc_fn=init_loc_fn)
@@ -120,7 +133,7 @@ class AutoRealNVP(AutoContinuous):
         factory = {"device": init_loc.device, "dtype": init_loc.dtype}
         self.loc = PyroParam(init_loc)
         self.scale = PyroParam(
-            torch.full_like(init_loc, self._init_scale), constraints.softplus_positive
+            self._initial_scale(init_loc, *args, **kwargs), constraints.softplus_positive
         )
         if self._affine == "lower" or (
             self._affine == "auto" and self.latent_dim <= AUTO_LOWER_MAX_DIM
@@ -130,6 +143,54 @@ class AutoRealNVP(AutoContinuous):
             )
         self.flow = RealNVP(self.latent_dim, **self._flow_options, **factory)
         self._load_flow_from_param_store()
+
+    def _initial_scale(self, init_loc: Tensor, *args, **kwargs) -> Tensor:
+        """``init_scale`` per coordinate; for ``"auto"`` see :meth:`_laplace_scale`."""
+        if self._init_scale != "auto":
+            return torch.full_like(init_loc, self._init_scale)
+        if self.latent_dim > AUTO_SCALE_MAX_DIM:
+            return torch.full_like(init_loc, MAX_INIT_SCALE)
+        return self._laplace_scale(init_loc, *args, **kwargs)
+
+    def _laplace_scale(self, init_loc: Tensor, *args, **kwargs) -> Tensor:
+        r""":math:`\min(1, (\partial^2 U / \partial z_i^2)^{-1/2})` at ``init_loc``.
+
+        :math:`U(z) = -\log p(x, T(z)) - \log|\det \partial T/\partial z|` is the
+        model's potential in the unconstrained space the guide lives in. Where the
+        curvature is not positive and finite the coordinate starts at 1. Capped at 1:
+        wider starts did not help, narrower ones are what large data sets need (a
+        regression on 5,000 rows has posterior sds near 0.01; starting those at 1 costs
+        hundreds of steps of shrinking).
+        """
+        z = init_loc.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            potential = self._potential(z, *args, **kwargs)
+            (grad,) = torch.autograd.grad(potential, z, create_graph=True)
+            curvature = torch.stack(
+                [self._second_derivative(grad, z, i) for i in range(self.latent_dim)]
+            ).detach()
+        usable = torch.isfinite(curvature) & (curvature > 0)
+        scale = torch.where(usable, curvature.clamp(min=1e-30).rsqrt(), MAX_INIT_SCALE)
+        return scale.clamp(max=MAX_INIT_SCALE)
+
+    @staticmethod
+    def _second_derivative(grad: Tensor, z: Tensor, i: int) -> Tensor:
+        if not grad.requires_grad:  # a potential linear in z
+            return torch.zeros((), dtype=z.dtype, device=z.device)
+        (row,) = torch.autograd.grad(grad[i], z, retain_graph=True, allow_unused=True)
+        return torch.zeros((), dtype=z.dtype, device=z.device) if row is None else row[i]
+
+    def _potential(self, z: Tensor, *args, **kwargs) -> Tensor:
+        """Negative log joint at the unconstrained point ``z``, log-dets of ``biject_to`` in."""
+        values, log_det = {}, z.new_zeros(())
+        for site, unconstrained in self._unpack_latent(z):
+            transform = biject_to(site["fn"].support)
+            values[site["name"]] = value = transform(unconstrained)
+            log_det = log_det + transform.log_abs_det_jacobian(unconstrained, value).sum()
+        with poutine.block():
+            model = poutine.condition(self.model, values)
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+        return -(trace.log_prob_sum() + log_det)
 
     def _load_flow_from_param_store(self) -> None:
         """A param store loaded from disk already holds the flow's weights: use them."""

@@ -264,10 +264,11 @@ def test_non_finite_init_is_rejected_naming_the_site():
     ("kwargs", "message"),
     [
         ({"init_scale": 0.0}, "init_scale"),
+        ({"init_scale": "laplace"}, "init_scale"),
         ({"num_layers": 0}, "num_layers"),
         ({"affine": "full"}, "affine"),
     ],
-    ids=["init_scale", "num_layers", "affine"],
+    ids=["init_scale", "init_scale-name", "num_layers", "affine"],
 )
 def test_bad_options_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -285,6 +286,46 @@ def test_affine_choice_starts_as_a_gaussian_of_init_scale(affine):
     z = draws(guide, 20000)["z"]
     assert (z.mean(0) - 1).abs().max() < 0.03
     assert (z.std(0) - 0.5).abs().max() < 0.02
+
+
+def test_auto_init_scale_is_the_laplace_scale_where_data_are_informative():
+    data = torch.randn(400)
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+        # log s ~ N(0, 0.1^2): in the unconstrained space the potential is that Gaussian
+        # exactly, but only once the log-det of biject_to is counted.
+        pyro.sample("s", dist.LogNormal(0.0, 0.1))
+        with pyro.plate("data", len(data)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=data)
+
+    guide = AutoRealNVP(model)
+    guide()
+    expected = torch.tensor([(400 + 1 / 100) ** -0.5, 0.1])
+    assert torch.allclose(guide.scale.detach(), expected, rtol=1e-3)
+
+
+def test_auto_init_scale_is_capped_at_one_and_falls_back_where_curvature_is_not_positive():
+    def model():
+        pyro.sample("wide", dist.Normal(0.0, 3.0))
+        pyro.sample("flat", dist.ImproperUniform(dist.constraints.real, (), ()))
+        pyro.sample("cauchy", dist.Cauchy(0.0, 1.0))  # concave beyond |x| = 1
+
+    init = {"wide": 0.0, "flat": 0.0, "cauchy": 3.0}
+    guide = AutoRealNVP(model, init_loc_fn=lambda site: torch.tensor(init[site["name"]]))
+    guide()
+    assert guide.scale.detach().tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_number_for_init_scale_is_used_as_given():
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 100):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=torch.zeros(100))
+
+    guide = AutoRealNVP(model, init_scale=0.7)
+    guide()
+    assert guide.scale.detach().tolist() == pytest.approx([0.7])
 
 
 @pytest.mark.cuda
