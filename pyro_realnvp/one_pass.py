@@ -16,6 +16,21 @@ class OnePassLogDet:
     call (Pyro's one-slot cache) is answered from memory; anything else is recomputed.
     Subclasses define :meth:`_forward_pass` and :meth:`_backward_pass`, each returning
     ``(output, log|det dy/dx|)`` with the log-det of the forward map.
+
+    Example:
+        >>> import torch
+        >>> from torch.distributions.transforms import Transform
+        >>> class Double(OnePassLogDet, Transform):
+        ...     bijective = True
+        ...     def _forward_pass(self, x):
+        ...         return 2 * x, torch.full(x.shape[:-1], x.shape[-1] * 0.6931)
+        ...     def _backward_pass(self, y):
+        ...         return y / 2, torch.full(y.shape[:-1], y.shape[-1] * 0.6931)
+        >>> double = Double(cache_size=1)
+        >>> x = torch.ones(2, 3)
+        >>> y = double(x)
+        >>> double.log_abs_det_jacobian(x, y)  # kept from the call, not recomputed
+        tensor([2.0793, 2.0793])
     """
 
     _cached_log_det: Tensor | None = None
