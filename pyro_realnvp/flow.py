@@ -40,9 +40,6 @@ class RealNVP(OnePassLogDet, TransformModule):
         context_dim: Width of an optional context fed to every conditioner (see
             :class:`~pyro_realnvp.ConditionalRealNVP`, which is how to use it); ``0``
             for the ordinary, unconditional flow.
-        boundaries: Positions where a new group of coordinates starts (e.g. a new Pyro
-            site); every other pair of layers then moves each later group conditioned on
-            the earlier ones (see :func:`~pyro_realnvp.masks.coupling_masks`).
         device, dtype: Where the parameters live.
 
     Example:
@@ -68,12 +65,11 @@ class RealNVP(OnePassLogDet, TransformModule):
         output_gain: float = 0.1,
         activation: type[nn.Module] = nn.ELU,
         context_dim: int = 0,
-        boundaries: Sequence[int] = (),
         device=None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(cache_size=1)
-        masks = coupling_masks(input_dim, num_layers, boundaries=boundaries)
+        masks = coupling_masks(input_dim, num_layers)
         options = {
             "scale_bound": scale_bound,
             "output_gain": output_gain,

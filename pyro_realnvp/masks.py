@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
-__all__ = [
-    "alternating_mask",
-    "half_mask",
-    "bit_mask",
-    "prefix_mask",
-    "coupling_masks",
-    "check_mask",
-]
+__all__ = ["alternating_mask", "half_mask", "bit_mask", "coupling_masks", "check_mask"]
 
 
 def alternating_mask(
@@ -68,22 +59,6 @@ def bit_mask(
     return (digit == parity % 2).to(dtype or torch.get_default_dtype())
 
 
-def prefix_mask(
-    dim: int, size: int, parity: int = 0, *, device=None, dtype: torch.dtype | None = None
-) -> Tensor:
-    """Keep the first ``size`` coordinates (``parity=0``) or all the others (``parity=1``).
-
-    Example:
-        >>> prefix_mask(4, 1)
-        tensor([1., 0., 0., 0.])
-        >>> prefix_mask(4, 1, parity=1)
-        tensor([0., 1., 1., 1.])
-    """
-    first = torch.arange(dim, device=device) < size
-    mask = first if parity % 2 == 0 else ~first
-    return mask.to(dtype or torch.get_default_dtype())
-
-
 def check_mask(mask: Tensor, dim: int | None = None) -> Tensor:
     """Validate a coupling mask and return it as a floating tensor.
 
@@ -113,56 +88,33 @@ def check_mask(mask: Tensor, dim: int | None = None) -> Tensor:
 
 
 def coupling_masks(
-    dim: int,
-    num_layers: int,
-    *,
-    boundaries: Sequence[int] = (),
-    device=None,
-    dtype: torch.dtype | None = None,
+    dim: int, num_layers: int, *, device=None, dtype: torch.dtype | None = None
 ) -> list[Tensor]:
     """Masks for a stack of couplings: pairs ``b, 1 - b``, with ``b`` changing between pairs.
 
     Within a pair the second layer moves exactly what the first kept, so every coordinate
-    is transformed by every pair. By default pair ``k`` uses :func:`bit_mask` with bit
+    is transformed by every pair. Pair ``k`` uses :func:`bit_mask` with bit
     ``k mod ceil(log2 dim)``: any two coordinates differ in some bit of their index, so
     with ``2 * ceil(log2 dim)`` layers every coordinate is, in some layer, moved by a
     conditioner that reads any other (8 layers cover ``dim <= 16``). Masks that only
     alternate, or alternate with halves, leave pairs such as ``0`` and ``2`` together in
     every layer; on Neal's funnel (``v`` first) this cost AutoRealNVP 0.2-0.3 nats of KL.
-
-    With ``boundaries`` (positions in ``(0, dim)``, such as where one Pyro sample site
-    ends and the next begins) the even-numbered pairs are :func:`prefix_mask` pairs at
-    those boundaries in turn, and the odd-numbered pairs take the bits. A prefix pair
-    moves every later coordinate conditioned on the earlier ones, as an autoregressive
-    flow in the model's own order would: Pyro samples a parent before its children, so
-    a scale such as the funnel's ``v`` is read directly by the layer that scales ``x``.
     With ``dim == 1`` there is nothing to condition on: every mask is ``[0]`` and each
     layer is an affine map with learned constant scale and shift.
 
     Example:
         >>> [m.tolist() for m in coupling_masks(4, 4)]
         [[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
-        >>> [m.tolist() for m in coupling_masks(4, 4, boundaries=[1])]
-        [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]]
     """
     if dim < 1:
         raise ValueError(f"dim must be at least 1, got {dim}")
     if num_layers < 1:
         raise ValueError(f"num_layers must be at least 1, got {num_layers}")
-    boundaries = [int(b) for b in boundaries]
-    if any(not 0 < b < dim for b in boundaries):
-        raise ValueError(f"boundaries must lie strictly between 0 and {dim}, got {boundaries}")
     factory = {"device": device, "dtype": dtype}
     if dim == 1:
         return [torch.zeros(1, **factory) for _ in range(num_layers)]
     num_bits = (dim - 1).bit_length()
-    masks = []
-    for layer in range(num_layers):
-        pair, parity = divmod(layer, 2)
-        if boundaries and pair % 2 == 0:
-            size = boundaries[(pair // 2) % len(boundaries)]
-            masks.append(prefix_mask(dim, size, parity, **factory))
-        else:
-            bit = (pair // 2 if boundaries else pair) % num_bits
-            masks.append(bit_mask(dim, bit, parity, **factory))
-    return masks
+    return [
+        bit_mask(dim, (layer // 2) % num_bits, parity=layer % 2, **factory)
+        for layer in range(num_layers)
+    ]

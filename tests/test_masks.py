@@ -70,19 +70,3 @@ def test_check_mask_accepts_integer_and_bool():
 def test_coupling_masks_rejects_empty(dim, num_layers):
     with pytest.raises(ValueError, match="at least 1"):
         coupling_masks(dim, num_layers)
-
-
-def test_boundaries_make_every_other_pair_a_prefix_pair_in_turn():
-    masks = coupling_masks(6, 12, boundaries=[1, 3])
-    assert [m.tolist() for m in masks[0:2]] == [[1, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1]]
-    assert [m.tolist() for m in masks[4:6]] == [[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]]
-    assert torch.equal(masks[8], masks[0])  # the boundaries cycle
-    assert torch.equal(masks[2], bit_mask(6, 0))  # odd pairs take the bits in order
-    assert torch.equal(masks[6], bit_mask(6, 1))
-    for first, second in zip(masks[::2], masks[1::2], strict=True):
-        assert torch.equal(first + second, torch.ones(6))
-
-
-def test_boundaries_outside_the_vector_are_refused():
-    with pytest.raises(ValueError, match="strictly between 0 and 4"):
-        coupling_masks(4, 2, boundaries=[4])
