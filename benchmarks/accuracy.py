@@ -393,7 +393,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=None, help="also write JSON lines")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--pdb-steps", type=int, default=3000)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--pdb-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--particles", type=int, default=1)
     parser.add_argument("--draws", type=int, default=2000)
