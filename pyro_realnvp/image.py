@@ -149,8 +149,6 @@ class ConvConditioner(nn.Module):
         position[layout.flatten()] = torch.arange(layout.numel())
         if bool((position[free] < 0).any()):
             raise ValueError("every free coordinate must lie in the layout")
-        in_layout = torch.zeros(dim, dtype=torch.bool)
-        in_layout[layout.flatten()] = True
         present = torch.zeros(dim)
         present[kept] = 1.0
         self.shape = tuple(layout.shape)
