@@ -22,7 +22,6 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from pyro.util import check_site_shape
 from torch import Tensor
-from torch.distributions import biject_to
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.utils import clip_grad_value_, get_total_norm
 from torch.optim.lr_scheduler import ExponentialLR
@@ -30,10 +29,9 @@ from tqdm.auto import tqdm
 
 from .guide import AutoRealNVP
 from .infer import NonFiniteLossError
+from .potential import Potential
 
 __all__ = ["FastELBO", "FastPathError", "fit_fast"]
-
-_PARTICLES = "_fast_elbo_particles"
 
 
 class FastPathError(ValueError):
@@ -51,63 +49,6 @@ class FastPathError(ValueError):
         ...     print("subsampl" in str(error))
         True
     """
-
-
-def _per_particle(log_prob: Tensor, particle_dims: int) -> Tensor:
-    """Sum a log-density over all but its particle dimension: shape ``(N,)``, ``(1,)`` or ``()``.
-
-    ``particle_dims`` counts the particle dimension and the plate dimensions right of it.
-    """
-    if log_prob.dim() < particle_dims:
-        return log_prob.sum()
-    return log_prob.reshape(log_prob.shape[: log_prob.dim() - particle_dims + 1] + (-1,)).sum(-1)
-
-
-class _Replay:
-    """The model's log-joint at given unconstrained latents, run through Pyro's handlers."""
-
-    def __init__(self, model: Callable, guide: AutoRealNVP, args: tuple, kwargs: dict) -> None:
-        self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
-        self.max_plate_nesting = 0
-
-    def latent_shape(self, num_particles: int) -> tuple[int, ...]:
-        """Shape of the packed latent: particles left of every plate, as in ``Trace_ELBO``."""
-        return (num_particles,) + (1,) * self.max_plate_nesting + (self.guide.latent_dim,)
-
-    def trace(self, u: Tensor) -> tuple[poutine.Trace, Tensor]:
-        """Condition the model on ``u`` of shape :meth:`latent_shape`; ``log|J|`` per particle."""
-        values, log_det = {}, u.new_zeros(u.shape[:1])
-        for site, unconstrained in self.guide._unpack_latent(u):
-            transform = biject_to(site["fn"].support)
-            values[site["name"]] = value = transform(unconstrained)
-            jacobian = transform.log_abs_det_jacobian(unconstrained, value)
-            log_det = log_det + jacobian.reshape(u.shape[0], -1).sum(-1)
-        dim = -(self.max_plate_nesting + 1)
-        with poutine.block(), pyro.plate(_PARTICLES, u.shape[0], dim=dim):
-            model = poutine.condition(self.model, data=values)
-            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
-        trace.compute_log_prob()
-        return trace, log_det
-
-    def log_joint(self, u: Tensor) -> Tensor:
-        r""":math:`\log p(x, T(u)) + \log|\det J_T(u)|` for each particle, shape ``(N,)``."""
-        trace, total = self.trace(u)
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                total = total + _per_particle(site["log_prob"], self.max_plate_nesting + 1)
-        return total
-
-
-def _max_plate_nesting(replay: _Replay) -> int:
-    """Plates the model nests at the guide's prototype values (particles go left of them)."""
-    data = {n: s["value"] for n, s in replay.guide.prototype_trace.iter_stochastic_nodes()}
-    with torch.no_grad(), poutine.block():
-        model = poutine.condition(replay.model, data=data)
-        trace = poutine.trace(model).get_trace(*replay.args, **replay.kwargs)
-    dims = [
-        -f.dim for s in trace.nodes.values() for f in s.get("cond_indep_stack", ()) if f.vectorized
-    ]
-    return max(dims, default=0)
 
 
 def _structure(trace: poutine.Trace) -> list[tuple]:
@@ -209,7 +150,7 @@ class FastELBO:
             with torch.no_grad(), poutine.block():
                 guide(*args, **kwargs)
         self.guide, self.num_particles = guide, num_particles
-        self._replay = _Replay(model, guide, args, kwargs)
+        self._replay = Potential(model, guide, args, kwargs)
         self._log_joint = self._capture()
         self._negative_elbo = None
         if compile:
@@ -221,7 +162,7 @@ class FastELBO:
     def _capture(self) -> Callable[[Tensor], Tensor]:
         """Check the model at two draws, then record its log-joint once as a graph."""
         replay, guide = self._replay, self.guide
-        replay.max_plate_nesting = _max_plate_nesting(self._replay)
+        replay.set_max_plate_nesting()
         try:
             with torch.no_grad():
                 traces = [replay.trace(self._draws(2, seed))[0] for seed in (1, 2)]
@@ -292,8 +233,11 @@ class FastELBO:
         # injected eps may be the same tensor as last step's, whose cached y is stale.
         x, flow_log_det = flow._forward(eps)
         u = affine(x)
-        log_det = flow_log_det + affine.log_abs_det_jacobian(x, u)
-        log_q = self.guide.get_base_dist().log_prob(eps) - log_det
+        if self.guide.estimator == "path":
+            log_q = self.guide.log_density_detached(u)
+        else:
+            log_det = flow_log_det + affine.log_abs_det_jacobian(x, u)
+            log_q = self.guide.get_base_dist().log_prob(eps) - log_det
         log_p = self._log_joint(u.reshape(self._replay.latent_shape(eps.shape[0])))
         return (log_q - log_p).mean()
 
