@@ -49,6 +49,9 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
             conditioner reads ``[b x, c]``, so ``s`` and ``t`` depend on ``c`` (the
             conditional coupling of :class:`~pyro_realnvp.ConditionalRealNVP`); the
             context is then passed to :meth:`_forward` / :meth:`_backward`.
+        fan_in_scaling: Build the MLP of :class:`~pyro_realnvp.nn.ScaledLinear` layers,
+            so Adam moves its output by about ``lr`` per step at any width (see
+            :func:`~pyro_realnvp.nn.conditioner`).
         net: A conditioner to use instead of the MLP: it maps the kept coordinates
             ``x[..., kept]`` (then the context, if any) to ``2 * len(free)`` outputs, the
             raw log-scales then the shifts of the free coordinates, and should start at
@@ -78,6 +81,7 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         output_gain: float = 0.1,
         activation: type[nn.Module] = nn.ELU,
         context_dim: int = 0,
+        fan_in_scaling: bool = False,
         net: nn.Module | None = None,
         device=None,
         dtype: torch.dtype | None = None,
@@ -104,6 +108,7 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
                 2 * len(self.free),
                 hidden_dims,
                 activation=activation,
+                fan_in_scaling=fan_in_scaling,
                 device=device,
                 dtype=dtype,
             )

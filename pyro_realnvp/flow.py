@@ -40,6 +40,9 @@ class RealNVP(OnePassLogDet, TransformModule):
         context_dim: Width of an optional context fed to every conditioner (see
             :class:`~pyro_realnvp.ConditionalRealNVP`, which is how to use it); ``0``
             for the ordinary, unconditional flow.
+        fan_in_scaling: Conditioners of :class:`~pyro_realnvp.nn.ScaledLinear` layers
+            (what :class:`~pyro_realnvp.AutoRealNVP` uses; see
+            :func:`~pyro_realnvp.nn.conditioner`).
         device, dtype: Where the parameters live.
 
     Example:
@@ -65,6 +68,7 @@ class RealNVP(OnePassLogDet, TransformModule):
         output_gain: float = 0.1,
         activation: type[nn.Module] = nn.ELU,
         context_dim: int = 0,
+        fan_in_scaling: bool = False,
         device=None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -75,6 +79,7 @@ class RealNVP(OnePassLogDet, TransformModule):
             "output_gain": output_gain,
             "activation": activation,
             "context_dim": context_dim,
+            "fan_in_scaling": fan_in_scaling,
         }
         factory = {"device": device, "dtype": dtype}
         self._stack([MaskedAffineCoupling(m, hidden_dims, **options, **factory) for m in masks])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
-import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.transforms import (
@@ -23,17 +24,16 @@ from torch import Tensor, nn
 from torch.distributions import biject_to
 
 from .flow import RealNVP
+from .laplace import GaussianStart, diagonal_factor, hessian, laplace_start
+from .potential import Potential
 
 __all__ = ["AutoRealNVP"]
 
 _AFFINE_CHOICES = ("auto", "lower", "diagonal")
+_ESTIMATORS = ("path", "total")
+_log = logging.getLogger(__name__)
 #: Up to this latent size, ``affine="auto"`` learns a dense lower-triangular scale.
 AUTO_LOWER_MAX_DIM = 256
-#: Up to this latent size, ``init_scale="auto"`` reads the curvature (one Hessian row
-#: per dimension); above it every coordinate starts at :data:`MAX_INIT_SCALE`.
-AUTO_SCALE_MAX_DIM = 256
-#: The widest start of any coordinate.
-MAX_INIT_SCALE = 1.0
 
 
 def _hide_enumerated(msg: dict) -> bool:
@@ -101,17 +101,20 @@ class AutoRealNVP(AutoContinuous):
         *,
         num_layers: int = 8,
         hidden_dims: Sequence[int] | None = None,
-        init_loc_fn: Callable = init_to_median,
+        init_loc_fn: Callable | None = None,
         init_scale: float | str = "auto",
         scale_bound: float = 5.0,
         activation: type[nn.Module] = nn.ELU,
         affine: str = "auto",
+        estimator: str = "path",
         num_quantile_samples: int = 4096,
     ) -> None:
         if init_scale != "auto" and not (isinstance(init_scale, float | int) and init_scale > 0):
             raise ValueError(f"init_scale must be 'auto' or a positive number, got {init_scale!r}")
         if affine not in _AFFINE_CHOICES:
             raise ValueError(f"affine must be one of {_AFFINE_CHOICES}, got {affine!r}")
+        if estimator not in _ESTIMATORS:
+            raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         self._flow_options = {
@@ -119,11 +122,24 @@ class AutoRealNVP(AutoContinuous):
             "hidden_dims": None if hidden_dims is None else tuple(hidden_dims),
             "scale_bound": scale_bound,
             "activation": activation,
+            # Adam moves each weight by ~lr per step: without this a plain Adam(0.01) loop
+            # lets the conditioners grow until the flow overflows (docs/math.md).
+            "fan_in_scaling": True,
         }
         self._init_scale = init_scale if init_scale == "auto" else float(init_scale)
+        self._find_mode = init_loc_fn is None
         self._affine = affine
+        self.estimator = estimator
         self.num_quantile_samples = num_quantile_samples
-        super().__init__(model, init_loc_fn=init_loc_fn)
+        self.start: GaussianStart | None = None
+        super().__init__(model, init_loc_fn=init_to_median if init_loc_fn is None else init_loc_fn)
+
+    @property
+    def _dense(self) -> bool:
+        """Whether the affine has a learnable lower-triangular factor."""
+        return self._affine == "lower" or (
+            self._affine == "auto" and self.latent_dim <= AUTO_LOWER_MAX_DIM
+        )
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
@@ -131,66 +147,57 @@ class AutoRealNVP(AutoContinuous):
         init_loc = self._init_loc()
         self._check_finite(init_loc)
         factory = {"device": init_loc.device, "dtype": init_loc.dtype}
-        self.loc = PyroParam(init_loc)
-        self.scale = PyroParam(
-            self._initial_scale(init_loc, *args, **kwargs), constraints.softplus_positive
-        )
-        if self._affine == "lower" or (
-            self._affine == "auto" and self.latent_dim <= AUTO_LOWER_MAX_DIM
-        ):
-            self.scale_tril = PyroParam(
-                torch.eye(self.latent_dim, **factory), constraints.unit_lower_cholesky
-            )
+        self.start = start = self._gaussian_start(init_loc, *args, **kwargs)
+        scale = start.scale
+        if self._init_scale != "auto":
+            scale = torch.full_like(scale, self._init_scale)
+        self.loc = PyroParam(start.loc.detach().clone())
+        self.scale = PyroParam(scale.detach().clone(), constraints.softplus_positive)
+        if self._dense:
+            unit = start.scale_tril / start.scale[:, None]
+            if self._init_scale != "auto":
+                unit = torch.eye(self.latent_dim, **factory)
+            self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
         self.flow = RealNVP(self.latent_dim, **self._flow_options, **factory)
         self._load_flow_from_param_store()
 
-    def _initial_scale(self, init_loc: Tensor, *args, **kwargs) -> Tensor:
-        """``init_scale`` per coordinate; for ``"auto"`` see :meth:`_laplace_scale`."""
-        if self._init_scale != "auto":
-            return torch.full_like(init_loc, self._init_scale)
-        if self.latent_dim > AUTO_SCALE_MAX_DIM:
-            return torch.full_like(init_loc, MAX_INIT_SCALE)
-        return self._laplace_scale(init_loc, *args, **kwargs)
+    def _potential(self, *args, **kwargs) -> Potential:
+        """The model's full-data potential (see :class:`~pyro_realnvp.potential.Potential`)."""
+        local_subsampled = any(
+            frame.size != frame.full_size
+            for _, site in self.prototype_trace.iter_stochastic_nodes()
+            for frame in site["cond_indep_stack"]
+            if frame.full_size is not None
+        )
+        # A latent inside a subsampled plate has the minibatch's shape: keep the minibatch.
+        return Potential(self.model, self, args, kwargs, full_data=not local_subsampled)
 
-    def _laplace_scale(self, init_loc: Tensor, *args, **kwargs) -> Tensor:
-        r""":math:`\min(1, (\partial^2 U / \partial z_i^2)^{-1/2})` at ``init_loc``.
+    def _gaussian_start(self, init_loc: Tensor, *args, **kwargs) -> GaussianStart:
+        """Where the affine starts: the Laplace start, or a local one at ``init_loc``."""
+        potential = self._potential(*args, **kwargs)
+        if not self._find_mode:
+            curvature = hessian(potential, init_loc, diagonal=True)
+            return GaussianStart(init_loc, *diagonal_factor(curvature, cap=1.0), kind="local")
+        start = laplace_start(potential, init_loc, dense=self._dense)
+        _log.info("AutoRealNVP starts from the %s Gaussian (ELBO %.4g)", start.kind, start.elbo)
+        if start.kind.startswith("laplace") and bool(start.bad.any()):
+            self._warn_bad_curvature(start.bad)
+        return start
 
-        :math:`U(z) = -\log p(x, T(z)) - \log|\det \partial T/\partial z|` is the
-        model's potential in the unconstrained space the guide lives in. Where the
-        curvature is not positive and finite the coordinate starts at 1. Capped at 1:
-        wider starts did not help, narrower ones are what large data sets need (a
-        regression on 5,000 rows has posterior sds near 0.01; starting those at 1 costs
-        hundreds of steps of shrinking).
-        """
-        z = init_loc.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            potential = self._potential(z, *args, **kwargs)
-            (grad,) = torch.autograd.grad(potential, z, create_graph=True)
-            curvature = torch.stack(
-                [self._second_derivative(grad, z, i) for i in range(self.latent_dim)]
-            ).detach()
-        usable = torch.isfinite(curvature) & (curvature > 0)
-        scale = torch.where(usable, curvature.clamp(min=1e-30).rsqrt(), MAX_INIT_SCALE)
-        return scale.clamp(max=MAX_INIT_SCALE)
-
-    @staticmethod
-    def _second_derivative(grad: Tensor, z: Tensor, i: int) -> Tensor:
-        if not grad.requires_grad:  # a potential linear in z
-            return torch.zeros((), dtype=z.dtype, device=z.device)
-        (row,) = torch.autograd.grad(grad[i], z, retain_graph=True, allow_unused=True)
-        return torch.zeros((), dtype=z.dtype, device=z.device) if row is None else row[i]
-
-    def _potential(self, z: Tensor, *args, **kwargs) -> Tensor:
-        """Negative log joint at the unconstrained point ``z``, log-dets of ``biject_to`` in."""
-        values, log_det = {}, z.new_zeros(())
-        for site, unconstrained in self._unpack_latent(z):
-            transform = biject_to(site["fn"].support)
-            values[site["name"]] = value = transform(unconstrained)
-            log_det = log_det + transform.log_abs_det_jacobian(unconstrained, value).sum()
-        with poutine.block():
-            model = poutine.condition(self.model, values)
-            trace = poutine.trace(model).get_trace(*args, **kwargs)
-        return -(trace.log_prob_sum() + log_det)
+    def _warn_bad_curvature(self, bad: Tensor) -> None:
+        sites, position = [], 0
+        for name, shape in self._unconstrained_shapes.items():
+            size = shape.numel()
+            if bool(bad[position : position + size].any()):
+                sites.append(name)
+            position += size
+        warnings.warn(
+            f"the Hessian at the posterior's mode is not positive definite at site(s) "
+            f"{sites}; their coordinates start uncorrelated, at the diagonal curvature's "
+            "scale (or 1 where that is not positive)",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def _load_flow_from_param_store(self) -> None:
         """A param store loaded from disk already holds the flow's weights: use them."""
@@ -240,13 +247,50 @@ class AutoRealNVP(AutoContinuous):
         zeros = torch.zeros_like(self.loc)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
-    def get_transform(self, *args, **kwargs) -> ComposeTransform:
+    def _affine_transform(self, detach: bool = False) -> LowerCholeskyAffine | AffineTransform:
+        r""":math:`u = \mu + L x`; with ``detach`` its parameters carry no gradient."""
+        loc, scale = self.loc, self.scale
+        if detach:
+            loc, scale = loc.detach(), scale.detach()
         if "scale_tril" in self._pyro_params:
-            scale_tril = self.scale[..., None] * self.scale_tril
-            affine = LowerCholeskyAffine(self.loc, scale_tril, cache_size=1)
-        else:
-            affine = AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1)
-        return ComposeTransform([self.flow, affine], cache_size=1)
+            unit = self.scale_tril.detach() if detach else self.scale_tril
+            return LowerCholeskyAffine(loc, scale[..., None] * unit, cache_size=1)
+        return AffineTransform(loc, scale, event_dim=1, cache_size=1)
+
+    def get_transform(self, *args, **kwargs) -> ComposeTransform:
+        return ComposeTransform([self.flow, self._affine_transform()], cache_size=1)
+
+    def get_posterior(self, *args, **kwargs) -> dist.TransformedDistribution:
+        """:math:`q(u)`; with ``estimator="path"`` its ``log_prob`` is the path-gradient one."""
+        base, transform = self.get_base_dist(), self.get_transform(*args, **kwargs)
+        if self.estimator == "total":
+            return dist.TransformedDistribution(base, transform)
+        return PathGradientPosterior(base, transform, self.log_density_detached)
+
+    def log_density_detached(self, u: Tensor) -> Tensor:
+        r""":math:`\log q(u)` with every guide parameter detached: a gradient reaches them
+        only through ``u``.
+
+        One inverse pass, :math:`x = L^{-1}(u - \mu)`, :math:`\varepsilon = f^{-1}(x)`,
+        :math:`\log q(u) = \log \mathcal N(\varepsilon) - \log|\det J_f(\varepsilon)|
+        - \log|\det L|`. This is the "sticking the landing" estimator's term (see
+        docs/math.md): its value is :math:`\log q(u)`, its score-function part is dropped.
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+            >>> _ = guide()
+            >>> u = guide.get_posterior().rsample((3,))
+            >>> q = dist.TransformedDistribution(guide.get_base_dist(), guide.get_transform())
+            >>> torch.allclose(guide.log_density_detached(u), q.log_prob(u))
+            True
+        """
+        affine = self._affine_transform(detach=True)
+        x = affine.inv(u)
+        params = {f"flow.{name}": p.detach() for name, p in self.flow.named_parameters()}
+        eps, flow_log_det = torch.func.functional_call(_Backward(self.flow), params, (x,))
+        log_det = flow_log_det + affine.log_abs_det_jacobian(x, u)
+        return self.get_base_dist().log_prob(eps) - log_det
 
     def _latent_draws(self, num_samples: int, seed: int = 0) -> Tensor:
         """Fixed-seed draws of the packed unconstrained latent, shape ``(num_samples, D)``."""
@@ -301,3 +345,40 @@ class AutoRealNVP(AutoContinuous):
             True
         """
         return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
+
+
+class _Backward(nn.Module):
+    """The flow's inverse pass as a module's ``forward``, for ``functional_call``."""
+
+    def __init__(self, flow: RealNVP) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow._backward(y)
+
+
+class PathGradientPosterior(dist.TransformedDistribution):
+    r"""A ``TransformedDistribution`` whose ``log_prob`` treats its parameters as constants.
+
+    Sampling is the usual reparameterised :math:`u = T_\phi(\varepsilon)`; ``log_prob(u)``
+    is ``log_density(u)``, the same value with :math:`\phi` detached, so in an ELBO the
+    gradient of :math:`\log q_\phi(u)` is only the path term :math:`\nabla_u \log q
+    \cdot \partial u/\partial\phi` (Roeder et al., 2017).
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base_distribution, transforms, log_density, validate_args=None):
+        super().__init__(base_distribution, transforms, validate_args=validate_args)
+        self._log_density = log_density
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(PathGradientPosterior, _instance)
+        new = super().expand(batch_shape, _instance=new)
+        new._log_density = self._log_density
+        return new
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        log_prob = self._log_density(value)
+        return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))

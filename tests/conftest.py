@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from pyro_realnvp.nn import ScaledLinear
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -12,12 +14,14 @@ def pytest_collection_modifyitems(config, items):
 
 
 def randomize_(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
-    """Move every parameter away from the identity initialisation."""
+    """Move every parameter away from the identity initialisation (effective weights
+    of :class:`~pyro_realnvp.nn.ScaledLinear` layers get the same ``std``)."""
     generator = torch.Generator().manual_seed(seed)
+    gains = {id(m.weight): m.gain for m in module.modules() if isinstance(m, ScaledLinear)}
     with torch.no_grad():
         for param in module.parameters():
             noise = torch.randn(param.shape, generator=generator, dtype=param.dtype) * std
-            param.copy_(noise.to(param.device))
+            param.copy_(noise.to(param.device) / gains.get(id(param), 1.0))
     return module
 
 

@@ -83,9 +83,10 @@ def model(request):
     return request.param
 
 
+@pytest.mark.parametrize("estimator", ["path", "total"])
 @pytest.mark.parametrize("num_particles", [1, 5], ids=["1-particle", "5-particles"])
-def test_same_loss_and_gradients_as_trace_elbo_at_fixed_noise(model, num_particles):
-    guide = AutoRealNVP(model, **SMALL)
+def test_same_loss_and_gradients_as_trace_elbo_at_fixed_noise(model, num_particles, estimator):
+    guide = AutoRealNVP(model, **SMALL, estimator=estimator)
     elbo = FastELBO(model, guide, num_particles=num_particles)
     randomize_(guide.flow, std=0.3)
     eps = torch.randn(num_particles, guide.latent_dim, **F64)

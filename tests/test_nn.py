@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyro_realnvp.nn import conditioner, soft_clamp
+from pyro_realnvp.nn import ScaledLinear, conditioner, soft_clamp
 
 
 def test_soft_clamp_is_bounded_and_identity_near_zero():
@@ -27,3 +27,29 @@ def test_conditioner_starts_at_zero_but_last_layer_gets_gradients():
 def test_conditioner_honours_dtype(dtype):
     net = conditioner(3, 6, (8,), dtype=dtype)
     assert {p.dtype for p in net.parameters()} == {dtype}
+
+
+def test_scaled_linear_applies_the_stored_weight_over_its_fan_in():
+    layer = ScaledLinear(84, 4)
+    x = torch.randn(3, 84)
+    expected = x @ (layer.weight / 84).T + layer.bias
+    assert torch.allclose(layer(x), expected)
+    # torch's initial function: effective weights within +-1/sqrt(fan-in)
+    assert (layer.effective_weight().abs() <= 84**-0.5).all()
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["linear", "scaled"])
+def test_one_adam_step_moves_a_wide_layer_by_about_lr_only_when_scaled(scaled):
+    torch.manual_seed(0)
+    changes = []
+    for width in (8, 512):
+        net = conditioner(width, 2, (width,), fan_in_scaling=scaled)
+        x = torch.randn(64, width)
+        optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+        net(x).sum().backward()
+        optimizer.step()
+        changes.append(net(x).abs().max().item())  # started at exactly zero
+    if scaled:
+        assert max(changes) < 0.05  # ~lr whatever the width
+    else:
+        assert changes[1] > 0.3  # the plain layer moved by a sizeable fraction of lr * width

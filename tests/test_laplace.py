@@ -1,0 +1,130 @@
+"""The Laplace start: mode search, Hessian, covariance factor, and the choice of start."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_realnvp import AutoRealNVP
+from pyro_realnvp.laplace import (
+    covariance_factor,
+    find_mode,
+    gaussian_elbo,
+    hessian,
+    laplace_start,
+)
+
+
+def spd(dim: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    return a @ a.T + dim * torch.eye(dim, dtype=torch.float64)
+
+
+def quadratic(precision: torch.Tensor, mode: torch.Tensor):
+    return lambda u: 0.5 * (u - mode) @ precision @ (u - mode)
+
+
+def test_find_mode_reaches_the_minimum_of_a_quadratic():
+    precision, mode = spd(6), torch.arange(6, dtype=torch.float64)
+    found, converged = find_mode(quadratic(precision, mode), torch.zeros(6, dtype=torch.float64))
+    assert converged
+    assert torch.allclose(found, mode, atol=1e-6)
+
+
+def test_find_mode_keeps_the_best_finite_point_where_the_model_raises():
+    def potential(u):
+        if u[0] > 2.0:  # a model that cannot score part of the space
+            raise ValueError("Expected parameter scale to satisfy GreaterThan")
+        return ((u - 3.0) ** 2).sum()
+
+    found, _ = find_mode(potential, torch.zeros(1, dtype=torch.float64))
+    assert torch.isfinite(found).all()
+    assert 0.0 < found.item() <= 2.0
+
+
+def test_find_mode_stops_at_its_budget():
+    rosenbrock = lambda u: (1 - u[0]) ** 2 + 100 * (u[1] - u[0] ** 2) ** 2  # noqa: E731
+    _, converged = find_mode(rosenbrock, torch.tensor([-1.5, 2.0]), max_iter=3)
+    assert not converged
+
+
+@pytest.mark.parametrize("chunk", [2, 128], ids=["chunked", "one-batch"])
+def test_hessian_of_a_quadratic_is_its_precision(chunk):
+    precision, mode = spd(5), torch.randn(5, dtype=torch.float64)
+    u = torch.randn(5, dtype=torch.float64)
+    assert torch.allclose(hessian(quadratic(precision, mode), u, chunk=chunk), precision)
+    diagonal = hessian(quadratic(precision, mode), u, diagonal=True, chunk=chunk)
+    assert torch.allclose(diagonal, precision.diagonal())
+
+
+def test_hessian_of_a_linear_potential_is_zero():
+    assert torch.equal(hessian(lambda u: u.sum() * 3.0, torch.ones(3)), torch.zeros(3, 3))
+
+
+def test_covariance_factor_inverts_a_positive_definite_precision():
+    precision = spd(6)
+    factor, bad = covariance_factor(precision)
+    assert not bad.any()
+    assert torch.allclose(factor @ factor.T, torch.linalg.inv(precision))
+    assert torch.equal(factor, factor.tril())
+
+
+def test_covariance_factor_decouples_non_finite_and_non_positive_coordinates():
+    precision = spd(4)
+    precision[1, :] = precision[:, 1] = math.nan
+    precision[3, 3] = -2.0
+    factor, bad = covariance_factor(precision)
+    assert bad.tolist() == [False, True, False, True]
+    covariance = factor @ factor.T
+    assert covariance[1, 1] == pytest.approx(1.0)  # no usable curvature: scale 1
+    assert covariance[3, 3] == pytest.approx(1.0)
+    assert covariance[1, [0, 2, 3]].abs().max() < 1e-12  # decoupled
+    kept = precision[[0, 2]][:, [0, 2]]
+    assert torch.allclose(covariance[[0, 2]][:, [0, 2]], torch.linalg.inv(kept))
+
+
+def test_covariance_factor_falls_back_coordinate_by_coordinate_when_indefinite():
+    # Positive diagonal but indefinite: the strong 0-2 coupling is not a valid precision.
+    precision = torch.tensor(
+        [[1.0, 0.0, 3.0, 0.0], [0.0, 2.0, 0.0, 0.5], [3.0, 0.0, 1.0, 0.0], [0.0, 0.5, 0.0, 2.0]],
+        dtype=torch.float64,
+    )
+    factor, bad = covariance_factor(precision)
+    assert bad.tolist() == [False, False, True, False]
+    covariance = factor @ factor.T
+    assert covariance[2, 2] == pytest.approx(1.0)  # its own diagonal curvature, 1
+    block = precision[[1, 3]][:, [1, 3]]  # the correlated pair keeps its correlation
+    assert torch.allclose(covariance[[1, 3]][:, [1, 3]], torch.linalg.inv(block))
+
+
+def test_gaussian_elbo_is_log_z_with_no_noise_when_q_is_the_target():
+    precision = spd(3)
+    covariance = torch.linalg.inv(precision)
+    mode = torch.randn(3, dtype=torch.float64)
+    log_z = 0.5 * torch.logdet(2 * math.pi * covariance)
+    elbo = gaussian_elbo(quadratic(precision, mode), mode, torch.linalg.cholesky(covariance))
+    assert elbo == pytest.approx(log_z.item(), abs=1e-9)
+
+
+def test_laplace_start_takes_the_mode_of_a_gaussian_and_its_covariance():
+    precision, mode = spd(4), torch.randn(4, dtype=torch.float64)
+    start = laplace_start(quadratic(precision, mode), torch.zeros(4, dtype=torch.float64))
+    assert start.kind == "laplace"
+    assert torch.allclose(start.loc, mode, atol=1e-6)
+    assert torch.allclose(start.scale_tril @ start.scale_tril.T, torch.linalg.inv(precision))
+
+
+def test_laplace_start_refuses_a_degenerate_mode():
+    # Neal's funnel: the joint density peaks at v = -40 with x_i pinned to e^{-20}; the
+    # Laplace Gaussian there holds none of the posterior's mass.
+    def model():
+        v = pyro.sample("v", dist.Normal(0.0, 3.0))
+        pyro.sample("x", dist.Normal(0.0, torch.exp(v / 2)).expand([9]).to_event(1))
+
+    guide = AutoRealNVP(model, num_layers=2)
+    guide()
+    assert guide.start.kind == "local"
+    assert guide.scale.detach().max() <= 1.0
