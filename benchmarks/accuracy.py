@@ -30,7 +30,7 @@ import pyro
 import torch
 from pyro.infer.importance import psis_diagnostic, vectorized_importance_weights
 
-from benchmarks.guides import GUIDES, make_guide
+from benchmarks.guides import GUIDES, fit_counting_redraws, make_guide
 from benchmarks.metrics import moment_errors, sliced_w1, standardize
 from benchmarks.posteriordb import POSTERIORDB_TARGETS
 from benchmarks.targets import EXACT_TARGETS, Target
@@ -83,7 +83,7 @@ def run_job(job: dict) -> dict:
     try:
         guide = make_guide(job["guide"], target.model)
         start = time.perf_counter()
-        losses = fit(
+        losses, result["redraws"] = fit_counting_redraws(
             target.model,
             guide,
             *target.args,
@@ -219,6 +219,10 @@ def _time_to_kl_cell(runs) -> str:
     return f"{_fmt(seconds, 2)} s ({steps:.0f} steps, {len(reached)}/{len(runs)})"
 
 
+def _redraws_cell(runs) -> str:
+    return "—" if not runs else str(sum(r.get("redraws", 0) for r in runs))
+
+
 def _median(results, target, guide, key):
     values = [
         r[key]
@@ -261,6 +265,7 @@ def _targets_check(results, exact, pdb, timing) -> list[str]:
             f"| {name}: k-hat < 0.7 | {_fmt(k_hat)} | "
             f"{'yes' if k_hat is not None and k_hat < 0.7 else 'no'} |"
         )
+    lines += _gaussian_floor_check(results, pdb)
     for name, rows in timing.items():
         ours = rows["AutoRealNVP (4 layers, width 10D)"][0]
         pyro_ms = rows["ANF 4 coupling"][0]
@@ -268,6 +273,32 @@ def _targets_check(results, exact, pdb, timing) -> list[str]:
             f"| {name}: ms/step ≤ Pyro coupling flow (4 layers, width 10D) | "
             f"{_fmt(ours)} vs {_fmt(pyro_ms)} | {'yes' if ours <= pyro_ms else 'no'} |"
         )
+    return lines
+
+
+def _gaussian_floor_check(results, pdb) -> list[str]:
+    """Never worse than a Gaussian guide, and stable without redraws (issue 12)."""
+    lines = []
+    for name in pdb:
+        ours = _median(results, name, "AutoRealNVP", "elbo")
+        gauss = [
+            _median(results, name, g, "elbo") for g in ("AutoNormal", "AutoMultivariateNormal")
+        ]
+        best = max((v for v in gauss if v is not None), default=None)
+        met = ours is not None and best is not None and ours >= best - 0.1
+        lines.append(
+            f"| {name}: ELBO ≥ max(AutoNormal, AutoMultivariateNormal) − 0.1 | "
+            f"{_fmt(ours)} vs {_fmt(best)} | {'yes' if met else 'no'} |"
+        )
+    runs = [r for r in results if r["guide"] == "AutoRealNVP" and r["target"] in pdb]
+    failed = sum("error" in r for r in runs)
+    redraws = sum(r.get("redraws", 0) for r in runs)
+    lines.append(
+        f"| posteriordb: AutoRealNVP fits failed | {failed} | {'yes' if not failed else 'no'} |"
+    )
+    lines.append(
+        f"| posteriordb: AutoRealNVP redraws | {redraws} | {'yes' if not redraws else 'no'} |"
+    )
     return lines
 
 
@@ -358,6 +389,7 @@ def render(
             _time_to_kl_cell,
         ),
         ("Training wall time, s (parallel workers: indicative)", exact + pdb, _metric("wall_s")),
+        ("Redraws: steps `fit` redrew after a non-finite loss", exact + pdb, _redraws_cell),
     ]
     for title, targets, cell in tables:
         out += [f"## {title}", "", *_table(results, targets, guides, cell), ""]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from functools import partial
 
@@ -20,9 +21,9 @@ from pyro.infer.autoguide import (
     AutoNormalizingFlow,
 )
 
-from pyro_realnvp import AutoRealNVP
+from pyro_realnvp import AutoRealNVP, fit
 
-__all__ = ["GUIDES", "coupling_with_permutations", "make_guide"]
+__all__ = ["GUIDES", "coupling_with_permutations", "fit_counting_redraws", "make_guide"]
 
 
 def coupling_with_permutations(input_dim: int, num_layers: int = 4) -> ComposeTransformModule:
@@ -57,3 +58,27 @@ def make_guide(name: str, model: Callable, *, label: str | None = None, **option
     guide = GUIDES[name](model, **options)
     guide._pyro_name = re.sub(r"\W", "_", label or name)
     return guide
+
+
+def fit_counting_redraws(model: Callable, guide: Callable, *args, **kwargs) -> tuple[list, int]:
+    """``fit``, and how many of its steps were redrawn after a non-finite loss.
+
+    ``fit`` reports redraws only in its closing warning, so that warning is read here.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> losses, redraws = fit_counting_redraws(
+        ...     model, AutoNormal(model), num_steps=5, progress=False)
+        >>> len(losses), redraws
+        (5, 0)
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = fit(model, guide, *args, **kwargs)
+    for warning in caught:
+        match = re.match(r"(\d+) of \d+ SVI steps were redrawn", str(warning.message))
+        if match:
+            return losses, int(match.group(1))
+    return losses, 0

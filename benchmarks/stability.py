@@ -17,7 +17,6 @@ import multiprocessing
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -38,7 +37,8 @@ from pyro.infer import (
 )
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
-from pyro_realnvp import AutoRealNVP, fit
+from benchmarks.guides import fit_counting_redraws
+from pyro_realnvp import AutoRealNVP
 from pyro_realnvp._compat import full_data_plates
 
 __all__ = ["hierarchical", "main", "parse_args", "regression", "run_job"]
@@ -63,7 +63,7 @@ def regression(num_rows: int, num_weights: int, *, seed: int = 123, dtype=torch.
 
     Example:
         >>> model, args = regression(50, 3)
-        >>> sorted(pyro.poutine.trace(model).get_trace(*args).stochastic_nodes)
+        >>> sorted(pyro.poutine.trace(model).get_trace(*args).reparameterized_nodes)
         ['sigma', 'w']
     """
     generator = torch.Generator().manual_seed(seed)
@@ -145,12 +145,9 @@ def _make_problem(job: dict):
 def _train(job: dict, model, guide, args) -> int:
     """Train as the job says; returns the redraws ``fit`` made (0 in the plain loop)."""
     if job["loop"] == "fit":
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fit(model, guide, *args, num_steps=job["steps"], lr=0.01, progress=False)
-        redrawn = [w for w in caught if "redrawn" in str(w.message)]
-        return int(str(redrawn[0].message).split()[0]) if redrawn else 0
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), ELBOS[job["elbo"]]())
+        options = {"num_steps": job["steps"], "lr": 0.01, "progress": False}
+        return fit_counting_redraws(model, guide, *args, **options)[1]
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), ELBOS[job["objective"]]())
     for _ in range(job["steps"]):
         svi.step(*args)
     return 0
@@ -190,26 +187,31 @@ def setup_time(num_rows: int = 20_000, num_weights: int = 249, repeats: int = 1)
     return times
 
 
+def _job(problem, size, guide, loop, objective, seed, args, **extra) -> dict:
+    return {"problem": problem, "size": size, "guide": guide, "loop": loop,
+            "objective": objective, "seed": seed, "steps": args.steps, "draws": args.draws,
+            **extra}  # fmt: skip
+
+
 def _jobs(args: argparse.Namespace) -> list[dict]:
-    base = {"draws": args.draws}
     jobs = [
-        {"problem": "regression", "size": size, "guide": g, "loop": "svi", "elbo": "Trace_ELBO",
-         "seed": s, "steps": args.steps, **base}
-        for size in args.sizes for g in ("AutoRealNVP", "AutoMultivariateNormal")
-        for s in args.seeds
-    ]  # fmt: skip
+        _job("regression", size, guide, "svi", "Trace_ELBO", seed, args)
+        for size in args.sizes
+        for guide in ("AutoRealNVP", "AutoMultivariateNormal")
+        for seed in args.seeds
+    ]
     jobs += [
-        {"problem": "hierarchical", "size": None, "guide": g, "loop": loop, "elbo": "Trace_ELBO",
-         "seed": s, "steps": args.steps, **base, "draws": args.hier_draws}
-        for g in GUIDES for loop in ("fit", "svi") for s in args.seeds[:5]
-    ]  # fmt: skip
+        _job("hierarchical", None, guide, loop, "Trace_ELBO", seed, args, draws=args.hier_draws)
+        for guide in GUIDES
+        for loop in ("fit", "svi")
+        for seed in args.seeds[:5]
+    ]
+    other = [(name, "float32") for name in ELBOS if name != "Trace_ELBO"]
     jobs += [
-        {"problem": "regression", "size": args.sizes[0], "guide": "AutoRealNVP", "loop": "svi",
-         "elbo": e, "seed": s, "steps": args.steps, "dtype": d, **base}
-        for e, d in [(e, "float32") for e in ELBOS if e != "Trace_ELBO"]
-        + [("Trace_ELBO", "float64")]
-        for s in args.seeds[:3]
-    ]  # fmt: skip
+        _job("regression", args.sizes[0], "AutoRealNVP", "svi", name, seed, args, dtype=dtype)
+        for name, dtype in [*other, ("Trace_ELBO", "float64")]
+        for seed in args.seeds[:3]
+    ]
     return sorted(jobs, key=lambda j: j["problem"] != "hierarchical")
 
 
@@ -233,10 +235,10 @@ def _group(results, **match) -> list[dict]:
 
 def _regression_gap(results, size) -> str:
     """Worst seed's ELBO of AutoRealNVP minus AutoMultivariateNormal's (same seed)."""
-    mvn = {r["seed"]: r["elbo"] for r in _group(results, size=size, elbo="Trace_ELBO",
+    mvn = {r["seed"]: r["elbo"] for r in _group(results, size=size, objective="Trace_ELBO",
            guide="AutoMultivariateNormal", dtype=None) if "elbo" in r}  # fmt: skip
     ours = {r["seed"]: r.get("elbo", -math.inf) for r in _group(
-        results, size=size, elbo="Trace_ELBO", guide="AutoRealNVP", dtype=None)}  # fmt: skip
+        results, size=size, objective="Trace_ELBO", guide="AutoRealNVP", dtype=None)}  # fmt: skip
     gaps = [ours[s] - mvn[s] for s in ours if s in mvn]
     return f"{min(gaps):+.2f}" if gaps else "-"
 
@@ -261,7 +263,7 @@ def render(results: list[dict], setup: dict, args: argparse.Namespace, seconds: 
     ]
     for size in args.sizes:
         for guide in ("AutoRealNVP", "AutoMultivariateNormal"):
-            runs = _group(results, size=size, guide=guide, elbo="Trace_ELBO", dtype=None)
+            runs = _group(results, size=size, guide=guide, objective="Trace_ELBO", dtype=None)
             lines.append(f"| N={size[0]}, D={size[1]}: {guide} | {_summary(runs)} |")
     lines += [""] + [
         f"Worst seed's ELBO difference, AutoRealNVP minus AutoMultivariateNormal, N={s[0]}, "
@@ -275,10 +277,10 @@ def render(results: list[dict], setup: dict, args: argparse.Namespace, seconds: 
     lines += ["", f"## AutoRealNVP under Pyro's other ELBOs (N={args.sizes[0][0]}, "
               f"D={args.sizes[0][1]}, plain loop)", "", head, rule]  # fmt: skip
     for name in ELBOS:
-        runs = _group(results, size=args.sizes[0], guide="AutoRealNVP", elbo=name, dtype=None)
+        runs = _group(results, size=args.sizes[0], guide="AutoRealNVP", objective=name, dtype=None)
         runs = [r for r in runs if r["seed"] in args.seeds[:3]]
         lines.append(f"| {name}, float32 | {_summary(runs)} |")
-    runs = _group(results, size=args.sizes[0], elbo="Trace_ELBO", dtype="float64")
+    runs = _group(results, size=args.sizes[0], objective="Trace_ELBO", dtype="float64")
     lines.append(f"| Trace_ELBO, float64 | {_summary(runs)} |")
     lines += ["", "## Set-up time at 250 latent dimensions, 20,000 rows", "",
               "| guide | seconds to the first call |", "|---|---|"]  # fmt: skip
