@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from pyro_realnvp import NonFiniteLossError, fit
+from pyro_realnvp.ddp import DataParallelELBO, fit_distributed
 from pyro_realnvp.distributed import (
-    DataParallelELBO,
     data_plate,
     load_checkpoint,
     save_checkpoint,
@@ -124,9 +124,9 @@ def test_parameters_identical_across_ranks(two_rank_run):
 @pytest.mark.parametrize(
     ("key", "positive"),
     [("divergence_before_broadcast", True), ("divergence_after_broadcast", False)],
-    ids=["differently-seeded-ranks-differ", "broadcast-makes-them-equal"],
+    ids=["differently-seeded-ranks-differ", "ddp-makes-them-equal"],
 )
-def test_broadcast_parameters(two_rank_run, key, positive):
+def test_ddp_starts_every_rank_from_rank_0(two_rank_run, key, positive):
     divergence = two_rank_run["reports"][1][key]
     assert (divergence > 0) == positive
 
@@ -150,22 +150,31 @@ def test_two_process_checkpoint_loads_into_one_process(two_rank_run):
 
 @pytest.fixture(scope="module")
 def failure_outcomes(two_rank_run):
-    """What each of 2 ranks raised when rank 1's shard held a NaN (see the worker)."""
+    """What each of 2 ranks raised when rank 1's step failed (see the worker's FAILURES)."""
     return [json.loads((two_rank_run["out"] / f"failures{r}.json").read_text()) for r in range(2)]
 
 
 @pytest.mark.parametrize(
     ("scenario", "error", "says"),
     [
-        ("raises", "RankFailedError", "rank 1 raised ValueError"),
-        ("nan", "NonFiniteLossError", "not finite on rank(s) [1]"),
+        ("raises", "RankFailedError", "rank 1 raised RuntimeError('corrupt shard')"),
+        ("invalid-data", "RankFailedError", "rank 1 raised ValueError(\"Error while computing"),
+        ("rejected", "NonFiniteLossError", "rank(s) [1] (rank 1: the model rejected"),
+        ("nan", "NonFiniteLossError", "not finite on rank(s) [1] (rank 1: loss nan, the model"),
+        ("grad", "NonFiniteLossError", "rank(s) [1] (rank 1: its gradients were not finite"),
     ],
-    ids=["validation-error-on-rank-1", "nan-loss-on-rank-1"],
-)
+    ids=["model-raises-on-rank-1", "data-invalid-on-rank-1", "draw-rejected-on-rank-1",
+         "nan-loss-on-rank-1", "nan-gradient-on-rank-1"],
+)  # fmt: skip
 def test_failure_on_one_rank_stops_every_rank(failure_outcomes, scenario, error, says):
     outcomes = [by_scenario[scenario] for by_scenario in failure_outcomes]
     assert [o["type"] for o in outcomes] == [error, error]
     assert all(says in o["message"] for o in outcomes), outcomes
+
+
+@pytest.mark.parametrize("scenario", [name for name, _, _ in worker.FAILURES])
+def test_failed_step_updates_nothing_on_any_rank(failure_outcomes, scenario):
+    assert [by_scenario[scenario]["moved"] for by_scenario in failure_outcomes] == [False, False]
 
 
 def test_example_runs_under_two_processes_and_only_rank_0_prints(tmp_path):
@@ -216,3 +225,13 @@ def test_single_process_elbo_raises_on_nan_and_keeps_grads_clear():
     ):
         elbo.loss_and_grads(model, guide)
     assert all(p.grad is None for _, p in pyro.get_param_store().named_parameters())
+
+
+def test_parameters_outside_modules_are_refused():
+    def model():
+        shift = pyro.param("shift", torch.tensor(0.0))
+        pyro.sample("x", pyro.distributions.Normal(shift, 1.0))
+
+    guide = pyro.infer.autoguide.AutoNormal(model)
+    with pytest.raises(ValueError, match=r"\['shift'\] are in Pyro's param store but in no"):
+        fit_distributed(model, guide, num_steps=1, progress=False)
