@@ -12,10 +12,11 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
-from pyro_realnvp import NonFiniteLossError, fit
-from pyro_realnvp.ddp import DataParallelELBO, fit_distributed
+from pyro_realnvp import fit
 from pyro_realnvp.distributed import (
+    Blocks,
     data_plate,
     load_checkpoint,
     save_checkpoint,
@@ -211,27 +212,22 @@ def test_shard_rejects_bad_arguments(kwargs, match):
         shard(torch.zeros(4), **kwargs)
 
 
-@pytest.mark.filterwarnings("ignore:Encountered NaN")
-def test_single_process_elbo_raises_on_nan_and_keeps_grads_clear():
-    def model():
-        x = pyro.sample("x", pyro.distributions.Normal(0.0, 1.0))
-        pyro.factor("bad", x * float("nan"))
-
-    guide = pyro.infer.autoguide.AutoNormal(model)
-    elbo = DataParallelELBO()
-    with (
-        pyro.validation_enabled(False),
-        pytest.raises(NonFiniteLossError, match=r"not finite on rank\(s\) \[0\]"),
-    ):
-        elbo.loss_and_grads(model, guide)
-    assert all(p.grad is None for _, p in pyro.get_param_store().named_parameters())
+@pytest.mark.parametrize("rank", [0, 1], ids=["rank-0", "rank-1"])
+def test_blocks_dealt_by_a_distributed_sampler_are_the_shards(rank):
+    x, y = torch.randn(10, 2), torch.arange(10)
+    blocks = Blocks(x, y, block_size=5)
+    sampler = DistributedSampler(blocks, num_replicas=2, rank=rank, shuffle=False)
+    (index,) = list(sampler)
+    for got, expected in zip(blocks[index], shard(x, y, rank=rank, world_size=2), strict=True):
+        assert torch.equal(got, expected)
 
 
-def test_parameters_outside_modules_are_refused():
-    def model():
-        shift = pyro.param("shift", torch.tensor(0.0))
-        pyro.sample("x", pyro.distributions.Normal(shift, 1.0))
-
-    guide = pyro.infer.autoguide.AutoNormal(model)
-    with pytest.raises(ValueError, match=r"\['shift'\] are in Pyro's param store but in no"):
-        fit_distributed(model, guide, num_steps=1, progress=False)
+@pytest.mark.parametrize(
+    ("tensors", "block_size", "match"),
+    [((), 2, "at least one"), ((torch.zeros(3), torch.zeros(4)), 2, "share"),
+     ((torch.zeros(3),), 0, "block_size")],
+    ids=["no-tensors", "unequal-lengths", "empty-blocks"],
+)  # fmt: skip
+def test_blocks_reject_bad_arguments(tensors, block_size, match):
+    with pytest.raises(ValueError, match=match):
+        Blocks(*tensors, block_size=block_size)
