@@ -31,6 +31,7 @@ from torch import Tensor
 from .infer import NonFiniteLossError
 
 __all__ = [
+    "Blocks",
     "FiniteStepFlag",
     "RankFailedError",
     "data_plate",
@@ -178,6 +179,45 @@ def shard(*tensors: Tensor, rank: int | None = None, world_size: int | None = No
     if lengths.pop() < w:
         raise ValueError(f"cannot shard {len(tensors[0])} rows over {w} ranks")
     return tuple(t.tensor_split(w)[r] for t in tensors)
+
+
+class Blocks(torch.utils.data.Dataset):
+    """Contiguous blocks of rows of ``tensors`` as the items of a dataset, for data loaders.
+
+    Item ``i`` is the tuple of rows ``i * block_size`` to ``(i + 1) * block_size`` of each
+    tensor (the last block may be shorter): slices, with no per-row indexing or stacking,
+    so ``DataLoader(Blocks(x, y, block_size=b), batch_size=None)`` costs nothing per
+    step, where ``DataLoader(TensorDataset(x, y), batch_size=b)`` stacks ``b`` rows one
+    by one. Under Lightning's ``strategy="ddp"`` the ``DistributedSampler`` deals whole
+    blocks to the ranks; with ``block_size = N // W`` and no shuffling, rank ``r`` gets
+    block ``r`` at every step, which is :func:`shard`'s slice.
+
+    Example:
+        >>> x, y = torch.arange(10.0).reshape(5, 2), torch.arange(5)
+        >>> blocks = Blocks(x, y, block_size=2)
+        >>> len(blocks), blocks[2]
+        (3, (tensor([[8., 9.]]), tensor([4])))
+    """
+
+    def __init__(self, *tensors: Tensor, block_size: int) -> None:
+        if not tensors:
+            raise ValueError("Blocks needs at least one tensor")
+        lengths = {len(t) for t in tensors}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors must share their first dimension, got lengths {lengths}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1, got {block_size}")
+        self.tensors, self.block_size = tensors, block_size
+        self.num_rows = lengths.pop()
+
+    def __len__(self) -> int:
+        return -(-self.num_rows // self.block_size)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"block {index} of {len(self)}")
+        rows = slice(index * self.block_size, (index + 1) * self.block_size)
+        return tuple(t[rows] for t in self.tensors)
 
 
 def data_plate(
