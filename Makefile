@@ -9,7 +9,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIP_QUIET) -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install $(PIP_QUIET) -c constraints.txt -e '.[dev,lightning]'
 	touch $@
 
 demo: $(STAMP)
@@ -48,7 +48,7 @@ bench-distributed: $(STAMP)
 DOCS_STAMP := $(VENV)/.installed-docs
 
 $(DOCS_STAMP): $(STAMP) pyproject.toml constraints.txt
-	$(BIN)/python -m pip install $(PIP_QUIET) -c constraints.txt -e '.[dev,docs,notebook]'
+	$(BIN)/python -m pip install $(PIP_QUIET) -c constraints.txt -e '.[dev,lightning,docs,notebook]'
 	touch $@
 
 docs: $(DOCS_STAMP)

@@ -1,12 +1,14 @@
-"""Steps per second of data-parallel SVI with 1 and 2 processes (gloo, this machine).
+"""Steps per second of data-parallel SVI at 1 and 2 processes: DDP against the hand-written one.
 
-Runs examples/distributed_logistic_regression.py's model with AutoRealNVP: each process
-evaluates the likelihood on its shard of N observations, then the processes average
-their gradients. N is large so the model evaluation, which splits across processes,
-dominates the step; a small N shows the fixed per-step cost that does not split.
+Runs examples/distributed_logistic_regression.py's model with AutoRealNVP on N = 1e6
+rows (gloo on 127.0.0.1, ranks launched as torchrun would). ``ddp`` is this package's
+``fit_distributed`` on torch's DistributedDataParallel; ``allreduce`` is the same
+function at commit ``LEGACY_COMMIT``, before DDP, which all-reduced the flattened
+gradients itself after ``loss_and_grads`` (taken with ``git archive``, so nothing of it
+stays in the package).
 
     python benchmarks/distributed.py                 # prints a Markdown table
-    python benchmarks/distributed.py --num-steps 5   # smoke run
+    python benchmarks/distributed.py --num-steps 5 --num-data 20000 --repeats 1  # smoke
 """
 
 from __future__ import annotations
@@ -24,40 +26,52 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
+#: The last commit whose ``fit_distributed`` averaged gradients by hand.
+LEGACY_COMMIT = "c5b8dd2"
+IMPLEMENTATIONS = ("ddp", "allreduce")
+PROCESSES = (1, 2)
 
-#: (processes, torch threads per process)
-CONFIGS = [(1, 1), (2, 1), (1, 2)]
+
+def export_legacy(folder: Path) -> Path:
+    """``LEGACY_COMMIT``'s package and examples, unpacked under ``folder``."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", LEGACY_COMMIT, "pyro_realnvp", "examples"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One rank: warm up, then time ``num_steps`` steps; rank 0 writes steps/s."""
+    """One rank: warm up, then time ``num_steps`` steps; each rank writes its numbers."""
+    root = Path(args.code_root)
+    sys.path[:0] = [str(root), str(root / "examples")]
     import torch
     from distributed_logistic_regression import logistic_regression, make_data
 
-    from pyro_realnvp import AutoRealNVP
-    from pyro_realnvp.distributed import (
-        fit_distributed,
-        process_group,
-        rank,
-        seed_rank,
-        shard,
-    )
+    import pyro_realnvp
+    from pyro_realnvp import AutoRealNVP, DataParallelELBO, fit_distributed
+    from pyro_realnvp.distributed import process_group, rank, seed_rank, shard
 
-    torch.set_num_threads(args.threads)
-    with process_group("gloo") as _:
-        (num_data,) = args.num_data
-        x, y, _ = make_data(num_data, args.dim)
+    if not Path(pyro_realnvp.__file__).is_relative_to(root):
+        raise RuntimeError(f"imported {pyro_realnvp.__file__}, not the package under {root}")
+    torch.set_num_threads(1)
+    with process_group("gloo"):
+        x, y, _ = make_data(args.num_data, args.dim)
         x, y = (t.clone() for t in shard(x, y))
-        model = logistic_regression(x, y, num_data)
+        model = logistic_regression(x, y, args.num_data)
         seed_rank(0)
         guide = AutoRealNVP(model, num_layers=4)
-        fit_distributed(model, guide, num_steps=3, progress=False)
+        # One ELBO for both calls (a new DDP per call would be set up again), if it can.
+        kwargs = {"loss": DataParallelELBO()} if args.impl == "ddp" else {}
+        fit_distributed(model, guide, num_steps=3, progress=False, **kwargs)
         start, cpu_start = time.perf_counter(), time.process_time()
-        fit_distributed(model, guide, num_steps=args.num_steps, progress=False)
+        fit_distributed(model, guide, num_steps=args.num_steps, progress=False, **kwargs)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-        per_rank = Path(args.result).with_name(f"rank{rank()}.json")
-        per_rank.write_text(json.dumps({"steps_per_s": args.num_steps / wall, "cpu": cpu}))
+        numel = sum(p.numel() for p in guide.parameters())
+        result = {"steps_per_s": args.num_steps / wall, "cpu": cpu, "numel": numel}
+        Path(args.result).with_name(f"rank{rank()}.json").write_text(json.dumps(result))
 
 
 def free_port() -> int:
@@ -66,88 +80,87 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(num_data: int, procs: int, threads: int, args: argparse.Namespace) -> dict:
-    """Launch ``procs`` ranks on 127.0.0.1 as torchrun would.
+def measure(impl: str, procs: int, code_root: Path, args: argparse.Namespace) -> dict:
+    """Launch ``procs`` ranks of ``impl``; rank 0's steps/s and the busiest rank's CPU ms/step.
 
-    Returns rank 0's wall-clock steps/s and the CPU seconds per step of the busiest rank:
-    on a machine shared with other work the wall clock measures this job's share of the
+    On a machine shared with other work the wall clock measures this job's share of the
     CPUs as much as the job, while CPU time per step does not depend on that share.
     """
     folder = Path(tempfile.mkdtemp())
-    port = free_port()
-    argv = [sys.executable, __file__, "--worker", "--result", str(folder / "result")]
-    argv += ["--num-data", str(num_data), "--dim", str(args.dim)]
-    argv += ["--num-steps", str(args.num_steps), "--threads", str(threads)]
-    ranks = []
+    argv = [sys.executable, __file__, "--worker", "--impl", impl, "--code-root", str(code_root)]
+    argv += ["--result", str(folder / "result"), "--num-data", str(args.num_data)]
+    argv += ["--dim", str(args.dim), "--num-steps", str(args.num_steps)]
+    port, ranks = free_port(), []
     for r in range(procs):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code_root)}
         if procs > 1:
-            env |= {
-                "RANK": str(r),
-                "LOCAL_RANK": str(r),
-                "WORLD_SIZE": str(procs),
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-            }
+            env |= {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(procs)}
+            env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         ranks.append(subprocess.Popen(argv, env=env))
     for proc in ranks:
-        if proc.wait(timeout=600) != 0:
+        if proc.wait(timeout=900) != 0:
             raise RuntimeError(f"a benchmark rank failed: {proc.args}")
     results = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(procs)]
     return {
         "steps_per_s": results[0]["steps_per_s"],
         "cpu_ms": 1e3 * max(r["cpu"] for r in results) / args.num_steps,
+        "numel": results[0]["numel"],
     }
 
 
-def main(args: argparse.Namespace) -> list[dict]:
+def table(runs: dict[tuple, list[dict]]) -> list[str]:
+    """Markdown rows: best and median steps/s, CPU ms/step, and the own-core rate."""
+    lines = [
+        "| implementation | processes | steps/s, best | steps/s, median "
+        "| CPU ms/step, busiest rank (median) | steps/s if each rank had its own core |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for (impl, procs), values in runs.items():
+        speeds = [v["steps_per_s"] for v in values]
+        cpu_ms = statistics.median(v["cpu_ms"] for v in values)
+        lines.append(
+            f"| {impl} | {procs} | {max(speeds):.2f} | {statistics.median(speeds):.2f} "
+            f"| {cpu_ms:.0f} | {1e3 / cpu_ms:.2f} |"
+        )
+    return lines
+
+
+def main(args: argparse.Namespace) -> dict[tuple, list[dict]]:
     """Measure every configuration ``repeats`` times, in interleaved rounds.
 
     The machine is shared, so load from other work comes and goes; interleaving spreads
     it over all configurations, and the best of the rounds is the least disturbed one.
     """
+    legacy = export_legacy(Path(tempfile.mkdtemp()))
+    roots = {"ddp": ROOT, "allreduce": legacy}
     load_before = os.getloadavg()[0]
     runs: dict[tuple, list[dict]] = {}
     for _ in range(args.repeats):
-        for num_data in args.num_data:
-            for procs, threads in CONFIGS:
-                key = (num_data, procs, threads)
-                runs.setdefault(key, []).append(measure(num_data, procs, threads, args))
-    load_after = os.getloadavg()[0]
+        for procs in PROCESSES:
+            for impl in IMPLEMENTATIONS:
+                result = measure(impl, procs, roots[impl], args)
+                runs.setdefault((impl, procs), []).append(result)
+    numel = next(iter(runs.values()))[0]["numel"]
     print(
         f"{platform.machine()}, {os.cpu_count()} logical CPUs shared with other jobs "
-        f"(1-min load average {load_before:.1f} before, {load_after:.1f} after); "
-        f"D = {args.dim}, AutoRealNVP(num_layers=4), {args.num_steps} timed steps, "
-        f"{args.repeats} interleaved rounds"
+        f"(1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after); "
+        f"N = {args.num_data:,}, D = {args.dim}, AutoRealNVP(num_layers=4) with {numel:,} "
+        f"parameters, {args.num_steps} timed steps, {args.repeats} interleaved rounds, "
+        f"allreduce = commit {LEGACY_COMMIT}"
     )
-    print(
-        "| N | processes | threads each | steps/s, best | steps/s, median "
-        "| CPU ms/step, busiest rank (median) | steps/s if each rank had its own core |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    rows = []
-    for (num_data, procs, threads), values in runs.items():
-        speeds = [v["steps_per_s"] for v in values]
-        cpu_ms = statistics.median(v["cpu_ms"] for v in values)
-        row = {"N": num_data, "procs": procs, "threads": threads, "best": max(speeds)}
-        row |= {"median": statistics.median(speeds), "cpu_ms": cpu_ms}
-        rows.append(row)
-        own_core = f"{1e3 / cpu_ms:.2f}" if threads == 1 else "n/a"
-        print(
-            f"| {num_data:,} | {procs} | {threads} | {row['best']:.2f} | {row['median']:.2f} "
-            f"| {cpu_ms:.0f} | {own_core} |"
-        )
-    return rows
+    print("\n".join(table(runs)))
+    return runs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-data", type=int, nargs="+", default=[1_000_000, 20_000])
+    parser.add_argument("--num-data", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--num-steps", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--code-root", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -1,9 +1,11 @@
-"""Data-parallel SVI: Bayesian logistic regression with AutoRealNVP on torch.distributed.
+"""Data-parallel SVI: Bayesian logistic regression with AutoRealNVP on torch's DDP.
 
     w ~ Normal(0, 1)^D,  b ~ Normal(0, 3),  y_n | x_n ~ Bernoulli(sigmoid(x_n . w + b))
 
 Each rank evaluates the likelihood on its own shard of the N observations, under a
-``pyro.plate`` of size N, and the ranks average their gradients before every step.
+``pyro.plate`` of size N; DistributedDataParallel averages the gradients during the
+backward pass (``fit_distributed``). examples/lightning_logistic_regression.py is the
+same with Lightning.
 
     python examples/distributed_logistic_regression.py                    # one process
     torchrun --nproc_per_node=2 examples/distributed_logistic_regression.py
@@ -21,9 +23,9 @@ import pyro.distributions as dist
 import torch
 
 from pyro_realnvp import AutoRealNVP
+from pyro_realnvp.ddp import fit_distributed
 from pyro_realnvp.distributed import (
     data_plate,
-    fit_distributed,
     is_main_process,
     process_group,
     save_checkpoint,

@@ -2,9 +2,10 @@
 
 from .conditional import ConditionalRealNVP, ConditionedRealNVP, conditional_realnvp
 from .coupling import MaskedAffineCoupling, masked_affine_coupling
+from .ddp import DataParallelELBO, fit_distributed
 from .density import anomaly_scores, bits_per_dim, dequantize, fit_density, flow_distribution
 from .diagnostics import KHat, khat_reading, psis_khat, to_inference_data
-from .distributed import DataParallelELBO, RankFailedError, fit_distributed
+from .distributed import RankFailedError
 from .fast import FastELBO, FastPathError, fit_fast
 from .flow import RealNVP, realnvp
 from .guide import AutoRealNVP

@@ -1,12 +1,13 @@
-"""Data-parallel SVI on ``torch.distributed``: shard the data, average the gradients.
+"""What data-parallel SVI needs beyond DistributedDataParallel: shards, one flag, checkpoints.
 
-Each rank holds a shard of the data and evaluates the model on it under a subsampling
-``pyro.plate`` whose size is the full data size, so its loss is an unbiased estimate of
-the full-data loss. :class:`DataParallelELBO` averages the losses and the gradients over
-ranks between ``loss_and_grads`` and the optimizer step, so every rank applies the same
-update and the parameters stay identical. With equal shards and the same base noise on
-every rank, the averaged gradient *is* the full-data gradient of one process; with a
-different seed per rank (:func:`seed_rank`) the ranks also split the particles.
+torch's ``DistributedDataParallel`` (:mod:`pyro_realnvp.ddp`, or Lightning's
+``strategy="ddp"``, :mod:`pyro_realnvp.lightning`) broadcasts the initial parameters and
+averages the gradients during the backward pass. What it does not know about is Pyro's
+side: each rank holds a shard of the data and evaluates the model on it under a
+subsampling ``pyro.plate`` whose size is the full data size (:func:`data_plate`,
+:func:`shard`), so its loss is an unbiased estimate of the full-data loss; and a step
+that is not finite on one rank must update nothing on every rank
+(:class:`FiniteStepFlag`). Checkpoints are Pyro's param-store files.
 
 Everything here works without a process group too (one process, world size 1), so the
 same script runs under ``python`` and under ``torchrun``.
@@ -24,21 +25,16 @@ from pathlib import Path
 import pyro
 import torch
 import torch.distributed as dist
-from pyro import poutine
-from pyro.infer import Trace_ELBO
-from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
-from pyro.util import get_rng_state, set_rng_state
 from torch import Tensor
 
-from .infer import NonFiniteLossError, explain_non_finite, fit
+from .infer import NonFiniteLossError
 
 __all__ = [
-    "DataParallelELBO",
+    "Blocks",
+    "FiniteStepFlag",
     "RankFailedError",
-    "broadcast_parameters",
     "data_plate",
-    "fit_distributed",
     "is_main_process",
     "load_checkpoint",
     "max_parameter_divergence",
@@ -49,8 +45,6 @@ __all__ = [
     "shard",
     "world_size",
 ]
-
-_OK, _NOT_FINITE, _RAISED = 0, 1, 2
 
 
 class RankFailedError(RuntimeError):
@@ -187,6 +181,45 @@ def shard(*tensors: Tensor, rank: int | None = None, world_size: int | None = No
     return tuple(t.tensor_split(w)[r] for t in tensors)
 
 
+class Blocks(torch.utils.data.Dataset):
+    """Contiguous blocks of rows of ``tensors`` as the items of a dataset, for data loaders.
+
+    Item ``i`` is the tuple of rows ``i * block_size`` to ``(i + 1) * block_size`` of each
+    tensor (the last block may be shorter): slices, with no per-row indexing or stacking,
+    so ``DataLoader(Blocks(x, y, block_size=b), batch_size=None)`` costs nothing per
+    step, where ``DataLoader(TensorDataset(x, y), batch_size=b)`` stacks ``b`` rows one
+    by one. Under Lightning's ``strategy="ddp"`` the ``DistributedSampler`` deals whole
+    blocks to the ranks; with ``block_size = N // W`` and no shuffling, rank ``r`` gets
+    block ``r`` at every step, which is :func:`shard`'s slice.
+
+    Example:
+        >>> x, y = torch.arange(10.0).reshape(5, 2), torch.arange(5)
+        >>> blocks = Blocks(x, y, block_size=2)
+        >>> len(blocks), blocks[2]
+        (3, (tensor([[8., 9.]]), tensor([4])))
+    """
+
+    def __init__(self, *tensors: Tensor, block_size: int) -> None:
+        if not tensors:
+            raise ValueError("Blocks needs at least one tensor")
+        lengths = {len(t) for t in tensors}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors must share their first dimension, got lengths {lengths}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be at least 1, got {block_size}")
+        self.tensors, self.block_size = tensors, block_size
+        self.num_rows = lengths.pop()
+
+    def __len__(self) -> int:
+        return -(-self.num_rows // self.block_size)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"block {index} of {len(self)}")
+        rows = slice(index * self.block_size, (index + 1) * self.block_size)
+        return tuple(t[rows] for t in self.tensors)
+
+
 def data_plate(
     name: str,
     num_data: int,
@@ -225,16 +258,6 @@ def data_plate(
     return pyro.plate(name, size=num_data, subsample=indices, dim=dim, device=device)
 
 
-def _gather(values: list[float]) -> Tensor:
-    """Every rank's ``values``, shape ``(world_size, len(values))``, on every rank."""
-    mine = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-    if not _active():
-        return mine[None].cpu()
-    out = [torch.empty_like(mine) for _ in range(world_size())]
-    dist.all_gather(out, mine)
-    return torch.stack(out).cpu()
-
-
 def _gather_objects(obj) -> list:
     if not _active():
         return [obj]
@@ -252,171 +275,70 @@ def _raise_if_any_raised(error: BaseException | None, during: str) -> None:
         raise RankFailedError(f"{text}, during {during}") from error
 
 
-class DataParallelELBO(ELBO):
-    """Wrap an ELBO so ``loss_and_grads`` averages loss and gradients over all ranks.
+class FiniteStepFlag:
+    """Whether every rank's step was finite: one all-reduce of ``(loss, failed)`` per step.
 
-    The gradients of every parameter the step touched are flattened, summed with one
-    ``all_reduce`` per dtype and divided by the world size, before ``SVI`` hands them to
-    the optimizer. Before that, each rank shares whether its step was finite and
-    whether it raised: if any rank failed, *every* rank clears its gradients and raises
-    (:class:`~pyro_realnvp.NonFiniteLossError` naming the ranks whose loss or gradients
-    were not finite, or :class:`RankFailedError` with the failing rank's error), so no
-    rank waits forever in a collective and no parameter is updated. Without a process
-    group it behaves as the wrapped ELBO plus that check.
+    Built right after the forward pass, it starts an asynchronous ``all_reduce`` of this
+    rank's loss and failure flag, which overlaps the backward pass (and the gradient
+    all-reduce DDP runs during it). :meth:`mean_loss` then waits for it. All ranks reach
+    the same verdict: the flags are summed over ranks, and ``grads_finite`` is checked on
+    gradients that DDP has already averaged, so it is the same on every rank too. If any
+    rank failed, every rank gathers each rank's :data:`report` and raises the same
+    :class:`~pyro_realnvp.NonFiniteLossError` or :class:`RankFailedError`, naming the
+    ranks, before anyone's optimizer steps. Without a process group it is one rank's check.
 
     Example:
-        >>> import pyro.distributions as dist
-        >>> from pyro.infer import SVI
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
-        >>> guide = pyro.infer.autoguide.AutoNormal(model)
-        >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), DataParallelELBO())
-        >>> isinstance(svi.step(), float)
-        True
+        >>> FiniteStepFlag(loss=1.5, ok=True).mean_loss(grads_finite=True)
+        1.5
+        >>> flag = FiniteStepFlag(loss=float("nan"), ok=False)
+        >>> try:
+        ...     flag.mean_loss(grads_finite=True, report=lambda: {"non_finite": "a NaN"})
+        ... except NonFiniteLossError as error:
+        ...     print(str(error)[:72])
+        the loss or its gradients were not finite on rank(s) [0] (rank 0: a NaN)
     """
 
-    def __init__(self, elbo: ELBO | None = None) -> None:
-        self.elbo = Trace_ELBO() if elbo is None else elbo
-        super().__init__(num_particles=self.elbo.num_particles)
+    def __init__(self, loss: float, ok: bool) -> None:
+        ok = ok and math.isfinite(loss)
+        values = [loss if ok else 0.0, 0.0 if ok else 1.0]
+        self.buffer = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+        self._work = dist.all_reduce(self.buffer, async_op=True) if _active() else None
 
-    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        loss, error = self._local(self.elbo.loss, model, guide, args, kwargs)
-        return self._agree(loss, True, 0, error, model, guide, args, kwargs)
+    def mean_loss(self, grads_finite: bool, report: Callable[[], dict] = dict) -> float:
+        """The loss averaged over ranks; raise on every rank if any rank's step failed.
 
-    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        with poutine.trace(param_only=True) as capture:
-            loss, error = self._local(self.elbo.loss_and_grads, model, guide, args, kwargs)
-        params = [
-            capture.trace.nodes[name]["value"].unconstrained()
-            for name in sorted(capture.trace.nodes)
-        ]
-        grads = [p.grad for p in params if p.grad is not None]
-        # One host sync for all gradients, not one per parameter.
-        grads_finite = not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
-        numel = sum(p.numel() for p in params)
-        try:
-            loss = self._agree(loss, grads_finite, numel, error, model, guide, args, kwargs)
-        except RuntimeError:  # raised on every rank alike, so every rank clears its grads
-            for param in params:
-                param.grad = None
-            raise
-        _average_grads(params)
-        return loss
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
-        return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
-
-    def _get_trace(self, model, guide, args, kwargs):
-        return self.elbo._get_trace(model, guide, args, kwargs)
-
-    @staticmethod
-    def _local(step, model, guide, args, kwargs) -> tuple[float, BaseException | None]:
-        # Catch everything: a rank that leaves the step early strands the others.
-        try:
-            return float(step(model, guide, *args, **kwargs)), None
-        except Exception as error:  # noqa: BLE001 - re-raised by _agree on every rank
-            return math.nan, error
-
-    @staticmethod
-    def _agree(loss, grads_finite, numel, error, model, guide, args, kwargs) -> float:
-        """Share each rank's status; raise on every rank if any failed, else the mean loss."""
-        finite = math.isfinite(loss) and grads_finite
-        status = _RAISED if error is not None else _OK if finite else _NOT_FINITE
-        table = _gather([status, loss if finite else 0.0, numel])
-        statuses = [int(s) for s in table[:, 0]]
-        if any(statuses):
-            if _RAISED in statuses:
-                _raise_if_any_raised(error, "an SVI step (no rank updated its parameters)")
-            bad = [r for r, s in enumerate(statuses) if s == _NOT_FINITE]
-            what = f"the loss or its gradients were not finite on rank(s) {bad}"
-            if statuses[rank()] == _NOT_FINITE:
-                what += (
-                    f" (here, rank {rank()}: {explain_non_finite(model, guide, *args, **kwargs)})"
-                )
-            raise NonFiniteLossError(
-                f"{what}. No rank updated its parameters; the guide is still usable."
-            )
-        sizes = [int(n) for n in table[:, 2]]
-        if len(set(sizes)) != 1:
-            raise RuntimeError(
-                f"ranks hold different numbers of parameter elements {sizes}: every rank "
-                "must run the same model and guide"
-            )
-        return float(table[:, 1].mean())
+        ``report`` is called only after a failure, on every rank, and returns this rank's
+        ``{"raised": repr(error)}`` or ``{"non_finite": reason}`` (``{}`` if it was fine).
+        """
+        if self._work is not None:
+            self._work.wait()
+        total, failed = self.buffer.tolist()
+        if failed == 0 and grads_finite:
+            return total / world_size()
+        _raise_step_failure(_gather_objects(report()))
 
 
-def _average_grads(params: list[Tensor]) -> None:
-    """Replace each gradient by its mean over ranks (a missing gradient counts as zero)."""
-    n = world_size()
-    if n == 1:
-        return
-    for param in params:
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-    buckets: dict[tuple, list[Tensor]] = {}
-    for param in params:
-        buckets.setdefault((param.dtype, param.device), []).append(param)
-    device = _comm_device()
-    for group in buckets.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in group]).to(device)
-        dist.all_reduce(flat)
-        flat /= n
-        for param, grad in zip(group, flat.split([p.numel() for p in group]), strict=True):
-            param.grad.copy_(grad.view_as(param))
+def _raise_step_failure(reports: list[dict]) -> None:
+    """Raise the error every rank raises after a failed step, from all ranks' reports."""
+    raised = {r: rep["raised"] for r, rep in enumerate(reports) if rep.get("raised")}
+    if raised:
+        text = "; ".join(f"rank {r} raised {message}" for r, message in raised.items())
+        raise RankFailedError(f"{text}, during an SVI step (no rank updated its parameters)")
+    bad = {r: rep["non_finite"] for r, rep in enumerate(reports) if rep.get("non_finite")}
+    if bad:
+        reasons = "; ".join(f"rank {r}: {why}" for r, why in bad.items())
+        what = f"the loss or its gradients were not finite on rank(s) {sorted(bad)} ({reasons})"
+    else:
+        what = (
+            "the gradients averaged over ranks were not finite, though no rank saw a "
+            "non-finite value of its own (the sum overflowed)"
+        )
+    raise NonFiniteLossError(f"{what}. No rank updated its parameters; the guide is still usable.")
 
 
 def _store_params() -> list[tuple[str, Tensor]]:
     """The param store's unconstrained tensors, in an order every rank agrees on."""
     return sorted(pyro.get_param_store().named_parameters())
-
-
-@torch.no_grad()
-def broadcast_parameters(model: Callable, guide: Callable, *args, src: int = 0, **kwargs) -> None:
-    """Create every parameter of ``guide`` and ``model``, then copy rank ``src``'s to all.
-
-    ``AutoRealNVP`` builds its parameters at its first call, each rank from its own
-    random state; this runs the guide and the model once (without recording, and
-    leaving Pyro's RNG state as it found it) and broadcasts every tensor in the param
-    store, so all ranks start from the same point. Ranks whose parameter names or shapes
-    disagree get a clear error before any broadcast.
-
-    Example:
-        >>> import pyro.distributions as dist
-        >>> from pyro_realnvp import AutoRealNVP
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
-        >>> guide = AutoRealNVP(model, num_layers=2)
-        >>> broadcast_parameters(model, guide)
-        >>> "AutoRealNVP.loc" in pyro.get_param_store()
-        True
-    """
-    state = get_rng_state()
-    error = None
-    try:
-        with poutine.block():
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            poutine.replay(model, trace=guide_trace)(*args, **kwargs)
-    except Exception as caught:  # noqa: BLE001 - re-raised below on every rank
-        error = caught
-    finally:
-        set_rng_state(state)
-    _raise_if_any_raised(error, "setting up the guide and model")
-    params = _store_params()
-    layouts = _gather_objects([(name, tuple(p.shape)) for name, p in params])
-    for r, layout in enumerate(layouts):
-        if layout != layouts[src]:
-            raise RuntimeError(
-                f"rank {r} and rank {src} hold different parameters "
-                f"({sorted(set(layout) ^ set(layouts[src]))[:4]} ...): every rank must "
-                "build the same model and guide"
-            )
-    if world_size() == 1:
-        return
-    device = _comm_device()
-    for _, param in params:
-        buffer = param.detach().to(device)
-        dist.broadcast(buffer, src=src)
-        param.copy_(buffer)
 
 
 @torch.no_grad()
@@ -524,52 +446,3 @@ def load_checkpoint(
     store.set_state(new)
     if optim is not None and _optim_path(path).exists():
         optim.load(str(_optim_path(path)), map_location=map_location)
-
-
-def fit_distributed(
-    model: Callable,
-    guide: Callable,
-    *args,
-    num_steps: int = 2000,
-    lr: float = 1e-2,
-    num_particles: int = 1,
-    progress: bool = True,
-    loss: ELBO | None = None,
-    optim: PyroOptim | None = None,
-    lr_decay: float = 0.1,
-    clip_norm: float = 10.0,
-    **kwargs,
-) -> list[float]:
-    """:func:`~pyro_realnvp.fit` on every rank, with parameters broadcast and gradients averaged.
-
-    Call it on every rank with that rank's shard (the model should use
-    :func:`data_plate`). It broadcasts rank 0's initial parameters, then runs ``fit``
-    with the loss wrapped in :class:`DataParallelELBO`; only rank 0 shows the progress
-    bar. ``num_particles`` is per rank. Returns the history of the rank-averaged loss,
-    the same on every rank. Without a process group it is ``fit``.
-
-    Example:
-        >>> import pyro.distributions as dist
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(3.0, 1.0))
-        >>> guide = pyro.infer.autoguide.AutoNormal(model)
-        >>> losses = fit_distributed(model, guide, num_steps=300, lr=0.05, progress=False)
-        >>> len(losses), round(guide.median()["x"].item())
-        (300, 3)
-    """
-    if loss is None:
-        loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
-    broadcast_parameters(model, guide, *args, **kwargs)
-    return fit(
-        model,
-        guide,
-        *args,
-        num_steps=num_steps,
-        lr=lr,
-        progress=progress and is_main_process(),
-        loss=DataParallelELBO(loss),
-        optim=optim,
-        lr_decay=lr_decay,
-        clip_norm=clip_norm,
-        **kwargs,
-    )

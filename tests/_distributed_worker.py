@@ -17,10 +17,9 @@ import pyro.distributions as dist
 import torch
 
 from pyro_realnvp import AutoRealNVP
+from pyro_realnvp.ddp import DataParallelELBO, fit_distributed
 from pyro_realnvp.distributed import (
-    broadcast_parameters,
     data_plate,
-    fit_distributed,
     load_checkpoint,
     max_parameter_divergence,
     process_group,
@@ -43,15 +42,30 @@ def make_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_model(x: torch.Tensor, y: torch.Tensor):
-    """Linear regression on the shard ``(x, y)`` of ``NUM_DATA`` observations, in float64."""
+    """Linear regression on the shard ``(x, y)`` of ``NUM_DATA`` observations, in float64.
+
+    Once ``model.failure`` is set it fails: ``"raises"`` raises, ``"nan-data"`` sees a NaN
+    in ``y``, ``"zero-scale"`` builds a Normal of scale 0 (a draw the model rejects),
+    ``"grad"`` adds a factor whose value is 0 and whose gradient is NaN.
+    """
     zero = torch.zeros((), dtype=torch.float64)
+    y_nan = y.clone()
+    y_nan[0] = float("nan")
 
     def model():
+        failure = model.failure
         w = pyro.sample("w", dist.Normal(zero.expand(3), 1.0).to_event(1))
         sigma = pyro.sample("sigma", dist.LogNormal(zero, 1.0))
+        if failure == "raises":
+            raise RuntimeError("corrupt shard")
+        if failure == "grad":
+            pyro.factor("kink", (w[0] * 0.0).abs().sqrt())  # sqrt'(0) * 0 = NaN
+        observed = y_nan if failure == "nan-data" else y
+        scale = sigma * 0.0 if failure == "zero-scale" else sigma
         with data_plate("data", NUM_DATA, len(x)) as idx:
-            pyro.sample("y", dist.Normal(x[idx] @ w, sigma), obs=y[idx])
+            pyro.sample("y", dist.Normal(x[idx] @ w, scale), obs=observed[idx])
 
+    model.failure = None
     return model
 
 
@@ -64,7 +78,7 @@ def store_tensors() -> dict[str, torch.Tensor]:
 
 
 def train(rank: int, out: Path) -> None:
-    """Start apart, broadcast, load a one-process checkpoint, train on a shard, save."""
+    """Start apart, wrap in DDP, load a one-process checkpoint, train on a shard, save."""
     x, y = shard(*make_data())
     model = make_model(x, y)
     guide = make_guide(model)
@@ -72,7 +86,7 @@ def train(rank: int, out: Path) -> None:
     with pyro.poutine.block():
         guide()
     report = {"divergence_before_broadcast": max_parameter_divergence()}
-    broadcast_parameters(model, guide)
+    DataParallelELBO().module(model, guide)  # DDP copies rank 0's parameters to every rank
     report["divergence_after_broadcast"] = max_parameter_divergence()
     load_checkpoint(out / "init.pt")
     init = torch.load(out / "init.pt", weights_only=False)["params"]
@@ -86,27 +100,41 @@ def train(rank: int, out: Path) -> None:
     (out / f"report{rank}.json").write_text(json.dumps(report))
 
 
-def failures(rank: int, out: Path) -> None:
-    """Rank 1's shard holds a NaN; every rank must stop with an error naming rank 1.
+#: Failure scenarios on rank 1: (name, what rank 1's model does, validation on?).
+FAILURES = [
+    ("raises", "raises", True),  # a bug in the model: RankFailedError
+    ("invalid-data", "nan-data", True),  # validation rejects the data: RankFailedError
+    ("rejected", "zero-scale", True),  # validation rejects the draw: NonFiniteLossError
+    ("nan", "nan-data", False),  # the loss is NaN
+    ("grad", "grad", False),  # the loss is finite, its gradients are not
+]
 
-    With validation on, rank 1's model raises; with it off, its loss is NaN. Both run in
-    the same processes, one after the other: after the first failure the process group
-    must still work.
+
+def failures(rank: int, out: Path) -> None:
+    """Rank 1's step fails in each scenario; every rank must stop with an error naming rank 1.
+
+    All scenarios run in the same processes, one after the other: after a failure the
+    process group must still work. Each records whether any parameter moved.
     """
     x, y = shard(*make_data())
-    if rank == 1:
-        y = y.clone()
-        y[0] = float("nan")
     outcomes = {}
-    for scenario, validate in [("raises", True), ("nan", False)]:
+    for scenario, failure, validate in FAILURES:
         pyro.clear_param_store()
         model = make_model(x, y)
-        try:
-            with pyro.validation_enabled(validate):
-                fit_distributed(model, make_guide(model), num_steps=3, progress=False)
-            outcomes[scenario] = {"type": None, "message": ""}
-        except Exception as error:  # noqa: BLE001 - the test reads what each rank raised
-            outcomes[scenario] = {"type": type(error).__name__, "message": str(error)}
+        guide = make_guide(model)
+        with pyro.validation_enabled(validate):
+            elbo = DataParallelELBO()
+            elbo.module(model, guide)  # set up and wrapped before rank 1's model fails
+            before = store_tensors()
+            model.failure = failure if rank == 1 else None
+            try:
+                fit_distributed(model, guide, loss=elbo, num_steps=3, progress=False)
+                outcomes[scenario] = {"type": None, "message": ""}
+            except Exception as error:  # noqa: BLE001 - the test reads what each rank raised
+                outcomes[scenario] = {"type": type(error).__name__, "message": str(error)}
+        outcomes[scenario]["moved"] = any(
+            not torch.equal(value, before[name]) for name, value in store_tensors().items()
+        )
     (out / f"failures{rank}.json").write_text(json.dumps(outcomes))
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
-from pyro_realnvp import NonFiniteLossError, fit
+from pyro_realnvp import fit
 from pyro_realnvp.distributed import (
-    DataParallelELBO,
+    Blocks,
     data_plate,
     load_checkpoint,
     save_checkpoint,
@@ -124,9 +125,9 @@ def test_parameters_identical_across_ranks(two_rank_run):
 @pytest.mark.parametrize(
     ("key", "positive"),
     [("divergence_before_broadcast", True), ("divergence_after_broadcast", False)],
-    ids=["differently-seeded-ranks-differ", "broadcast-makes-them-equal"],
+    ids=["differently-seeded-ranks-differ", "ddp-makes-them-equal"],
 )
-def test_broadcast_parameters(two_rank_run, key, positive):
+def test_ddp_starts_every_rank_from_rank_0(two_rank_run, key, positive):
     divergence = two_rank_run["reports"][1][key]
     assert (divergence > 0) == positive
 
@@ -150,22 +151,31 @@ def test_two_process_checkpoint_loads_into_one_process(two_rank_run):
 
 @pytest.fixture(scope="module")
 def failure_outcomes(two_rank_run):
-    """What each of 2 ranks raised when rank 1's shard held a NaN (see the worker)."""
+    """What each of 2 ranks raised when rank 1's step failed (see the worker's FAILURES)."""
     return [json.loads((two_rank_run["out"] / f"failures{r}.json").read_text()) for r in range(2)]
 
 
 @pytest.mark.parametrize(
     ("scenario", "error", "says"),
     [
-        ("raises", "RankFailedError", "rank 1 raised ValueError"),
-        ("nan", "NonFiniteLossError", "not finite on rank(s) [1]"),
+        ("raises", "RankFailedError", "rank 1 raised RuntimeError('corrupt shard')"),
+        ("invalid-data", "RankFailedError", "rank 1 raised ValueError(\"Error while computing"),
+        ("rejected", "NonFiniteLossError", "rank(s) [1] (rank 1: the model rejected"),
+        ("nan", "NonFiniteLossError", "not finite on rank(s) [1] (rank 1: loss nan, the model"),
+        ("grad", "NonFiniteLossError", "rank(s) [1] (rank 1: its gradients were not finite"),
     ],
-    ids=["validation-error-on-rank-1", "nan-loss-on-rank-1"],
-)
+    ids=["model-raises-on-rank-1", "data-invalid-on-rank-1", "draw-rejected-on-rank-1",
+         "nan-loss-on-rank-1", "nan-gradient-on-rank-1"],
+)  # fmt: skip
 def test_failure_on_one_rank_stops_every_rank(failure_outcomes, scenario, error, says):
     outcomes = [by_scenario[scenario] for by_scenario in failure_outcomes]
     assert [o["type"] for o in outcomes] == [error, error]
     assert all(says in o["message"] for o in outcomes), outcomes
+
+
+@pytest.mark.parametrize("scenario", [name for name, _, _ in worker.FAILURES])
+def test_failed_step_updates_nothing_on_any_rank(failure_outcomes, scenario):
+    assert [by_scenario[scenario]["moved"] for by_scenario in failure_outcomes] == [False, False]
 
 
 def test_example_runs_under_two_processes_and_only_rank_0_prints(tmp_path):
@@ -202,17 +212,22 @@ def test_shard_rejects_bad_arguments(kwargs, match):
         shard(torch.zeros(4), **kwargs)
 
 
-@pytest.mark.filterwarnings("ignore:Encountered NaN")
-def test_single_process_elbo_raises_on_nan_and_keeps_grads_clear():
-    def model():
-        x = pyro.sample("x", pyro.distributions.Normal(0.0, 1.0))
-        pyro.factor("bad", x * float("nan"))
+@pytest.mark.parametrize("rank", [0, 1], ids=["rank-0", "rank-1"])
+def test_blocks_dealt_by_a_distributed_sampler_are_the_shards(rank):
+    x, y = torch.randn(10, 2), torch.arange(10)
+    blocks = Blocks(x, y, block_size=5)
+    sampler = DistributedSampler(blocks, num_replicas=2, rank=rank, shuffle=False)
+    (index,) = list(sampler)
+    for got, expected in zip(blocks[index], shard(x, y, rank=rank, world_size=2), strict=True):
+        assert torch.equal(got, expected)
 
-    guide = pyro.infer.autoguide.AutoNormal(model)
-    elbo = DataParallelELBO()
-    with (
-        pyro.validation_enabled(False),
-        pytest.raises(NonFiniteLossError, match=r"not finite on rank\(s\) \[0\]"),
-    ):
-        elbo.loss_and_grads(model, guide)
-    assert all(p.grad is None for _, p in pyro.get_param_store().named_parameters())
+
+@pytest.mark.parametrize(
+    ("tensors", "block_size", "match"),
+    [((), 2, "at least one"), ((torch.zeros(3), torch.zeros(4)), 2, "share"),
+     ((torch.zeros(3),), 0, "block_size")],
+    ids=["no-tensors", "unequal-lengths", "empty-blocks"],
+)  # fmt: skip
+def test_blocks_reject_bad_arguments(tensors, block_size, match):
+    with pytest.raises(ValueError, match=match):
+        Blocks(*tensors, block_size=block_size)

@@ -67,6 +67,7 @@ SMOKED_ELSEWHERE = {
     "digits": "test_density_examples.py",
     "npe_conjugate": "test_density_examples.py",
     "distributed_logistic_regression": "test_distributed.py",
+    "lightning_logistic_regression": "test_lightning.py",
 }
 
 

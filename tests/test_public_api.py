@@ -1,14 +1,19 @@
 """The public API: every exported name is documented with a runnable example."""
 
 import importlib
+import importlib.util
 import pkgutil
 
 import pytest
 
 import pyro_realnvp
 
+#: Modules that need an optional extra, and the package it provides.
+OPTIONAL = {"pyro_realnvp.lightning": "lightning"}
 MODULES = sorted(
-    name for _, name, _ in pkgutil.iter_modules(pyro_realnvp.__path__, "pyro_realnvp.")
+    name
+    for _, name, _ in pkgutil.iter_modules(pyro_realnvp.__path__, "pyro_realnvp.")
+    if name not in OPTIONAL or importlib.util.find_spec(OPTIONAL[name])
 )
 PUBLIC = [(module, name) for module in MODULES for name in importlib.import_module(module).__all__]
 
