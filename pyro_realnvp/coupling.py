@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints
 
 from .masks import alternating_mask, check_mask
-from .nn import conditioner, soft_clamp
+from .nn import conditioner, detached_call, soft_clamp
 from .one_pass import OnePassLogDet
 
 __all__ = ["MaskedAffineCoupling", "masked_affine_coupling", "default_hidden_dims"]
@@ -114,8 +114,13 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
             )
         self.net = net
 
-    def _scale_shift(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The only place the conditioner, its split and the scale bound live."""
+    def _scale_shift(
+        self, x: Tensor, context: Tensor | None = None, detach: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """The only place the conditioner, its split and the scale bound live.
+
+        With ``detach`` the conditioner's parameters are constants (the path gradient).
+        """
         h = x.index_select(-1, self.kept)
         if context is not None:
             # Batch shapes of x and context broadcast, so one context serves many x.
@@ -126,7 +131,8 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
                 f"this coupling has context_dim={self.context_dim} and needs a context; "
                 "use it through ConditionalRealNVP(...).condition(context)"
             )
-        s, t = (self.net(h) * self.output_gain).chunk(2, dim=-1)
+        out = detached_call(self.net, h) if detach else self.net(h)
+        s, t = (out * self.output_gain).chunk(2, dim=-1)
         full = s.shape[:-1] + self.mask.shape
         s = s.new_zeros(full).index_copy(-1, self.free, soft_clamp(s, self.scale_bound))
         return s, t.new_zeros(full).index_copy(-1, self.free, t)
@@ -136,9 +142,11 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         s, t = self._scale_shift(x, context)
         return x * torch.exp(s) + t, s
 
-    def _backward(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def _backward(
+        self, y: Tensor, context: Tensor | None = None, detach: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """``(x, s)``: kept coordinates of ``y`` equal those of ``x``, so ``s`` is the same."""
-        s, t = self._scale_shift(y, context)
+        s, t = self._scale_shift(y, context, detach)
         return (y - t) * torch.exp(-s), s
 
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:

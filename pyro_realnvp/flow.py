@@ -122,11 +122,16 @@ class RealNVP(OnePassLogDet, TransformModule):
             log_det = log_det + log_scale.sum(-1)
         return x, log_det
 
-    def _backward(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(f^{-1}(y), log|det|)`` of the forward map at the result, in one pass."""
+    def _backward(
+        self, y: Tensor, context: Tensor | None = None, detach: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """``(f^{-1}(y), log|det|)`` of the forward map at the result, in one pass.
+
+        With ``detach`` every parameter is a constant: gradients reach only ``y``.
+        """
         log_det = y.new_zeros(y.shape[:-1])
         for layer in reversed(self.layers):
-            y, log_scale = layer._backward(y, context)
+            y, log_scale = layer._backward(y, context, detach)
             log_det = log_det + log_scale.sum(-1)
         return y, log_det
 

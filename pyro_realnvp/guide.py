@@ -50,8 +50,11 @@ class AutoRealNVP(AutoContinuous):
     correlations are captured exactly, as by ``AutoMultivariateNormal``), with
     ``"diagonal"`` it is the identity; ``"auto"`` picks ``"lower"`` up to
     ``AUTO_LOWER_MAX_DIM`` latent dimensions. The flow works in standardised coordinates
-    and starts as the identity, so the guide starts as
-    :math:`\mathcal N(\text{init\_loc}, \operatorname{diag}(\text{init\_scale})^2)`.
+    and starts as the identity, so the guide starts as the Gaussian
+    :math:`\mathcal N(\mu, LL^T)` of :mod:`pyro_realnvp.laplace`: the Laplace
+    approximation at the posterior's mode where it scores the better ELBO, else a local
+    Gaussian at ``init_to_median`` (``self.start`` says which). Its conditioners are
+    :class:`~pyro_realnvp.nn.ScaledLinear`, so Adam moves the flow at the affine's pace.
     Each latent site is then mapped to its support with ``biject_to``; Pyro's
     ``AutoContinuous`` adds the log-det of that map to the ELBO.
 
@@ -65,20 +68,18 @@ class AutoRealNVP(AutoContinuous):
         num_layers: Coupling layers in the flow.
         hidden_dims: Conditioner widths; default two layers of ``4 * latent_dim``
             kept within ``[32, 256]``.
-        init_loc_fn: Per-site initialisation, as for Pyro's autoguides.
-        init_scale: Initial scale :math:`\sigma` of each coordinate. ``"auto"`` (the
-            default) takes the Laplace scale at the initial point,
-            :math:`(\partial^2 U/\partial z_i^2)^{-1/2}` of the model's negative log joint
-            in unconstrained space, capped at 1 (1 where the curvature is not positive,
-            and for every coordinate above 256 latent dimensions). A number sets every
-            coordinate. The cap is wide on purpose: reverse KL lets a too-narrow start
-            stay narrow (at 3000 steps a constant 1.0 beat ``AutoNormal``'s 0.1 on the
-            10-d funnel, KL 0.64 against 1.16); the curvature narrows only coordinates the
-            data pin down, where a start at 1 costs hundreds of steps of shrinking
-            (posteriordb kilpisjarvi_mod: sliced W1 to the reference 1.7 with it).
+        init_loc_fn: ``None`` (the default) for the Laplace start above; a per-site
+            initialisation, as for Pyro's autoguides, to start at its point instead
+            (no mode search; scale from the curvature there, capped at 1).
+        init_scale: ``"auto"`` (the default) takes the start's scale and correlations;
+            a number sets every coordinate's :math:`\sigma` (and :math:`U = I`).
         scale_bound: Bound on each coupling's log-scale.
         activation: Hidden activation of the conditioners.
         affine: ``"auto"``, ``"lower"`` or ``"diagonal"`` (see above).
+        estimator: ``"path"`` (the default): the sticking-the-landing gradient, with
+            :math:`\log q` evaluated through the inverse pass with detached parameters
+            (:meth:`log_density_detached`); ``"total"``: Pyro's total gradient. The loss
+            value is the same; use ``"total"`` with ``RenyiELBO``.
         num_quantile_samples: Draws used by :meth:`quantiles` and :meth:`median`.
 
     Example:
@@ -287,8 +288,7 @@ class AutoRealNVP(AutoContinuous):
         """
         affine = self._affine_transform(detach=True)
         x = affine.inv(u)
-        params = {f"flow.{name}": p.detach() for name, p in self.flow.named_parameters()}
-        eps, flow_log_det = torch.func.functional_call(_Backward(self.flow), params, (x,))
+        eps, flow_log_det = self.flow._backward(x, detach=True)
         log_det = flow_log_det + affine.log_abs_det_jacobian(x, u)
         return self.get_base_dist().log_prob(eps) - log_det
 
@@ -345,17 +345,6 @@ class AutoRealNVP(AutoContinuous):
             True
         """
         return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
-
-
-class _Backward(nn.Module):
-    """The flow's inverse pass as a module's ``forward``, for ``functional_call``."""
-
-    def __init__(self, flow: RealNVP) -> None:
-        super().__init__()
-        self.flow = flow
-
-    def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return self.flow._backward(y)
 
 
 class PathGradientPosterior(dist.TransformedDistribution):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.distributions.transforms import LowerCholeskyAffine
-from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_realnvp import AutoRealNVP, RealNVP, fit
@@ -528,13 +528,14 @@ def test_path_gradient_equals_a_computation_with_detached_copies():
 
 
 @pytest.mark.parametrize(
-    "elbo",
-    [Trace_ELBO(), Trace_ELBO(num_particles=4, vectorize_particles=True)],
-    ids=["one-draw", "vectorized"],
+    "make_elbo",
+    [Trace_ELBO, partial(Trace_ELBO, num_particles=4, vectorize_particles=True), JitTrace_ELBO],
+    ids=["one-draw", "vectorized", "jit"],
 )
-def test_path_gradient_is_zero_for_every_draw_at_the_exact_posterior(elbo):
+def test_path_gradient_is_zero_for_every_draw_at_the_exact_posterior(make_elbo):
     model = gaussian_target()
     for estimator, expect_zero in (("path", True), ("total", False)):
+        elbo = make_elbo()
         pyro.clear_param_store()
         guide = AutoRealNVP(model, num_layers=2, estimator=estimator)
         guide()  # the Laplace start: exactly the posterior, flow at the identity
