@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.distributions import biject_to
 
 from .flow import RealNVP
-from .laplace import GaussianStart, diagonal_factor, hessian, laplace_start
+from .laplace import GaussianStart, laplace_start, local_start
 from .potential import Potential
 
 __all__ = ["AutoRealNVP"]
@@ -177,8 +177,7 @@ class AutoRealNVP(AutoContinuous):
         """Where the affine starts: the Laplace start, or a local one at ``init_loc``."""
         potential = self._potential(*args, **kwargs)
         if not self._find_mode:
-            curvature = hessian(potential, init_loc, diagonal=True)
-            return GaussianStart(init_loc, *diagonal_factor(curvature, cap=1.0), kind="local")
+            return local_start(potential, init_loc)
         start = laplace_start(potential, init_loc, dense=self._dense)
         _log.info("AutoRealNVP starts from the %s Gaussian (ELBO %.4g)", start.kind, start.elbo)
         if start.kind.startswith("laplace") and bool(start.bad.any()):

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["GaussianStart", "find_mode", "gaussian_elbo", "hessian", "laplace_start"]
+__all__ = [
+    "GaussianStart",
+    "covariance_factor",
+    "find_mode",
+    "gaussian_elbo",
+    "hessian",
+    "laplace_start",
+    "local_start",
+]
 
 #: The widest start of any coordinate of the local (non-Laplace) candidate.
 MAX_LOCAL_SCALE = 1.0
@@ -233,6 +241,21 @@ def gaussian_elbo(
     return total / num_draws if math.isfinite(total) else -math.inf
 
 
+def local_start(potential: Callable[[Tensor], Tensor], init: Tensor) -> GaussianStart:
+    r""":math:`\mathcal N(\text{init}, \operatorname{diag}(\min(1, H_{ii}^{-1/2}))^2)`.
+
+    The curvature at ``init`` narrows only what the data pin down; the cap at 1 is wide on
+    purpose, since reverse KL lets a too-narrow start stay narrow (at 3000 steps a
+    constant 1.0 beat 0.1 on the 10-d funnel, KL 0.64 against 1.16).
+
+    Example:
+        >>> local_start(lambda u: (u**2).sum() * 50 + (u**2).sum() / 200, torch.zeros(2)).scale
+        tensor([0.1000, 0.1000])
+    """
+    curvature = hessian(potential, init, diagonal=True)
+    return GaussianStart(init, *diagonal_factor(curvature, cap=MAX_LOCAL_SCALE), kind="local")
+
+
 def laplace_start(
     potential: Callable[[Tensor], Tensor],
     init: Tensor,
@@ -256,8 +279,7 @@ def laplace_start(
         >>> start.kind, start.loc, start.scale
         ('laplace', tensor([2., 2.]), tensor([0.1000, 0.1000]))
     """
-    curvature = hessian(potential, init, diagonal=True)
-    local = GaussianStart(init, *diagonal_factor(curvature, cap=MAX_LOCAL_SCALE), kind="local")
+    local = local_start(potential, init)
     mode, converged = find_mode(potential, init, max_iter=max_iter)
     curvature = hessian(potential, mode, diagonal=not dense)
     factor, bad = covariance_factor(curvature) if dense else diagonal_factor(curvature)
