@@ -50,7 +50,7 @@ class ScaledLinear(nn.Linear):
             self.weight.div_(self.gain)
 
     def effective_weight(self) -> Tensor:
-        """The weight the layer applies, :math:`w / \sqrt n`."""
+        r"""The weight the layer applies, :math:`w / \sqrt n`."""
         return self.weight * self.gain
 
     def forward(self, x: Tensor) -> Tensor:

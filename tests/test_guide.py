@@ -480,14 +480,14 @@ def test_path_and_total_estimators_give_the_same_loss(particles):
         pyro.set_rng_seed(0)
         guide = AutoRealNVP(model, num_layers=2, estimator=estimator)
         guide()
-        tests_conftest_randomize(guide.flow)
+        randomized(guide.flow)
         pyro.set_rng_seed(1)
         elbo = Trace_ELBO(num_particles=particles, vectorize_particles=particles > 1)
         values.append(elbo.loss(model, guide))
     assert values[0] == pytest.approx(values[1], rel=1e-12)
 
 
-def tests_conftest_randomize(module):
+def randomized(module):
     from conftest import randomize_
 
     return randomize_(module, std=0.2)
@@ -506,7 +506,7 @@ def test_path_gradient_equals_a_computation_with_detached_copies():
     model = gaussian_target()
     guide = AutoRealNVP(model, num_layers=4, hidden_dims=(8,))
     guide()
-    tests_conftest_randomize(guide.flow)
+    randomized(guide.flow)
     frozen = frozen_copy(guide)
     eps = torch.randn(16, 3, dtype=torch.float64)
     target = dist.MultivariateNormal(
@@ -531,6 +531,9 @@ def test_path_gradient_equals_a_computation_with_detached_copies():
     "make_elbo",
     [Trace_ELBO, partial(Trace_ELBO, num_particles=4, vectorize_particles=True), JitTrace_ELBO],
     ids=["one-draw", "vectorized", "jit"],
+)
+@pytest.mark.filterwarnings(
+    "ignore:`torch.jit.trace` is deprecated", "ignore::torch.jit.TracerWarning"
 )
 def test_path_gradient_is_zero_for_every_draw_at_the_exact_posterior(make_elbo):
     model = gaussian_target()
