@@ -33,9 +33,12 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 
 # Benchmarks run by hand; each writes its table into docs/.
-.PHONY: bench bench-speed bench-distributed
+.PHONY: bench bench-speed bench-distributed bench-stability
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.accuracy --out docs/benchmarks.md
+
+bench-stability: $(STAMP)
+	$(BIN)/python -m benchmarks.stability --out docs/stability.md
 
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
