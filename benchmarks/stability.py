@@ -15,6 +15,7 @@ import json
 import math
 import multiprocessing
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -252,15 +253,26 @@ def _regression_gap(results, size) -> str:
     return f"{min(gaps):+.2f}" if gaps else "-"
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def render(results: list[dict], setup: dict, args: argparse.Namespace, seconds: float) -> str:
     head = "| runs | finished | ELBO median [min, max] | s per fit | redraws | errors |"
     rule = "|---|---|---|---|---|---|"
     lines = [
         "# Stability",
         "",
-        f"Written by `python -m benchmarks.stability {' '.join(args.argv)}` in {seconds / 60:.1f}"
-        " min on this project's 2-core CPU box. Every fit uses lr 0.01; `svi` is Pyro's own "
-        "loop, `SVI(model, guide, Adam({'lr': 0.01}), ELBO)`, where a non-finite loss raises "
+        f"Written by `python -m benchmarks.stability {' '.join(args.argv)}` at commit "
+        f"{_commit()} in {seconds / 60:.1f} min on this project's 2-core CPU box. Every fit "
+        "uses lr 0.01; `svi` is Pyro's own loop, `SVI(model, guide, Adam({'lr': 0.01}), "
+        "ELBO)`, where a non-finite loss raises "
         "(a failure); `fit` is pyro_realnvp's loop. ELBO: mean log-weight over "
         f"{args.draws} guide draws on the full data ({args.hier_draws} for the hierarchical "
         "model).",

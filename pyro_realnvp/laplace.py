@@ -12,7 +12,6 @@ by a Monte-Carlo ELBO and keeps the better.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,51 +73,49 @@ def _value_and_grad(potential: Callable, u: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def find_mode(
-    potential: Callable[[Tensor], Tensor], init: Tensor, *, max_iter: int = 200
+    potential: Callable[[Tensor], Tensor],
+    init: Tensor,
+    *,
+    scale: Tensor | None = None,
+    max_iter: int = 200,
 ) -> tuple[Tensor, bool]:
     r""":math:`\arg\min_u U(u)` by L-BFGS from ``init``: ``(mode, converged)``.
 
-    A bounded budget of ``max_iter`` iterations; the best finite point seen is returned,
-    so a model that fails or overflows on a line-search trial costs a shorter step, not
-    the fit. ``converged`` is False where the budget ran out first.
+    L-BFGS runs on :math:`v`, :math:`u = \text{init} + \text{scale} \odot v`: a scale
+    near the posterior's (the local start's) makes the problem well conditioned, which
+    float32 needs (a 20,000-row regression with 250 latents was nowhere near its mode
+    after 200 unpreconditioned iterations, max gradient 1.3e4). A bounded budget of
+    ``max_iter`` iterations; the best finite point seen is returned, so a model that fails
+    or overflows on a line-search trial costs a shorter step, not the fit. ``converged``
+    is False where the budget ran out first.
 
     Example:
         >>> mode, converged = find_mode(lambda u: ((u - 3.0) ** 2).sum(), torch.zeros(2))
         >>> mode, converged
         (tensor([3., 3.]), True)
     """
-    u = init.detach().clone().requires_grad_(True)
-    best = {"value": _value_and_grad(potential, init)[0], "u": init.detach().clone()}
+    init = init.detach()
+    scale = torch.ones_like(init) if scale is None else scale.detach()
+    v = torch.zeros_like(init, requires_grad=True)
+    best = {"value": _value_and_grad(potential, init)[0], "u": init.clone()}
     optimizer = torch.optim.LBFGS(
-        [u], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+        [v], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
         tolerance_grad=1e-6, tolerance_change=1e-12,
     )  # fmt: skip
 
     def closure() -> Tensor:
+        u = init + scale * v.detach()
         value, grad = _value_and_grad(potential, u)
-        u.grad = grad
+        v.grad = grad * scale
         if value < best["value"]:
-            best["value"], best["u"] = value, u.detach().clone()
+            best["value"], best["u"] = value, u
         return value
 
     optimizer.step(closure)
-    state = optimizer.state[u]
+    state = optimizer.state[v]
     max_eval = optimizer.param_groups[0]["max_eval"]
     stopped_early = state.get("n_iter", 0) < max_iter and state.get("func_evals", 0) < max_eval
     return best["u"], stopped_early
-
-
-def _hessian_rows(grad: Tensor, u: Tensor, basis: Tensor) -> Tensor:
-    """Rows ``basis @ H`` by batched Hessian-vector products (a loop where vmap cannot)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's note on falling back to a slow vmap
-            (rows,) = torch.autograd.grad(
-                grad, u, basis, retain_graph=True, is_grads_batched=True, allow_unused=True
-            )
-    except RuntimeError:
-        rows = torch.stack([_hvp(grad, u, v) for v in basis])
-    return torch.zeros_like(basis) if rows is None else rows
 
 
 def _hvp(grad: Tensor, u: Tensor, v: Tensor) -> Tensor:
@@ -131,8 +128,10 @@ def hessian(
 ) -> Tensor:
     r""":math:`\nabla^2 U(u)`, shape ``(D, D)``, or only its diagonal, shape ``(D,)``.
 
-    ``D`` Hessian-vector products, ``chunk`` at a time; non-finite where the model
-    cannot be differentiated twice at ``u``.
+    ``D`` Hessian-vector products, one backward pass each (``is_grads_batched``'s vmap
+    was 7x slower on a 20,000-row regression with 250 latents: 10.4 s against 1.6 s),
+    rows kept ``chunk`` at a time; non-finite where the model cannot be differentiated
+    twice at ``u``.
 
     Example:
         >>> hessian(lambda u: (u**2).sum() + u[0] * u[1], torch.zeros(2))
@@ -151,7 +150,7 @@ def hessian(
         eye = torch.eye(dim, dtype=u.dtype, device=u.device)
         parts = []
         for start in range(0, dim, chunk):
-            rows = _hessian_rows(grad, u, eye[start : start + chunk])
+            rows = torch.stack([_hvp(grad, u, v) for v in eye[start : start + chunk]])
             parts.append(rows.diagonal(offset=start) if diagonal else rows)
     return torch.cat(parts).detach()
 
@@ -280,7 +279,7 @@ def laplace_start(
         ('laplace', tensor([2., 2.]), tensor([0.1000, 0.1000]))
     """
     local = local_start(potential, init)
-    mode, converged = find_mode(potential, init, max_iter=max_iter)
+    mode, converged = find_mode(potential, init, scale=local.scale, max_iter=max_iter)
     curvature = hessian(potential, mode, diagonal=not dense)
     factor, bad = covariance_factor(curvature) if dense else diagonal_factor(curvature)
     kind = "laplace" if converged else "laplace (mode search hit its budget)"
