@@ -28,7 +28,7 @@ from torch.optim.lr_scheduler import ExponentialLR
 from tqdm.auto import tqdm
 
 from .guide import AutoRealNVP
-from .infer import NonFiniteLossError
+from .infer import NonFiniteLossError, check_training_args
 from .potential import Potential
 
 __all__ = ["FastELBO", "FastPathError", "fit_fast"]
@@ -323,8 +323,10 @@ def fit_fast(
         >>> len(losses), round(guide.median()["x"].item())
         (300, 3)
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    check_training_args(
+        num_steps=num_steps, lr=lr, num_particles=num_particles, lr_decay=lr_decay,
+        clip_norm=clip_norm,
+    )  # fmt: skip
     elbo = FastELBO(model, guide, *args, num_particles=num_particles, compile=compile, **kwargs)
     # One fused kernel for all parameters on a GPU; on a busy CPU its threaded kernel
     # stalled (0.1 s a step for a tiny model), so CPU keeps torch's default loop.

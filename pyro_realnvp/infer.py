@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 
@@ -162,6 +163,47 @@ class FiniteELBO(ELBO):
         )
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_training_args(
+    *, num_steps, lr, num_particles, lr_decay, clip_norm, max_redraws: int = 0
+) -> None:
+    """Refuse, before any step, a training argument outside its range, naming it.
+
+    Example:
+        >>> check_training_args(num_steps=10, lr=float("nan"), num_particles=1,
+        ...                     lr_decay=0.1, clip_norm=10.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: lr must be a finite number > 0, got nan
+    """
+    checks = [
+        ("num_steps", num_steps, _is_int(num_steps) and num_steps >= 1, "an integer >= 1"),
+        ("lr", lr, _finite(lr) and lr > 0, "a finite number > 0"),
+        ("num_particles", num_particles, _is_int(num_particles) and num_particles >= 1,
+         "an integer >= 1"),
+        ("lr_decay", lr_decay, _finite(lr_decay) and 0 < lr_decay <= 1,
+         "a number in (0, 1] (the final lr is lr * lr_decay)"),
+        ("clip_norm", clip_norm, _real(clip_norm) and clip_norm > 0,
+         "a number > 0 (math.inf for no clipping)"),
+        ("max_redraws", max_redraws, _is_int(max_redraws) and max_redraws >= 0,
+         "an integer >= 0"),
+    ]  # fmt: skip
+    for name, value, ok, accepted in checks:
+        if not ok:
+            raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+
+
+def _finite(value) -> bool:
+    return _real(value) and math.isfinite(value)
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -198,8 +240,10 @@ def fit(
         >>> len(losses), round(guide.median()["x"].item())
         (300, 3)
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    check_training_args(
+        num_steps=num_steps, lr=lr, num_particles=num_particles, lr_decay=lr_decay,
+        clip_norm=clip_norm, max_redraws=max_redraws,
+    )  # fmt: skip
     if loss is None:
         loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     if optim is None:

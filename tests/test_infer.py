@@ -5,6 +5,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
 
 from pyro_realnvp import AutoRealNVP, FiniteELBO, NonFiniteLossError, fit
 
@@ -150,3 +151,32 @@ def test_persistent_non_finite_loss_raises_after_the_redraws():
 def test_fit_rejects_zero_steps():
     with pytest.raises(ValueError, match="num_steps"):
         fit(lambda: None, lambda: None, num_steps=0)
+
+
+BAD_ARGUMENTS = [
+    ("lr", float("nan")),
+    ("lr", -0.01),
+    ("lr", 0.0),
+    ("num_particles", 0),
+    ("num_particles", 2.5),
+    ("num_steps", 0),
+    ("lr_decay", -1.0),
+    ("lr_decay", 0.0),
+    ("lr_decay", 2.0),
+    ("clip_norm", 0.0),
+    ("clip_norm", float("nan")),
+    ("max_redraws", -1),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), BAD_ARGUMENTS, ids=[f"{n}={v}" for n, v in BAD_ARGUMENTS]
+)
+def test_fit_refuses_an_argument_out_of_range_before_any_step(name, value):
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    guide = AutoNormal(model)
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        fit(model, guide, progress=False, **{"num_steps": 5, name: value})
+    assert len(pyro.get_param_store()) == 0  # no step ran: the guide was never set up
