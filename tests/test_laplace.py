@@ -128,3 +128,13 @@ def test_laplace_start_refuses_a_degenerate_mode():
     guide()
     assert guide.start.kind == "local"
     assert guide.scale.detach().max() <= 1.0
+
+
+def test_find_mode_preconditioned_by_a_scale_reaches_an_ill_scaled_minimum():
+    # Curvatures 1e8 and 1: with the posterior's scale as preconditioner it is a unit bowl.
+    scales = torch.tensor([1e-4, 1.0], dtype=torch.float64)
+    mode = torch.tensor([0.3, -2.0], dtype=torch.float64)
+    potential = lambda u: 0.5 * (((u - mode) / scales) ** 2).sum()  # noqa: E731
+    found, converged = find_mode(potential, torch.zeros(2, dtype=torch.float64), scale=scales)
+    assert converged
+    assert torch.allclose(found, mode, atol=1e-8)
