@@ -13,6 +13,7 @@ from .image import ConvConditioner, channel_mask, checkerboard_mask, multiscale_
 from .infer import FiniteELBO, NonFiniteLossError, fit
 from .masks import alternating_mask, bit_mask, coupling_masks, half_mask
 from .plots import plot_loss, plot_pair
+from .train import History, TrainingInterrupted
 
 __all__ = [
     "AutoRealNVP",
@@ -23,11 +24,13 @@ __all__ = [
     "FastELBO",
     "FastPathError",
     "FiniteELBO",
+    "History",
     "KHat",
     "MaskedAffineCoupling",
     "NonFiniteLossError",
     "RankFailedError",
     "RealNVP",
+    "TrainingInterrupted",
     "alternating_mask",
     "anomaly_scores",
     "channel_mask",

@@ -35,7 +35,9 @@ from .distributed import (
     _raise_if_any_raised,
     is_main_process,
 )
-from .infer import NonFiniteLossError, _rejected_draws_are_non_finite, explain_non_finite, fit
+from .finite import _rejected_draws_are_non_finite, explain_non_finite
+from .infer import fit
+from .train import NonFiniteLossError
 
 __all__ = ["DataParallelELBO", "fit_distributed", "setup_guide"]
 

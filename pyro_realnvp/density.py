@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyro.distributions as dist
 import torch
@@ -13,9 +13,8 @@ from pyro.distributions.conditional import (
 )
 from torch import Tensor, nn
 from torch.distributions.transforms import Transform
-from tqdm.auto import tqdm
 
-from .infer import NonFiniteLossError
+from .train import History, NonFiniteLossError, Schedule, check_training_args, train
 
 __all__ = [
     "anomaly_scores",
@@ -134,15 +133,17 @@ def fit_density(
     allow_integer_values: bool = False,
     progress: bool = True,
     generator: torch.Generator | None = None,
-) -> list[float]:
+) -> History:
     r"""Maximum likelihood, :math:`\max_\phi \frac1B \sum_i \log q_\phi(y_i \mid c_i)`, by Adam.
 
     Each step scores a mini-batch drawn without replacement (reshuffled every epoch);
-    the learning rate decays geometrically to ``lr * lr_decay`` by the last step and
-    gradient norms are clipped at ``clip_norm``. Modules are in training mode while
-    fitting (so a ``BatchNorm`` layer uses batch statistics) and in evaluation mode
-    afterwards. A non-finite loss raises :class:`~pyro_realnvp.NonFiniteLossError` before
-    any parameter is updated. Batches move to the flow's device, so ``data`` may stay on
+    the learning rate decays geometrically to ``lr * lr_decay`` by the last step and each
+    gradient entry is clipped to ``[-clip_norm, clip_norm]``, as in ``fit``. Modules are
+    in training mode while fitting (so a ``BatchNorm`` layer uses batch statistics) and in
+    evaluation mode afterwards. A non-finite loss raises
+    :class:`~pyro_realnvp.NonFiniteLossError` before any parameter is updated; Ctrl-C stops
+    after the current step (both errors carry ``.history``). Batches move to the flow's
+    device, so ``data`` may stay on
     the CPU. With ``valid_data`` the held-out negative log-likelihood is computed every
     ``valid_every`` steps and the parameters that scored best are restored at the end
     (early stopping: a flow that overfits puts near-zero density, and huge scores, on
@@ -176,10 +177,9 @@ def fit_density(
     """
     density = _as_density(flow_or_distribution)
     conditional = isinstance(density, ConditionalTransformedDistribution)
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_training_args(num_steps=num_steps, lr=lr, lr_decay=lr_decay, clip_norm=clip_norm)
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if conditional and context is None:
         raise ValueError("a conditional density needs context of shape (N, context_dim)")
     if not conditional and context is not None:
@@ -207,51 +207,67 @@ def fit_density(
     params = list({id(p): p for m in modules for p in m.parameters()}.values())
     if not params:
         raise ValueError("the density has no trainable parameters")
-    device, dtype = params[0].device, params[0].dtype
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    decay = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay ** (1 / num_steps))
+    schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
+    step = _LikelihoodStep(density, params, data, context, batch_size, generator)
+    step.optimizer, step.decay = schedule.torch_optimizer(params, weight_decay=weight_decay)
+    step.clip = schedule.clip
+    best = [math.inf, None]
+
+    def validate(index: int, loss: float) -> dict:
+        if valid_data is None or ((index + 1) % valid_every and index + 1 != num_steps):
+            return {}
+        best[:] = _keep_best(tuple(best), density, modules, valid_data, valid_context)
+        return {"valid_nll": f"{best[0]:.4g}"}
+
     for module in modules:
         module.train()
-    batches = _minibatches(data.shape[0], batch_size, generator)
-    losses: list[float] = []
-    every = max(1, num_steps // 100)
-    best = (math.inf, None)
     try:
-        with tqdm(total=num_steps, disable=None if progress else True, desc="MLE") as bar:
-            for step in range(num_steps):
-                index = next(batches)
-                y = data[index].to(device=device, dtype=dtype)
-                q = density
-                if conditional:
-                    q = density.condition(context[index].to(device=device, dtype=dtype))
-                loss = -q.log_prob(y).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                value = loss.item()
-                if not math.isfinite(value):
-                    optimizer.zero_grad(set_to_none=True)
-                    raise NonFiniteLossError(
-                        f"negative log-likelihood is {value} at step {step}; "
-                        "no parameter was updated"
-                    )
-                nn.utils.clip_grad_norm_(params, clip_norm)
-                optimizer.step()
-                decay.step()
-                losses.append(value)
-                last = step + 1 == num_steps
-                if valid_data is not None and ((step + 1) % valid_every == 0 or last):
-                    best = _keep_best(best, density, modules, valid_data, valid_context)
-                    bar.set_postfix(valid_nll=f"{best[0]:.4g}", refresh=False)
-                if (step + 1) % every == 0 or last:
-                    bar.set_postfix(nll=f"{value:.4g}", refresh=False)
-                    bar.update(step + 1 - bar.n)
+        history = train(step, num_steps, max_redraws=0, progress=progress, monitor=validate)
     finally:
         for module in modules:
             module.eval()
-    if best[1] is not None:
-        for module, state in zip(modules, best[1], strict=True):
-            module.load_state_dict(state)
-    return losses
+        if best[1] is not None:
+            for module, state in zip(modules, best[1], strict=True):
+                module.load_state_dict(state)
+    return history
+
+
+class _LikelihoodStep:
+    """One Adam step on a mini-batch's mean negative log-likelihood."""
+
+    name = "MLE"
+
+    optimizer: torch.optim.Optimizer
+    decay: torch.optim.lr_scheduler.LRScheduler
+    clip: Callable[[list[Tensor]], None]
+
+    def __init__(self, density, params, data, context, batch_size, generator):
+        self.density, self.params, self.data, self.context = density, params, data, context
+        self.batches = _minibatches(data.shape[0], batch_size, generator)
+        self.device, self.dtype = params[0].device, params[0].dtype
+
+    def __call__(self) -> float:
+        index = next(self.batches)
+        y = self.data[index].to(device=self.device, dtype=self.dtype)
+        q = self.density
+        if self.context is not None:
+            q = q.condition(self.context[index].to(device=self.device, dtype=self.dtype))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = -q.log_prob(y).mean()
+        loss.backward()
+        value = loss.item()
+        if not math.isfinite(value):
+            self.clear_grads()
+            raise NonFiniteLossError(
+                f"negative log-likelihood is {value}; no parameter was updated"
+            )
+        self.clip(self.params)
+        self.optimizer.step()
+        self.decay.step()
+        return value
+
+    def clear_grads(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def _keep_best(best, density, modules, valid_data, valid_context):

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from pyro.optim import PyroOptim
 from torch import Tensor
 
-from .infer import NonFiniteLossError
+from .train import NonFiniteLossError
 
 __all__ = [
     "Blocks",

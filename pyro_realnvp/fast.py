@@ -24,14 +24,13 @@ from pyro.util import check_site_shape
 from torch import Tensor
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.utils import clip_grad_value_, get_total_norm
-from torch.optim.lr_scheduler import ExponentialLR
-from tqdm.auto import tqdm
 
+from .finite import explain_non_finite, usability
 from .guide import AutoRealNVP
-from .infer import NonFiniteLossError, check_training_args
 from .potential import Potential
+from .train import History, NonFiniteLossError, Schedule, check_training_args, train
 
-__all__ = ["FastELBO", "FastPathError", "fit_fast"]
+__all__ = ["FastELBO", "FastPathError", "FastStep", "fit_fast"]
 
 
 class FastPathError(ValueError):
@@ -74,7 +73,7 @@ def _check_trace(trace: poutine.Trace, guide: AutoRealNVP, max_plate_nesting: in
         if site["type"] == "param":
             raise FastPathError(
                 f"the model has a learnable pyro.param site '{name}'; the fast path trains "
-                "only the guide: use fit()"
+                "only the guide: fit with fast=False"
             )
         if site["type"] != "sample" or site_is_subsample(site):
             continue
@@ -83,13 +82,13 @@ def _check_trace(trace: poutine.Trace, guide: AutoRealNVP, max_plate_nesting: in
                 raise FastPathError(
                     f"site '{name}' is in subsampling plate '{frame.name}' "
                     f"(size {frame.size} of {frame.full_size}); the fast path replays fixed "
-                    "data: use fit()"
+                    "data: fit with fast=False"
                 )
         if not site["is_observed"] and name not in latents:
             kind = "discrete" if site["fn"].support.is_discrete else "unguided"
             raise FastPathError(
                 f"site '{name}' is a {kind} latent the guide does not sample (enumerated or "
-                "hidden); the fast path needs only continuous latents: use fit() with "
+                "hidden); the fast path needs only continuous latents: fit with fast=False and "
                 "TraceEnum_ELBO"
             )
         check_site_shape(site, max_plate_nesting + 1)
@@ -170,14 +169,14 @@ class FastELBO:
             raise FastPathError(
                 f"the model failed on a batch of 2 particles ({error}); the fast path needs "
                 "a model that broadcasts over a particle plate left of its own plates, as "
-                "Trace_ELBO(vectorize_particles=True) does: use fit()"
+                "Trace_ELBO(vectorize_particles=True) does: fit with fast=False"
             ) from error
         for trace in traces:
             _check_trace(trace, guide, replay.max_plate_nesting)
         if _structure(traces[0]) != _structure(traces[1]):
             raise FastPathError(
                 "the model's sites or shapes change with the latent values, so no single "
-                "graph replays it: use fit()"
+                "graph replays it: fit with fast=False"
             )
         example = self._draws(self.num_particles, seed=3)
         try:
@@ -189,7 +188,7 @@ class FastELBO:
                 raise
             raise FastPathError(
                 "the model branches in Python on latent values (data-dependent control "
-                "flow), which a captured graph cannot replay: use fit()"
+                "flow), which a captured graph cannot replay: fit with fast=False"
             ) from error
         check = self._draws(self.num_particles, seed=4)
         with torch.no_grad():
@@ -197,7 +196,7 @@ class FastELBO:
         if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4, equal_nan=True):
             raise FastPathError(
                 "the captured log-density disagrees with the model at a fresh draw (hidden "
-                "data-dependent behaviour): use fit()"
+                "data-dependent behaviour): fit with fast=False"
             )
         return graph
 
@@ -263,11 +262,11 @@ class FastELBO:
         self,
         optimizer: torch.optim.Optimizer,
         eps: Tensor | None = None,
-        clip_value: float = math.inf,
+        clip_norm: float = math.inf,
     ) -> float:
         """One optimizer step; a non-finite loss or gradient raises and updates nothing.
 
-        Gradients are clipped elementwise to ``[-clip_value, clip_value]`` after the check.
+        Gradients are clipped elementwise to ``[-clip_norm, clip_norm]`` after the check.
         The loss and the gradients' total norm are read in one host synchronisation.
         """
         optimizer.zero_grad(set_to_none=True)
@@ -282,16 +281,59 @@ class FastELBO:
         value, grad_norm = torch.stack([loss.detach(), norm]).tolist()
         if not (math.isfinite(value) and math.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
-            what = "loss" if not math.isfinite(value) else "gradient norm"
+            what = "" if not math.isfinite(value) else " (the loss was finite, its gradients not)"
             raise NonFiniteLossError(
-                f"fast ELBO step gave a non-finite {what} (loss {value}, gradient norm "
-                f"{grad_norm}). No parameter was updated; run fit() once to see which site "
-                "fails."
+                f"fast ELBO loss is {value}{what}. No parameter was updated; "
+                + usability(self._params)
             )
-        if math.isfinite(clip_value):
-            clip_grad_value_(trained, clip_value)
+        if math.isfinite(clip_norm):
+            clip_grad_value_(trained, clip_norm)
         optimizer.step()
         return value
+
+
+class FastStep:
+    """One :class:`FastELBO` step under a :class:`~pyro_realnvp.train.Schedule`.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro_realnvp.train import Schedule
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> schedule = Schedule(lr=0.01, lr_decay=0.1, clip_norm=10.0, num_steps=3)
+        >>> step = FastStep.build(model, AutoRealNVP(model, num_layers=2), (), {}, 4, schedule)
+        >>> isinstance(step(), float)
+        True
+    """
+
+    name = "SVI (fast)"
+
+    def __init__(self, elbo: FastELBO, schedule: Schedule) -> None:
+        self.elbo, self.schedule = elbo, schedule
+        self.optimizer, self.decay = schedule.torch_optimizer(elbo.parameters())
+
+    @classmethod
+    def build(cls, model, guide, args, kwargs, num_particles, schedule, compile=False):
+        """Capture ``model`` for ``guide`` (raising :class:`FastPathError` if it cannot)."""
+        elbo = FastELBO(model, guide, *args, num_particles=num_particles, compile=compile,
+                        **kwargs)  # fmt: skip
+        return cls(elbo, schedule)
+
+    def __call__(self) -> float:
+        try:
+            value = self.elbo.step(self.optimizer, clip_norm=self.schedule.clip_norm)
+        except NonFiniteLossError as error:
+            if "gradients not" in str(error):
+                raise
+            replay = self.elbo._replay
+            reason = explain_non_finite(replay.model, self.elbo.guide, *replay.args,
+                                        **replay.kwargs)  # fmt: skip
+            raise NonFiniteLossError(f"{error} Re-run through Pyro: {reason}.") from error
+        self.decay.step()
+        return value
+
+    def clear_grads(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def fit_fast(
@@ -305,14 +347,14 @@ def fit_fast(
     progress: bool = True,
     lr_decay: float = 0.1,
     clip_norm: float = 10.0,
+    max_redraws: int = 3,
     **kwargs,
-) -> list[float]:
-    """Like :func:`~pyro_realnvp.fit`, but every step is a :class:`FastELBO` step.
+) -> History:
+    """:func:`~pyro_realnvp.fit` on the fast path only, with the option to ``compile`` it.
 
-    The same schedule as ``fit``'s ``ClippedAdam``: Adam at ``lr``, decayed geometrically
-    to ``lr * lr_decay``, gradients clipped elementwise at ``clip_norm``, but torch's
-    ``Adam`` (fused on a GPU) steps all parameters in one optimizer. Same loss history, same
-    :class:`NonFiniteLossError`. The model's arguments are fixed for the whole run.
+    Every step is a :class:`FastELBO` step (set-up raises :class:`FastPathError` where
+    the model does not allow it), under the same schedule, clipping, redraw and interrupt
+    policy as ``fit``. The model's arguments are fixed for the whole run.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -320,25 +362,14 @@ def fit_fast(
         ...     pyro.sample("x", dist.Normal(3.0, 1.0))
         >>> guide = AutoRealNVP(model, num_layers=2)
         >>> losses = fit_fast(model, guide, num_steps=300, lr=0.05, progress=False)
-        >>> len(losses), round(guide.median()["x"].item())
-        (300, 3)
+        >>> len(losses), round(guide.median()["x"].item()), losses.method
+        (300, 3, 'fast')
     """
     check_training_args(
         num_steps=num_steps, lr=lr, num_particles=num_particles, lr_decay=lr_decay,
-        clip_norm=clip_norm,
+        clip_norm=clip_norm, max_redraws=max_redraws,
     )  # fmt: skip
-    elbo = FastELBO(model, guide, *args, num_particles=num_particles, compile=compile, **kwargs)
-    # One fused kernel for all parameters on a GPU; on a busy CPU its threaded kernel
-    # stalled (0.1 s a step for a tiny model), so CPU keeps torch's default loop.
-    optimizer = torch.optim.Adam(elbo.parameters(), lr=lr, fused=guide.loc.is_cuda)
-    schedule = ExponentialLR(optimizer, gamma=lr_decay ** (1 / num_steps))
-    losses: list[float] = []
-    every = max(1, num_steps // 100)
-    with tqdm(total=num_steps, disable=None if progress else True, desc="SVI (fast)") as bar:
-        for step in range(num_steps):
-            losses.append(elbo.step(optimizer, clip_value=clip_norm))
-            schedule.step()
-            if (step + 1) % every == 0 or step + 1 == num_steps:
-                bar.set_postfix(loss=f"{losses[-1]:.4g}", refresh=False)
-                bar.update(step + 1 - bar.n)
-    return losses
+    schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
+    step = FastStep.build(model, guide, args, kwargs, num_particles, schedule, compile)
+    history = History(method="fast")
+    return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)

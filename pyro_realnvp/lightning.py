@@ -31,7 +31,7 @@ from .ddp import (
     _LocalFinite,
     setup_guide,
 )
-from .infer import NonFiniteLossError
+from .train import NonFiniteLossError
 
 __all__ = ["SVIModule"]
 

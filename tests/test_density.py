@@ -103,14 +103,14 @@ def test_fit_conditional_density_learns_the_context():
 
 def test_early_stopping_keeps_the_best_held_out_parameters():
     data, held_out = torch.randn(30, 2), torch.randn(500, 2)
-    options = {"num_steps": 150, "lr": 3e-2, "batch_size": 30, "progress": False}
+    options = {"num_steps": 300, "lr": 3e-2, "batch_size": 30, "progress": False}
     held_out_nll = []
     for valid in (None, held_out):
         torch.manual_seed(0)
         flow = RealNVP(2, num_layers=4, hidden_dims=(32,), output_gain=1.0)
         fit_density(flow, data, valid_data=valid, valid_every=20, **options)
         held_out_nll.append(anomaly_scores(flow, held_out).mean().item())
-    # 30 points and 150 full-batch steps overfit (held-out NLL about 4e4, against 3.0
+    # 30 points and 300 full-batch steps overfit (held-out NLL 30 to 2e7 over seeds, 3.0
     # at the best checkpoint): early stopping must restore the better parameters.
     assert held_out_nll[1] < held_out_nll[0] - 1.0
 

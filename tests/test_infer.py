@@ -5,9 +5,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide import AutoNormal, init_to_median
 
-from pyro_realnvp import AutoRealNVP, FiniteELBO, NonFiniteLossError, fit
+from pyro_realnvp import AutoRealNVP, FastPathError, FiniteELBO, NonFiniteLossError, fit
 
 SMALL = {"num_layers": 2, "hidden_dims": (8,)}
 
@@ -55,14 +55,16 @@ def test_non_finite_guide_is_blamed_on_the_guide():
         fit(model, guide, num_steps=1, progress=False)
 
 
-def test_finite_loss_with_non_finite_gradient_is_caught():
+@pytest.mark.parametrize("fast", [True, False])
+def test_finite_loss_with_non_finite_gradient_is_caught(fast):
     def model():
         x = pyro.sample("x", dist.Normal(0.0, 1.0))
         pyro.factor("kink", torch.sqrt(torch.abs(x) * 0.0))
 
-    guide = AutoRealNVP(model, **SMALL)
-    with pytest.raises(NonFiniteLossError, match="gradients not"):
-        fit(model, guide, num_steps=1, progress=False)
+    guide = AutoRealNVP(model, init_loc_fn=init_to_median, **SMALL)
+    with pytest.raises(NonFiniteLossError, match="gradients not") as error:
+        fit(model, guide, num_steps=1, progress=False, fast=fast)
+    assert error.value.history == []
     assert all(p.grad is None for p in guide.parameters())
 
 
@@ -95,7 +97,7 @@ def test_rare_non_finite_draws_are_redrawn_with_a_warning():
 
     guide = AutoRealNVP(model, **SMALL)
     with pytest.warns(UserWarning, match="redrawn after a non-finite loss"):
-        losses = fit(model, guide, num_steps=30, progress=False)
+        losses = fit(model, guide, num_steps=30, progress=False, fast=False)
     assert len(losses) == 30
     assert all(math.isfinite(loss) for loss in losses)
 
@@ -108,7 +110,7 @@ def test_draw_that_breaks_model_validation_is_a_non_finite_step():
 
     guide = AutoRealNVP(model, **SMALL)
     with pytest.raises(NonFiniteLossError, match="rejected the guide's draw: Expected parameter"):
-        fit(model, guide, num_steps=2, max_redraws=1, progress=False)
+        fit(model, guide, num_steps=2, max_redraws=1, progress=False, fast=False)
     assert all(torch.isfinite(p).all() for p in guide.parameters())
 
 
@@ -126,7 +128,7 @@ def test_singular_matrix_at_a_draw_is_a_non_finite_step_that_is_redrawn():
 
     guide = AutoRealNVP(model, **SMALL)
     with pytest.warns(UserWarning, match="redrawn after a non-finite loss"):
-        losses = fit(model, guide, num_steps=20, progress=False)
+        losses = fit(model, guide, num_steps=20, progress=False, fast=False)
     assert all(math.isfinite(loss) for loss in losses)
     with pytest.raises(NonFiniteLossError, match="linear algebra failed at the guide's draw"):
         FiniteELBO().loss(lambda: model() or torch.linalg.cholesky(-torch.eye(2)), guide)
@@ -180,3 +182,53 @@ def test_fit_refuses_an_argument_out_of_range_before_any_step(name, value):
     with pytest.raises(ValueError, match=rf"^{name} must be"):
         fit(model, guide, progress=False, **{"num_steps": 5, name: value})
     assert len(pyro.get_param_store()) == 0  # no step ran: the guide was never set up
+
+
+def regression(rows=50, subsample_size=None):
+    data = torch.randn(rows, 2)
+
+    def model():
+        w = pyro.sample("w", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("rows", rows, subsample_size=subsample_size) as index:
+            x = data[index]
+            pyro.sample("y", dist.Normal((x * w).sum(-1), 1.0), obs=x.sum(-1))
+
+    return model
+
+
+def test_fit_takes_the_fast_path_for_an_autorealnvp_when_the_model_allows(caplog):
+    model = regression()
+    with caplog.at_level("INFO", logger="pyro_realnvp.infer"):
+        history = fit(model, AutoRealNVP(model, **SMALL), num_steps=5, progress=False)
+    assert (history.method, history.note) == ("fast", "")
+    assert not [r for r in caplog.records if r.name == "pyro_realnvp.infer"]
+    other = fit(model, AutoNormal(model), num_steps=5, progress=False)
+    assert (other.method, other.note) == ("svi", "")
+
+
+def test_fit_falls_back_to_pyro_saying_why_once(caplog):
+    model = regression(subsample_size=10)
+    with caplog.at_level("INFO", logger="pyro_realnvp.infer"):
+        history = fit(model, AutoRealNVP(model, **SMALL), num_steps=5, progress=False)
+    assert history.method == "svi"
+    assert "subsampling plate 'rows'" in history.note
+    said = [r.getMessage() for r in caplog.records if r.name == "pyro_realnvp.infer"]
+    assert said == [f"fit: {history.note}"]
+    with pytest.raises(FastPathError, match="subsampling plate 'rows'"):
+        fit(model, AutoRealNVP(model, **SMALL), num_steps=5, progress=False, fast=True)
+    with pytest.raises(FastPathError, match="needs an AutoRealNVP"):
+        fit(model, AutoNormal(model), num_steps=5, progress=False, fast=True)
+
+
+def test_fast_path_redraws_a_rare_non_finite_step():
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        # A wall far in the tails: about 1 step in 50 draws a particle past it.
+        pyro.factor("wall", torch.where(x.abs() > 3.0, torch.nan, 0.0))
+
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.warns(UserWarning, match="redrawn after a non-finite loss"):
+        history = fit(model, guide, num_steps=300, progress=False, lr=1e-3)
+    assert history.method == "fast"
+    assert history.redraws >= 1
+    assert all(math.isfinite(loss) for loss in history)

@@ -1,0 +1,171 @@
+"""The non-finite policy for Pyro's ELBOs: a step whose loss or gradient is not finite
+raises :class:`NonFiniteLossError` having updated nothing, saying which side failed."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from pyro.infer.elbo import ELBO
+
+from .train import NonFiniteLossError
+
+__all__ = ["FiniteELBO", "explain_non_finite", "usability"]
+
+
+def _sites_not_finite(trace: poutine.Trace) -> list[str]:
+    """Names of sample sites whose value or log-density is NaN or infinite."""
+    trace.compute_log_prob()
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not (
+            bool(torch.isfinite(torch.as_tensor(site["value"])).all())
+            and bool(torch.isfinite(site["log_prob_sum"]))
+        )
+    ]
+
+
+@contextlib.contextmanager
+def _rejected_draws_are_non_finite():
+    """Turn draws the model cannot score into :class:`NonFiniteLossError`.
+
+    A draw whose value under- or overflowed (a scale of exactly 0, say) fails the model's
+    argument validation, and a draw far in the tails can make a matrix the model factors
+    numerically singular (a GP kernel with a tiny length scale): both are as non-finite
+    as an inf loss. Other ValueErrors (shapes, the user's own) pass through.
+    """
+    try:
+        yield
+    except torch.linalg.LinAlgError as error:
+        raise NonFiniteLossError(
+            f"the model's linear algebra failed at the guide's draw: "
+            f"{str(error).splitlines()[0]} No parameter was updated; the guide is still usable."
+        ) from error
+    except ValueError as error:
+        # Only a message that starts so: Pyro wraps a failing log_prob as "Error while
+        # computing log_prob at site ...", which is the observed data's fault (a NaN in
+        # the data, say), not the draw's, and redrawing cannot help.
+        message = str(error)
+        if not message.startswith(("Expected parameter", "Expected value")):
+            raise
+        raise NonFiniteLossError(
+            f"the model rejected the guide's draw: {message.splitlines()[0]}. No parameter "
+            "was updated; the guide is still usable."
+        ) from error
+
+
+def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str:
+    """Re-run guide and model once and say which side's log-density is not finite.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x + float("inf"), 1.0), obs=torch.tensor(0.0))
+        >>> guide = pyro.infer.autoguide.AutoNormal(model)
+        >>> explain_non_finite(model, guide).startswith("the model's log-density")
+        True
+    """
+    with torch.no_grad(), poutine.block():
+        try:
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            bad_guide = _sites_not_finite(guide_trace)
+        except (ValueError, RuntimeError) as error:
+            return f"the guide raised while re-running it: {error}"
+        if bad_guide:
+            return f"the guide's log-density is not finite at site(s) {bad_guide}"
+        try:
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                *args, **kwargs
+            )
+            bad_model = _sites_not_finite(model_trace)
+        except (ValueError, RuntimeError) as error:
+            return f"the model raised at the guide's draw: {error}"
+    if bad_model:
+        return (
+            f"the model's log-density is not finite at site(s) {bad_model} "
+            "(the guide's draws and log-density were finite)"
+        )
+    return "a fresh draw gave a finite loss, so the failure depends on the random draw"
+
+
+class FiniteELBO(ELBO):
+    """Wrap an ELBO so a step whose loss or gradients are not finite raises, updating nothing.
+
+    ``SVI.step`` applies the optimizer only after ``loss_and_grads`` returns, so raising
+    here leaves every parameter (and the optimizer state) as it was; the gradients of
+    the failed step are cleared so the next step does not inherit them. The check costs
+    one host sync on the gradients, once per step.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer import SVI, Trace_ELBO
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> guide = pyro.infer.autoguide.AutoNormal(model)
+        >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), FiniteELBO(Trace_ELBO()))
+        >>> isinstance(svi.step(), float)
+        True
+    """
+
+    def __init__(self, elbo: ELBO | None = None) -> None:
+        # Subclassing ELBO only makes SVI accept it; all the work is the wrapped ELBO's.
+        self.elbo = Trace_ELBO() if elbo is None else elbo
+        super().__init__(num_particles=self.elbo.num_particles)
+
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        with _rejected_draws_are_non_finite():
+            loss = self.elbo.loss(model, guide, *args, **kwargs)
+        if not math.isfinite(loss):
+            self._raise(loss, "", model, guide, args, kwargs)
+        return loss
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        with poutine.trace(param_only=True) as capture, _rejected_draws_are_non_finite():
+            loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        grads = [p.grad for p in params if p.grad is not None]
+        grads_finite = not grads or bool(
+            torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        )
+        if math.isfinite(loss) and grads_finite:
+            return loss
+        for param in params:
+            param.grad = None
+        what = "" if not math.isfinite(loss) else " (the loss was finite, its gradients not)"
+        self._raise(loss, what, model, guide, args, kwargs, params)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return self.elbo._get_trace(model, guide, args, kwargs)
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
+        return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+    @staticmethod
+    def _raise(loss, what, model, guide, args, kwargs, params=()):
+        reason = explain_non_finite(model, guide, *args, **kwargs)
+        raise NonFiniteLossError(
+            f"ELBO loss is {loss}{what}: {reason}. No parameter was updated; " + usability(params)
+        )
+
+
+def usability(params) -> str:
+    """Say the guide is still usable only when it is: every parameter finite.
+
+    Example:
+        >>> usability([torch.zeros(2)])
+        'the guide is still usable.'
+    """
+    bad = sum(1 for p in params if not bool(torch.isfinite(p).all()))
+    if not bad:
+        return "the guide is still usable."
+    return (
+        f"but {bad} parameter tensor(s) were already non-finite before this step, so the "
+        "guide is not usable: start again with a smaller lr."
+    )
