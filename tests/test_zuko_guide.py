@@ -37,6 +37,20 @@ def run_python(code: str) -> str:
     return done.stdout.strip()
 
 
+def test_without_zuko_the_column_is_left_out_and_the_guide_says_what_to_install():
+    code = """
+import sys
+sys.modules["zuko"] = None  # as if not installed
+from benchmarks import accuracy, guides, zuko_guide
+assert guides.ZUKO_GUIDE not in guides.GUIDES, list(guides.GUIDES)
+try:
+    zuko_guide.AutoZukoRealNVP(lambda: None)
+except ImportError as error:
+    print(error)
+"""
+    assert ".[bench]" in run_python(code)
+
+
 @needs_zuko
 @pytest.mark.parametrize(
     ("statement", "validates"),
