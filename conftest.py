@@ -7,6 +7,9 @@ import torch
 # pyro_realnvp/lightning.py needs the optional `lightning` extra; without it, its doctest
 # is not collected (tests/test_lightning.py skips itself).
 collect_ignore = [] if importlib.util.find_spec("lightning") else ["pyro_realnvp/lightning.py"]
+# Likewise benchmarks/zuko_guide.py needs the optional `bench` extra (zuko).
+if importlib.util.find_spec("zuko") is None:
+    collect_ignore.append("benchmarks/zuko_guide.py")
 
 # Tests use small tensors: one intra-op thread avoids oversubscribing CI's two cores
 # (a correlated-Gaussian fit took 69 s with two threads and 7.5 s with one).

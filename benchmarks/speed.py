@@ -17,10 +17,14 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyro
 import pyro.distributions as dist
@@ -30,6 +34,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormal, AutoNormalizingFlow
 from pyro.optim import Adam
 
+from benchmarks.zuko_guide import AutoZukoRealNVP, zuko_available
 from pyro_realnvp import AutoRealNVP
 from pyro_realnvp.coupling import default_hidden_dims
 from pyro_realnvp.fast import FastELBO
@@ -88,6 +93,10 @@ def methods(
     if width[0] >= dim:  # Pyro's AutoRegressiveNN refuses hidden widths below D
         guides["AutoIAFNormal"] = AutoIAFNormal(model, hidden_dim=width, num_transforms=NUM_LAYERS)
     guides["AutoNormalizingFlow"] = AutoNormalizingFlow(model, flows)
+    if zuko_available():  # the bench extra
+        guides["zuko RealNVP"] = AutoZukoRealNVP(
+            model, transforms=NUM_LAYERS, hidden_features=width
+        )
     steps = {name: svi_stepper(model, g, num_particles, device) for name, g in guides.items()}
     # Trace_ELBO and the fast path train one AutoRealNVP (one set of named parameters).
     realnvp = AutoRealNVP(model, num_layers=NUM_LAYERS)
@@ -139,7 +148,9 @@ def format_row(row: dict) -> str:
     return f"{row['device']} D={row['D']} N={row['N']}: {cells} ms ({row['wall_s']:.0f} s)"
 
 
-COLUMNS = ("AutoNormal", "AutoIAFNormal", "AutoNormalizingFlow", "AutoRealNVP", "fast")
+COLUMNS = (
+    "AutoNormal", "AutoIAFNormal", "AutoNormalizingFlow", "zuko RealNVP", "AutoRealNVP", "fast"
+)  # fmt: skip
 
 
 def table(rows: list[dict], columns: tuple[str, ...]) -> list[str]:
@@ -212,6 +223,9 @@ def write_doc(rows: list[dict], args) -> None:
         " on CPU with `--compile-cpu`: there the one-off compile takes minutes)",
         "- `AutoIAFNormal` is left out (–) where D exceeds the width: Pyro's"
         " `AutoRegressiveNN` needs hidden widths of at least D",
+        "- `zuko RealNVP`: `zuko.flows.RealNVP` (ReLU, checkered masks) through Pyro's"
+        " `ZukoToPyro` in an `AutoContinuous` guide (`benchmarks/zuko_guide.py`), at the same"
+        " layer count and widths; left out (–) where zuko (the `bench` extra) is missing",
         "- every method steps with the same torch Adam (`pyro.optim.Adam` for `SVI`,"
         " `torch.optim.Adam` for the fast path), fused on CUDA, torch's default loop on CPU,"
         " so the ratios measure the ELBO machinery, not the optimizer",

@@ -13,8 +13,10 @@ import torch
 from pyro import poutine
 
 from benchmarks import accuracy
+from benchmarks.guides import ZUKO_GUIDE
 from benchmarks.metrics import moment_errors, sliced_w1
 from benchmarks.posteriordb import POSTERIORDB_TARGETS, load_data, load_target, posteriordb_root
+from benchmarks.zuko_guide import zuko_available
 
 pytestmark = pytest.mark.skipif(
     not posteriordb_root().is_dir(), reason="posteriordb reference posteriors not found"
@@ -245,6 +247,8 @@ def test_smoke_run_writes_every_table_with_a_row_per_target(tmp_path):
     text = out.read_text()
     assert "python -m benchmarks.accuracy --smoke --exact funnel_d10" in text
     kl_table = text.split("## KL(q‖p)")[1].split("##")[0]
+    # The zuko column is there exactly when zuko (the bench extra) is installed.
+    assert (f"| {ZUKO_GUIDE} |" in kl_table) == zuko_available()
     for name in args.exact:
         row = next(line for line in kl_table.splitlines() if line.startswith(f"| {name} |"))
         cells = row.strip("|").split("|")[1:]
