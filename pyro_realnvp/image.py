@@ -190,6 +190,16 @@ def _couplings(layout, masks, dim, options, net_options) -> list[MaskedAffineCou
     return layers
 
 
+def _check_scales(shape: tuple[int, int, int], num_scales: int) -> None:
+    if num_scales < 1:
+        raise ValueError(f"num_scales must be at least 1, got {num_scales}")
+    step, (height, width) = 2 ** (num_scales - 1), shape[1:]
+    if height % step or width % step:
+        raise ValueError(
+            f"{num_scales} scales need height and width divisible by {step}, got {height}x{width}"
+        )
+
+
 def multiscale_realnvp(
     shape: tuple[int, int, int],
     num_scales: int = 2,
@@ -229,23 +239,12 @@ def multiscale_realnvp(
         >>> torch.allclose(flow.inv(flow(x)), x)
         True
     """
-    channels, height, width = shape
-    if num_scales < 1:
-        raise ValueError(f"num_scales must be at least 1, got {num_scales}")
-    step = 2 ** (num_scales - 1)
-    if height % step or width % step:
-        raise ValueError(
-            f"{num_scales} scales need height and width divisible by {step}, got {height}x{width}"
-        )
-    dim = channels * height * width
+    _check_scales(shape, num_scales)
+    dim = shape[0] * shape[1] * shape[2]
     factory = {"device": device, "dtype": dtype}
     options = {"scale_bound": scale_bound, "output_gain": output_gain, **factory}
-    net_options = {
-        "hidden_channels": hidden_channels,
-        "num_blocks": num_blocks,
-        "activation": activation,
-        **factory,
-    }
+    net_options = {"hidden_channels": hidden_channels, "num_blocks": num_blocks,
+                   "activation": activation, **factory}  # fmt: skip
     layout = torch.arange(dim).reshape(shape)
     layers = []
     for scale in range(num_scales):

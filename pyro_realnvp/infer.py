@@ -113,11 +113,18 @@ def fit(
         lr_decay=lr_decay, clip_norm=clip_norm, max_redraws=max_redraws,
     )  # fmt: skip
     schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
-    step, note = None, ""
+    step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
+                              schedule)  # fmt: skip
+    history = History(method="fast" if isinstance(step, FastStep) else "svi", note=note)
+    return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
+
+
+def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, schedule):
+    """The fast step where asked or possible, else Pyro's; and why not fast, if not."""
     if fast is not False and isinstance(guide, AutoRealNVP) and loss is None and optim is None:
         particles = FAST_PARTICLES if num_particles is None else num_particles
         try:
-            step = FastStep.build(model, guide, args, kwargs, particles, schedule)
+            return FastStep.build(model, guide, args, kwargs, particles, schedule), ""
         except FastPathError as error:
             if fast:
                 raise
@@ -125,10 +132,9 @@ def fit(
             logger.info("fit: %s", note)
     elif fast:
         raise FastPathError("fast=True needs an AutoRealNVP guide and no loss or optim")
-    if step is None:
-        step = _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule)
-    history = History(method="fast" if isinstance(step, FastStep) else "svi", note=note)
-    return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
+    else:
+        note = ""
+    return _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule), note
 
 
 def _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule) -> SVIStep:
