@@ -11,6 +11,7 @@ import torch
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal, init_to_value
 
 from pyro_realnvp import AutoRealNVP, KHat, fit, khat_reading, psis_khat, to_inference_data
+from pyro_realnvp.potential import Potential
 
 SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
 Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
@@ -236,3 +237,25 @@ def test_explicit_subsample_indices_are_refused(function):
     index = torch.arange(10)
     with pytest.raises(ValueError, match=r"site 'y' is in plate 'data' given explicit indices"):
         function(model, AutoNormal(model), index, num_samples=20)
+
+
+def test_log_weights_agree_with_the_full_data_potential():
+    # Pyro's importance weights for an AutoContinuous guide and the package's one
+    # potential are two routes to log p(x, T(u)) + log|J_T(u)| - log q(u).
+    def model(rows=ROWS):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", len(rows), subsample_size=10) as index:
+            pyro.sample("y", dist.Normal(mu, s), obs=rows[index])
+
+    pyro.clear_param_store()
+    guide = AutoRealNVP(model, num_layers=2, hidden_dims=(8,))
+    data = to_inference_data(model, guide, num_samples=20)
+    mu, s = (torch.as_tensor(data.posterior[name].values[0]) for name in ("mu", "s"))
+    u = torch.stack([mu, s.log()], -1)
+    potential = Potential(model, guide, full_data=True)
+    potential.set_max_plate_nesting()
+    with torch.no_grad():
+        expected = potential.log_joint(u[:, None]) - guide.get_posterior().log_prob(u)
+    actual = torch.as_tensor(data.sample_stats["log_weight"].values[0])
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-3)
