@@ -32,8 +32,8 @@ Density = torch.distributions.TransformedDistribution | ConditionalTransformedDi
 def _modules(transforms) -> Iterator[nn.Module]:
     """The ``nn.Module`` behind each transform, looking through ``.inv`` wrappers."""
     for transform in transforms:
-        inner = getattr(transform, "_inv", None)
-        module = inner if isinstance(inner, nn.Module) else transform
+        # ``flow.inv`` is a plain Transform whose own ``.inv`` is the flow again.
+        module = transform if isinstance(transform, nn.Module) else getattr(transform, "inv", None)
         if isinstance(module, nn.Module):
             yield module
 

@@ -213,3 +213,11 @@ def test_bits_per_dim_of_the_uniform_density_is_log2_levels():
     assert torch.allclose(
         bits_per_dim(log_prob, dim=64, num_levels=17), torch.tensor(math.log2(17))
     )
+
+
+def test_fit_trains_a_flow_used_through_its_inverse():
+    flow = RealNVP(2, num_layers=2)
+    before = [p.clone() for p in flow.parameters()]
+    density = flow_distribution(flow.inv, input_dim=2)
+    fit_density(density, torch.randn(16, 2) + 3.0, num_steps=3, progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
