@@ -1,13 +1,41 @@
-"""Every call into a private Pyro or torch name, in one place, each pinned by a test."""
+"""Every call into a private Pyro or torch name, in one place, each pinned by a test.
+
+"Private" means a leading underscore or a module that neither library documents
+(``pyro.util``, ``pyro.infer.autoguide.guides``, ``torch.fx.experimental``). Each helper
+here is the package's only caller of its name, and ``tests/test_compat.py`` pins what
+the package relies on, so an upgrade that changes it fails a test named after it.
+
+Not wrapped, because they are a subclass's contract rather than calls (pinned all the
+same): ``AutoContinuous._setup_prototype``, ``_prototype_hide_fn``, ``_init_loc``,
+``_unconstrained_shapes``, ``PyroModule._pyro_params``, ``_pyro_get_fullname`` and
+``Distribution._get_checked_instance``, which :class:`~pyro_realnvp.AutoRealNVP` and its
+posterior override or read as Pyro's and torch's own subclasses do.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import torch
+from pyro.infer.autoguide import AutoContinuous
+from pyro.infer.autoguide.guides import prototype_hide_fn as _prototype_hide_fn
+from pyro.infer.elbo import ELBO
 from pyro.poutine.subsample_messenger import SubsampleMessenger
+from pyro.util import check_site_shape as _check_site_shape
+from pyro.util import get_rng_state, set_rng_state
+from torch import Tensor
 
-__all__ = ["full_data_plates"]
+__all__ = [
+    "capture_graph",
+    "check_site_shape",
+    "elbo_traces",
+    "full_data_plates",
+    "is_deterministic_site",
+    "prototype_hide_fn",
+    "rng_state",
+    "unpack_latent",
+]
 
 
 @contextlib.contextmanager
@@ -38,3 +66,115 @@ def full_data_plates() -> Iterator[None]:
         yield
     finally:
         SubsampleMessenger._subsample = staticmethod(original)
+
+
+def unpack_latent(guide: AutoContinuous, latent: Tensor) -> Iterator[tuple[dict, Tensor]]:
+    """``(site, unconstrained value)`` per latent site of a packed ``latent``, in order.
+
+    :math:`u = (u_1, \\dots, u_K) \\mapsto u_k` reshaped to site ``k``'s unconstrained
+    shape; batch dimensions left of the last are kept. ``AutoContinuous._unpack_latent``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoDiagonalNormal
+        >>> guide = AutoDiagonalNormal(lambda: pyro.sample("x", dist.Normal(0, 1).expand([2])))
+        >>> _ = guide()
+        >>> [(site["name"], tuple(u.shape)) for site, u in unpack_latent(guide, torch.ones(2))]
+        [('x', (2,))]
+    """
+    return guide._unpack_latent(latent)
+
+
+def is_deterministic_site(site: dict) -> bool:
+    """Whether a trace site was recorded by ``pyro.deterministic``, not ``pyro.sample``.
+
+    Pyro marks them with the private ``infer`` key ``"_deterministic"``.
+
+    Example:
+        >>> import pyro
+        >>> trace = pyro.poutine.trace(lambda: pyro.deterministic("d", torch.ones(1))).get_trace()
+        >>> is_deterministic_site(trace.nodes["d"])
+        True
+    """
+    return bool(site.get("infer", {}).get("_deterministic", False))
+
+
+def elbo_traces(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+    """``(model_trace, guide_trace)`` of one particle, as ``elbo`` itself records them.
+
+    For an ELBO that wraps another: Pyro's ``ELBO._get_traces`` calls ``self._get_trace``,
+    the private hook this forwards to.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> model = lambda: pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> guide = lambda: pyro.sample("x", dist.Normal(0.0, 2.0))
+        >>> model_trace, guide_trace = elbo_traces(pyro.infer.Trace_ELBO(), model, guide, (), {})
+        >>> model_trace.nodes["x"]["value"] is guide_trace.nodes["x"]["value"]
+        True
+    """
+    return elbo._get_trace(model, guide, args, kwargs)
+
+
+@contextlib.contextmanager
+def rng_state() -> Iterator[None]:
+    """Leave torch's, Python's and NumPy's global random states as they were on entry.
+
+    ``pyro.util.get_rng_state`` and ``set_rng_state`` (an undocumented module).
+
+    Example:
+        >>> with rng_state():
+        ...     first = torch.rand(1)
+        >>> bool(torch.rand(1) == first)
+        True
+    """
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
+def check_site_shape(site: dict, max_plate_nesting: int) -> None:
+    """Raise ``ValueError`` if a site's ``log_prob`` shape disagrees with its plates.
+
+    ``pyro.util.check_site_shape`` (an undocumented module), as ``Trace_ELBO`` checks.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     with pyro.plate("p", 3):
+        ...         pyro.sample("x", dist.Normal(torch.zeros(3), 1.0))
+        >>> trace = pyro.poutine.trace(model).get_trace()
+        >>> trace.compute_log_prob()
+        >>> check_site_shape(trace.nodes["x"], max_plate_nesting=1)
+    """
+    _check_site_shape(site, max_plate_nesting)
+
+
+def prototype_hide_fn(msg: dict) -> bool:
+    """Whether an autoguide's prototype trace leaves a message out (params, observations).
+
+    ``pyro.infer.autoguide.guides.prototype_hide_fn`` (not exported by Pyro).
+
+    Example:
+        >>> prototype_hide_fn({"type": "sample", "is_observed": True})
+        True
+    """
+    return _prototype_hide_fn(msg)
+
+
+def capture_graph(function: Callable[..., Tensor], *example: Tensor) -> torch.fx.GraphModule:
+    """``function`` recorded at ``example`` as a graph of plain tensor operations.
+
+    ``torch.fx.experimental.proxy_tensor.make_fx`` (experimental). Python control flow
+    on tensor values raises a ``RuntimeError`` that says "data-dependent".
+
+    Example:
+        >>> graph = capture_graph(lambda u: (2 * u).sum(-1), torch.ones(3, 2))
+        >>> graph(torch.ones(1, 2))
+        tensor([4.])
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    return make_fx(function)(*example)

@@ -39,15 +39,33 @@ class ConditionedRealNVP(OnePassLogDet, Transform):
     bijective = True
     sign = +1
 
-    def __init__(self, flow: RealNVP, context: Tensor) -> None:
+    def __init__(self, flow: RealNVP, context: Tensor, context_dim: int | None = None) -> None:
         super().__init__(cache_size=1)
         self.flow = flow
         self.context = context
+        # The width the caller's context has (before any embedding), for error messages.
+        self.context_dim = flow.context_dim if context_dim is None else context_dim
+
+    def _check_batch(self, x: Tensor) -> None:
+        """Refuse, by name, a context whose batch shape does not broadcast with ``x``'s."""
+        batch = tuple(self.context.shape[:-1])
+        try:
+            torch.broadcast_shapes(x.shape[:-1], batch)
+        except RuntimeError:
+            width = self.context_dim
+            raise ValueError(
+                f"context must have shape (..., {width}) with batch dimensions that broadcast "
+                f"with the input's; got a context of batch shape {batch} for an input of shape "
+                f"{tuple(x.shape)}: give one context row per input row, or one context of "
+                f"shape ({width},) for all (to draw n samples at B contexts, sample (n, B))"
+            ) from None
 
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_batch(x)
         return self.flow._forward(x, self.context)
 
     def _backward_pass(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_batch(y)
         return self.flow._backward(y, self.context)
 
 
@@ -127,7 +145,9 @@ class ConditionalRealNVP(ConditionalTransformModule):
 
         Raises:
             ValueError: if ``context`` is a scalar or its last dimension is not
-                ``context_dim``.
+                ``context_dim``, or the embedding's output is not ``embedding_dim`` wide.
+                Calling the transform at an input whose batch shape does not broadcast
+                with the context's also raises a ``ValueError`` naming ``context``.
         """
         context = torch.as_tensor(context)
         if context.dim() == 0 or context.shape[-1] != self.context_dim:
@@ -137,7 +157,12 @@ class ConditionalRealNVP(ConditionalTransformModule):
             )
         if self.embedding is not None:
             context = self.embedding(context)
-        return ConditionedRealNVP(self.flow, context)
+            if context.dim() == 0 or context.shape[-1] != self.flow.context_dim:
+                raise ValueError(
+                    f"embedding turned the context into shape {tuple(context.shape)}, but "
+                    f"the couplings take (..., {self.flow.context_dim}) (embedding_dim)"
+                )
+        return ConditionedRealNVP(self.flow, context, self.context_dim)
 
 
 def conditional_realnvp(

@@ -24,11 +24,11 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.elbo import ELBO, ELBOModule
 from pyro.optim import PyroOptim
-from pyro.util import get_rng_state, set_rng_state
 from torch import Tensor, nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
+from ._compat import elbo_traces, rng_state
 from .distributed import (
     FiniteStepFlag,
     _active,
@@ -60,10 +60,9 @@ def setup_guide(model: Callable, guide: Callable, *args, **kwargs) -> dict[str, 
         >>> params["AutoRealNVP.loc"].shape
         torch.Size([1])
     """
-    state = get_rng_state()
     error, params = None, {}
     try:
-        with poutine.block(), poutine.trace(param_only=True) as capture:
+        with rng_state(), poutine.block(), poutine.trace(param_only=True) as capture:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             poutine.replay(model, trace=guide_trace)(*args, **kwargs)
         params = {
@@ -71,8 +70,6 @@ def setup_guide(model: Callable, guide: Callable, *args, **kwargs) -> dict[str, 
         }
     except Exception as caught:  # noqa: BLE001 - re-raised below on every rank
         error = caught
-    finally:
-        set_rng_state(state)
     _raise_if_any_raised(error, "setting up the guide and model")
     return params
 
@@ -202,11 +199,8 @@ def _explainer(model: Callable, guide: Callable, args, kwargs) -> Callable[[], s
     """Say which side failed, without moving this rank's RNG away from the others'."""
 
     def explain() -> str:
-        state = get_rng_state()
-        try:
+        with rng_state():
             return explain_non_finite(model, guide, *args, **kwargs)
-        finally:
-            set_rng_state(state)
 
     return explain
 
@@ -286,7 +280,7 @@ class DataParallelELBO(ELBO):
         return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
 
     def _get_trace(self, model, guide, args, kwargs):
-        return self.elbo._get_trace(model, guide, args, kwargs)
+        return elbo_traces(self.elbo, model, guide, args, kwargs)
 
 
 def fit_distributed(

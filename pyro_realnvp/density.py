@@ -14,6 +14,7 @@ from pyro.distributions.conditional import (
 from torch import Tensor, nn
 from torch.distributions.transforms import Transform
 
+from .conditional import ConditionalRealNVP
 from .train import History, NonFiniteLossError, Schedule, check_training_args, train
 
 __all__ = [
@@ -30,8 +31,8 @@ Density = torch.distributions.TransformedDistribution | ConditionalTransformedDi
 def _modules(transforms) -> Iterator[nn.Module]:
     """The ``nn.Module`` behind each transform, looking through ``.inv`` wrappers."""
     for transform in transforms:
-        inner = getattr(transform, "_inv", None)
-        module = inner if isinstance(inner, nn.Module) else transform
+        # ``flow.inv`` is a plain Transform whose own ``.inv`` is the flow again.
+        module = transform if isinstance(transform, nn.Module) else getattr(transform, "inv", None)
         if isinstance(module, nn.Module):
             yield module
 
@@ -94,6 +95,8 @@ def _check_data(data, event_dim: int, name: str, *, allow_integer_values: bool) 
     data = data if data.is_floating_point() else data.to(torch.get_default_dtype())
     if data.dim() != 2 or data.shape[-1] != event_dim:
         raise ValueError(f"{name} must have shape (N, {event_dim}), got {tuple(data.shape)}")
+    if data.shape[0] == 0:
+        raise ValueError(f"{name} must have at least one row, got shape {tuple(data.shape)}")
     bad = ~torch.isfinite(data).all(-1)
     if bool(bad.any()):
         rows = bad.nonzero().flatten()
@@ -114,6 +117,42 @@ def _event_dim(density: Density, context: Tensor | None) -> int:
     if isinstance(density, ConditionalTransformedDistribution):
         return density.condition(context[:1]).event_shape[-1]
     return density.event_shape[-1]
+
+
+def _check_context(density: Density, context, name: str) -> Tensor | None:
+    """``context`` as a float ``(N, C)`` tensor for a conditional density, else ``None``."""
+    conditional = isinstance(density, ConditionalTransformedDistribution)
+    if conditional and context is None:
+        raise ValueError(f"a conditional density needs {name} of shape (N, context_dim)")
+    if not conditional:
+        if context is not None:
+            raise ValueError(f"{name} was given but the density is not conditional")
+        return None
+    context = torch.as_tensor(context)
+    context = context if context.is_floating_point() else context.float()
+    # Checked on the whole tensor here: conditioning on its first row alone (to read the
+    # event size) would report that row's shape. Other conditional transforms check theirs.
+    widths = {t.context_dim for t in density.transforms if isinstance(t, ConditionalRealNVP)}
+    width = widths.pop() if len(widths) == 1 else "C"
+    if context.dim() != 2 or (width != "C" and context.shape[-1] != width):
+        raise ValueError(f"{name} must have shape (N, {width}), got {tuple(context.shape)}")
+    return _check_data(context, context.shape[-1], name, allow_integer_values=True)
+
+
+def _check_inputs(
+    density: Density, data, context, names: tuple[str, str], *, allow_integer_values: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``data`` and ``context`` checked against the density and each other, by name."""
+    context = _check_context(density, context, names[1])
+    data = _check_data(
+        data, _event_dim(density, context), names[0], allow_integer_values=allow_integer_values
+    )
+    if context is not None and context.shape[0] != data.shape[0]:
+        raise ValueError(
+            f"{names[1]} must have one row per {names[0]} row ({data.shape[0]}), "
+            f"got {context.shape[0]}"
+        )
+    return data, context
 
 
 def fit_density(
@@ -176,32 +215,15 @@ def fit_density(
         3
     """
     density = _as_density(flow_or_distribution)
-    conditional = isinstance(density, ConditionalTransformedDistribution)
     check_training_args(num_steps=num_steps, lr=lr, lr_decay=lr_decay, clip_norm=clip_norm)
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if conditional and context is None:
-        raise ValueError("a conditional density needs context of shape (N, context_dim)")
-    if not conditional and context is not None:
-        raise ValueError("context was given but the density is not conditional")
-    if conditional:
-        context = torch.as_tensor(context)
-        context = context if context.is_floating_point() else context.float()
-        if context.dim() != 2:
-            raise ValueError(f"context must have shape (N, C), got {tuple(context.shape)}")
-        context = _check_data(context, context.shape[-1], "context", allow_integer_values=True)
-    data = _check_data(
-        data, _event_dim(density, context), "data", allow_integer_values=allow_integer_values
-    )
-    if conditional and context.shape[0] != data.shape[0]:
-        raise ValueError(
-            f"context must have one row per data row ({data.shape[0]}), got {context.shape[0]}"
-        )
+    integers = {"allow_integer_values": allow_integer_values}
+    data, context = _check_inputs(density, data, context, ("data", "context"), **integers)
     if valid_data is not None:
-        if conditional and valid_context is None:
-            raise ValueError("valid_context is needed with valid_data for a conditional density")
-        valid_data = _check_data(
-            valid_data, data.shape[-1], "valid_data", allow_integer_values=allow_integer_values
+        valid = ("valid_data", "valid_context")
+        valid_data, valid_context = _check_inputs(
+            density, valid_data, valid_context, valid, **integers
         )
     modules = list(_modules(density.transforms))
     params = list({id(p): p for m in modules for p in m.parameters()}.values())
@@ -302,6 +324,16 @@ def anomaly_scores(
     Evaluated in chunks of ``batch_size`` without gradients, on the flow's device; the
     scores come back on ``data``'s device.
 
+    Args:
+        flow_or_distribution: As for :func:`fit_density`.
+        data: Points of shape ``(N, D)``, at least one row, all finite.
+        context: Conditioning values of shape ``(N, C)``, required for a conditional
+            density and refused otherwise.
+        batch_size: Rows scored per chunk.
+
+    Raises:
+        ValueError: naming ``data`` or ``context`` when its shape or values are wrong.
+
     Example:
         >>> from pyro_realnvp import RealNVP
         >>> scores = anomaly_scores(RealNVP(2, num_layers=2), torch.tensor([[0.0, 0], [5, 5]]))
@@ -309,17 +341,18 @@ def anomaly_scores(
         True
     """
     density = _as_density(flow_or_distribution)
-    data = torch.as_tensor(data)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    names = ("data", "context")
+    data, context = _check_inputs(density, data, context, names, allow_integer_values=True)
     modules = list(_modules(density.transforms))
     reference = next((p for m in modules for p in m.parameters()), data)
     scores = []
     for start in range(0, data.shape[0], batch_size):
         y = data[start : start + batch_size].to(reference)
         q = density
-        if isinstance(density, ConditionalTransformedDistribution):
-            if context is None:
-                raise ValueError("a conditional density needs context")
-            q = density.condition(torch.as_tensor(context)[start : start + batch_size].to(y))
+        if context is not None:
+            q = density.condition(context[start : start + batch_size].to(y))
         scores.append(-q.log_prob(y).to(data.device))
     return torch.cat(scores)
 

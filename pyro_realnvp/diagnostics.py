@@ -1,7 +1,10 @@
 """Posterior diagnostics: the PSIS k-hat of a fitted guide, and export to ArviZ.
 
 Both are built on Pyro's importance weights :math:`\\log w = \\log p(x, z) - \\log q(z)`,
-:math:`z \\sim q`, computed in one vectorized pass (``pyro.infer.importance``).
+:math:`z \\sim q`, computed in one vectorized pass (``pyro.infer.importance``), for any
+guide. Both read the full data: subsampling plates are switched off (as for the
+:class:`~pyro_realnvp.potential.Potential` of the Laplace start), so a minibatch never
+stands in for the model; where that cannot be done they refuse, naming the plate.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from typing import TYPE_CHECKING
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoContinuous, AutoGuideList
 from pyro.infer.importance import vectorized_importance_weights
-from pyro.infer.predictive import _guess_max_plate_nesting
 from pyro.poutine.util import site_is_subsample
+
+from ._compat import full_data_plates, is_deterministic_site
+from .potential import subsampled_sites
 
 if TYPE_CHECKING:
     from arviz import InferenceData
@@ -73,9 +79,50 @@ def _ensure_setup(guide: Callable, args: tuple, kwargs: dict) -> None:
 
 
 def _plate_nesting(model: Callable, args: tuple, kwargs: dict, given: int | None) -> int:
+    """``given``, else the deepest plate of one run of the model (static structure)."""
     if given is not None:
         return given
-    return _guess_max_plate_nesting(model, args, kwargs)
+    with poutine.block():
+        trace = poutine.trace(model).get_trace(*args, **kwargs)
+    dims = [
+        -frame.dim
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for frame in site["cond_indep_stack"]
+        if frame.vectorized
+    ]
+    return max(dims, default=0)
+
+
+def _refuse_packed_subsample(guide: Callable, caller: str) -> None:
+    """An ``AutoContinuous`` guide packs a local latent at its subsample's size: refuse.
+
+    Its latent vector has the minibatch's length, so it cannot be drawn for every row,
+    and scoring it on a minibatch is the silent subsample this module never does.
+    """
+    parts = list(guide) if isinstance(guide, AutoGuideList) else [guide]
+    for part in parts:
+        if not isinstance(part, AutoContinuous):
+            continue
+        for name, plate in subsampled_sites(part.prototype_trace):
+            raise ValueError(
+                f"{caller} scores the guide on the full data, but latent site '{name}' is "
+                f"in subsampling plate '{plate.name}' ({plate.size} of {plate.full_size}) "
+                f"and {type(part).__name__} packs it at the subsample's size, so it has no "
+                "value for the other rows: use a guide that keeps one value per row (e.g. "
+                "AutoNormal), or diagnose the model without subsampling"
+            )
+
+
+def _refuse_subsample_left(traces, caller: str) -> None:
+    """A plate still subsampled inside ``full_data_plates`` (explicit indices): refuse."""
+    for trace in traces:
+        for name, plate in subsampled_sites(trace):
+            raise ValueError(
+                f"{caller} scores the guide on the full data, but site '{name}' is in plate "
+                f"'{plate.name}' given explicit indices ({plate.size} of {plate.full_size}), "
+                "which cannot be switched off: call the model with all its rows"
+            )
 
 
 def _log_weights(model, guide, args, kwargs, num_samples, nesting):
@@ -107,6 +154,11 @@ def psis_khat(
     over seeds at 2000 samples; use ten thousand or more to compare guides. ArviZ is
     imported on the first call.
 
+    Model and guide run on the full data: subsampling plates yield every index, with
+    scale 1. A latent inside a subsampling plate that the guide packs at the subsample's
+    size (an ``AutoContinuous`` guide such as ``AutoRealNVP``), or a plate given explicit
+    ``subsample=`` indices, raises a ``ValueError`` naming the plate and the site.
+
     Args:
         model: The Pyro model; ``*args`` and ``**kwargs`` are passed to it and the guide.
         guide: A fitted guide with static structure, vectorizable over draws.
@@ -129,8 +181,11 @@ def psis_khat(
     if num_samples < 10:
         raise ValueError(f"num_samples must be at least 10, got {num_samples}")
     _ensure_setup(guide, args, kwargs)
-    nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
-    log_weights, _, _ = _log_weights(model, guide, args, kwargs, num_samples, nesting)
+    _refuse_packed_subsample(guide, "psis_khat")
+    with full_data_plates():
+        nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
+        log_weights, *traces = _log_weights(model, guide, args, kwargs, num_samples, nesting)
+    _refuse_subsample_left(traces, "psis_khat")
     _, khat = az.psislw(log_weights.detach().double().cpu().numpy())
     return KHat(khat)
 
@@ -147,6 +202,23 @@ def _one_draw_trace(model: Callable, guide: Callable, args: tuple, kwargs: dict)
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         return poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+
+
+def _full_data_traces(model, guide, args, kwargs, num_samples, max_plate_nesting):
+    """Log-weights, the vectorized model trace, its resampled observations and one draw's
+    trace, all on the full data."""
+    _refuse_packed_subsample(guide, "to_inference_data")
+    with full_data_plates():
+        nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
+        log_weights, model_trace, guide_trace = _log_weights(
+            model, guide, args, kwargs, num_samples, nesting
+        )
+        with poutine.block(), pyro.plate(_DRAWS_PLATE, num_samples, dim=-(nesting + 1)):
+            replayed = poutine.replay(poutine.uncondition(model), trace=guide_trace)
+            predictive_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+        one_draw = _one_draw_trace(model, guide, args, kwargs)
+    _refuse_subsample_left([model_trace, guide_trace], "to_inference_data")
+    return log_weights, model_trace, predictive_trace, one_draw
 
 
 def _sites(trace) -> dict:
@@ -181,7 +253,8 @@ def to_inference_data(
 
     The draws come from ``q``, not from the posterior: ``az.summary`` describes the guide,
     and tools that assume posterior draws (``az.loo``) are as good as the guide's
-    :func:`psis_khat`. ArviZ is imported on the first call.
+    :func:`psis_khat`. ArviZ is imported on the first call. As there, the model runs on
+    the full data (every row of a subsampling plate, scale 1), or the call refuses.
 
     Args:
         model: The Pyro model; ``*args`` and ``**kwargs`` are passed to it and the guide.
@@ -205,14 +278,10 @@ def to_inference_data(
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     _ensure_setup(guide, args, kwargs)
-    nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
-    log_weights, model_trace, guide_trace = _log_weights(
-        model, guide, args, kwargs, num_samples, nesting
+    log_weights, model_trace, predictive_trace, one_draw = _full_data_traces(
+        model, guide, args, kwargs, num_samples, max_plate_nesting
     )
-    with poutine.block(), pyro.plate(_DRAWS_PLATE, num_samples, dim=-(nesting + 1)):
-        replayed = poutine.replay(poutine.uncondition(model), trace=guide_trace)
-        predictive_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-    shapes = _sites(_one_draw_trace(model, guide, args, kwargs))
+    shapes = _sites(one_draw)
     groups: dict[str, dict] = {
         "posterior": {},
         "posterior_predictive": {},
@@ -227,7 +296,7 @@ def to_inference_data(
 
     for name, site in _sites(model_trace).items():
         one = shapes[name]
-        if not site["is_observed"] or site["infer"].get("_deterministic", False):
+        if not site["is_observed"] or is_deterministic_site(site):
             groups["posterior"][name] = per_draw(site["value"], one["value"].shape)
             dims[name] = _dim_names(one, one["value"].dim())
             continue

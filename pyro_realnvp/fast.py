@@ -20,11 +20,10 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
-from pyro.util import check_site_shape
 from torch import Tensor
-from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.utils import clip_grad_value_, get_total_norm
 
+from ._compat import capture_graph, check_site_shape
 from .finite import explain_non_finite, usability
 from .guide import AutoRealNVP
 from .potential import Potential
@@ -182,7 +181,7 @@ class FastELBO:
         try:
             # Validation checks read tensor values; the eager runs above already did them.
             with pyro.validation_enabled(False), torch.no_grad():
-                graph = make_fx(lambda u: replay.log_joint(u))(example)
+                graph = capture_graph(lambda u: replay.log_joint(u), example)
         except RuntimeError as error:
             if "data-dependent" not in str(error):
                 raise

@@ -12,6 +12,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.elbo import ELBO
 
+from ._compat import elbo_traces
 from .train import NonFiniteLossError
 
 __all__ = ["FiniteELBO", "explain_non_finite", "usability"]
@@ -142,7 +143,7 @@ class FiniteELBO(ELBO):
         self._raise(loss, what, model, guide, args, kwargs, params)
 
     def _get_trace(self, model, guide, args, kwargs):
-        return self.elbo._get_trace(model, guide, args, kwargs)
+        return elbo_traces(self.elbo, model, guide, args, kwargs)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs):
         return self.elbo.differentiable_loss(model, guide, *args, **kwargs)

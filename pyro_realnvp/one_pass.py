@@ -33,7 +33,9 @@ class OnePassLogDet:
         tensor([2.0793, 2.0793])
     """
 
-    _cached_log_det: Tensor | None = None
+    #: ``(x, y, log|det|)`` of the last pass. Kept here rather than read from torch's
+    #: private ``_cached_x_y``: it holds the same pair, as both are set by the same call.
+    _last_pass: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -42,15 +44,18 @@ class OnePassLogDet:
         raise NotImplementedError
 
     def _call(self, x: Tensor) -> Tensor:
-        y, self._cached_log_det = self._forward_pass(x)
+        y, log_det = self._forward_pass(x)
+        self._last_pass = (x, y, log_det)
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
-        x, self._cached_log_det = self._backward_pass(y)
+        x, log_det = self._backward_pass(y)
+        self._last_pass = (x, y, log_det)
         return x
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        x_old, y_old = self._cached_x_y
-        if self._cached_log_det is not None and x is x_old and y is y_old:
-            return self._cached_log_det
+        if self._last_pass is not None:
+            x_old, y_old, log_det = self._last_pass
+            if x is x_old and y is y_old:
+                return log_det
         return self._forward_pass(x)[1]

@@ -15,13 +15,14 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to
 
-from ._compat import full_data_plates
+from ._compat import full_data_plates, unpack_latent
 
-__all__ = ["Potential"]
+__all__ = ["Potential", "subsampled_sites"]
 
 _PARTICLES = "_potential_particles"
 
@@ -36,6 +37,32 @@ def _per_particle(log_prob: Tensor, particle_dims: int) -> Tensor:
     return log_prob.reshape(log_prob.shape[: log_prob.dim() - particle_dims + 1] + (-1,)).sum(-1)
 
 
+def subsampled_sites(trace: poutine.Trace) -> list[tuple[str, CondIndepStackFrame]]:
+    r"""Each sample site inside a plate that holds fewer indices than its full size.
+
+    :math:`\{(s, p) : s \in p,\ |p| < N_p\}`, one pair per site (its first such plate):
+    what a full-data computation has to switch off, or refuse when it cannot.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     with pyro.plate("data", 100, subsample_size=10):
+        ...         pyro.sample("y", dist.Normal(0.0, 1.0), obs=torch.zeros(10))
+        >>> [(name, plate.name, plate.size) for name, plate in subsampled_sites(
+        ...     poutine.trace(model).get_trace())]
+        [('y', 'data', 10)]
+    """
+    found = []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        frames = site["cond_indep_stack"]
+        plate = next((f for f in frames if f.full_size not in (None, f.size)), None)
+        if plate is not None:
+            found.append((name, plate))
+    return found
+
+
 class Potential:
     r"""The model's log-joint at packed unconstrained latents of an ``AutoContinuous`` guide.
 
@@ -46,8 +73,8 @@ class Potential:
 
     Args:
         model: The Pyro model.
-        guide: A set-up ``AutoContinuous`` guide of ``model`` (its ``_unpack_latent``
-            says how ``u`` splits into sites).
+        guide: A set-up ``AutoContinuous`` guide of ``model`` (it says how ``u`` splits
+            into sites).
         args, kwargs: The model's arguments.
         full_data: Switch subsampling plates off, so the potential is the full-data one
             (what a mode, a curvature or a diagnostic needs), not a random minibatch's.
@@ -84,7 +111,7 @@ class Potential:
     def _values(self, u: Tensor, batch: int | None) -> tuple[dict, Tensor]:
         """Constrained site values at ``u`` and ``log|det J_T|`` (per particle if batched)."""
         values, log_det = {}, u.new_zeros(() if batch is None else (batch,))
-        for site, unconstrained in self.guide._unpack_latent(u):
+        for site, unconstrained in unpack_latent(self.guide, u):
             transform = biject_to(site["fn"].support)
             values[site["name"]] = value = transform(unconstrained)
             jacobian = transform.log_abs_det_jacobian(unconstrained, value)

@@ -122,6 +122,35 @@ def test_wrong_context_shape_is_rejected(context):
         make_flow().condition(context)
 
 
+MISMATCHED = {
+    "forward": lambda transform, x: transform(x),
+    "inverse": lambda transform, x: transform.inv(x),
+    "log_prob": lambda transform, x: dist.TransformedDistribution(
+        dist.Normal(torch.zeros(D), 1.0).to_event(1), transform
+    ).log_prob(x),
+}
+
+
+@pytest.mark.parametrize("call", MISMATCHED.values(), ids=MISMATCHED)
+def test_context_batch_that_does_not_broadcast_is_named(call):
+    transform = make_flow().condition(torch.randn(5, C))
+    expected = r"context must have shape \(\.\.\., 2\).*batch shape \(5,\).*\(4, 3\)"
+    with pytest.raises(ValueError, match=expected):
+        call(transform, torch.randn(4, D))
+
+
+def test_context_error_gives_the_raw_width_behind_an_embedding():
+    flow = make_flow(embedding=nn.Linear(C, 6), embedding_dim=6)
+    with pytest.raises(ValueError, match=r"context must have shape \(\.\.\., 2\)"):
+        flow.condition(torch.randn(5, C))(torch.randn(4, D))
+
+
+def test_embedding_of_the_wrong_width_is_named():
+    flow = ConditionalRealNVP(D, C, embedding=nn.Linear(C, 5), embedding_dim=4)
+    with pytest.raises(ValueError, match=r"shape \(7, 5\).*\(\.\.\., 4\) \(embedding_dim\)"):
+        flow.condition(torch.randn(7, C))
+
+
 def test_embedding_without_its_width_is_rejected():
     with pytest.raises(ValueError, match="embedding_dim"):
         ConditionalRealNVP(D, C, embedding=nn.Linear(C, 4))

@@ -139,6 +139,7 @@ BAD_DATA = {
     "whole-number-floats": (torch.randint(0, 16, (4, 2)).float(), "whole numbers.*dequantize"),
     "wrong-width": (torch.randn(4, 3), r"data must have shape \(N, 2\)"),
     "one-dimensional": (torch.randn(4), r"data must have shape \(N, 2\)"),
+    "no-rows": (torch.zeros(0, 2), r"data must have at least one row, got shape \(0, 2\)"),
 }
 
 
@@ -148,10 +149,29 @@ def test_bad_data_is_rejected(data, message):
         fit_density(RealNVP(2, num_layers=2), data, num_steps=1, progress=False)
 
 
+# Scoring accepts whole numbers (the dequantisation guard is for fitting).
+BAD_SCORED = {k: v for k, v in BAD_DATA.items() if "integer" not in k and "whole" not in k}
+
+
+@pytest.mark.parametrize(("data", "message"), BAD_SCORED.values(), ids=BAD_SCORED)
+def test_bad_data_is_rejected_by_anomaly_scores(data, message):
+    with pytest.raises(ValueError, match=message):
+        anomaly_scores(RealNVP(2, num_layers=2), data)
+
+
+def test_bad_held_out_data_is_rejected_before_any_step():
+    flow = RealNVP(2, num_layers=2)
+    before = [p.clone() for p in flow.parameters()]
+    with pytest.raises(ValueError, match="valid_data must have at least one row"):
+        fit_density(flow, torch.randn(4, 2), valid_data=torch.zeros(0, 2), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
+
+
 BAD_CONTEXT = {
     "missing": (None, "needs context"),
     "wrong-rows": (torch.randn(3, 1), "one row per data row"),
-    "wrong-width": (torch.randn(4, 2), r"context must have shape \(\.\.\., 1\)"),
+    "wrong-width": (torch.randn(4, 2), r"context must have shape \(N, 1\), got \(4, 2\)"),
+    "one-dimensional": (torch.randn(4), r"context must have shape \(N, 1\), got \(4,\)"),
     "nan": (torch.tensor([[0.0], [float("nan")], [0.0], [0.0]]), "context has 1 row"),
 }
 
@@ -163,9 +183,24 @@ def test_bad_context_is_rejected(context, message):
         fit_density(flow, torch.randn(4, 2), context=context, num_steps=1, progress=False)
 
 
-def test_context_for_an_unconditional_density_is_rejected():
-    with pytest.raises(ValueError, match="not conditional"):
-        fit_density(RealNVP(2), torch.randn(4, 2), context=torch.randn(4, 1), progress=False)
+@pytest.mark.parametrize(("context", "message"), BAD_CONTEXT.values(), ids=BAD_CONTEXT)
+def test_bad_context_is_rejected_by_anomaly_scores(context, message):
+    flow = ConditionalRealNVP(2, 1, num_layers=2)
+    with pytest.raises(ValueError, match=message):
+        anomaly_scores(flow, torch.randn(4, 2), context=context)
+
+
+def test_anomaly_scores_of_a_conditional_density_are_per_row_in_chunks():
+    flow = randomize_(ConditionalRealNVP(2, 1, num_layers=2, hidden_dims=(8,)), std=0.3)
+    data, context = torch.randn(5, 2), torch.randn(5, 1)
+    expected = -flow_distribution(flow).condition(context).log_prob(data)
+    assert torch.allclose(anomaly_scores(flow, data, context=context, batch_size=2), expected)
+
+
+@pytest.mark.parametrize("function", [fit_density, anomaly_scores], ids=lambda f: f.__name__)
+def test_context_for_an_unconditional_density_is_rejected(function):
+    with pytest.raises(ValueError, match="context was given but the density is not conditional"):
+        function(RealNVP(2), torch.randn(4, 2), context=torch.randn(4, 1))
 
 
 def test_dequantize_refuses_values_out_of_range():
@@ -178,3 +213,11 @@ def test_bits_per_dim_of_the_uniform_density_is_log2_levels():
     assert torch.allclose(
         bits_per_dim(log_prob, dim=64, num_levels=17), torch.tensor(math.log2(17))
     )
+
+
+def test_fit_trains_a_flow_used_through_its_inverse():
+    flow = RealNVP(2, num_layers=2)
+    before = [p.clone() for p in flow.parameters()]
+    density = flow_distribution(flow.inv, input_dim=2)
+    fit_density(density, torch.randn(16, 2) + 3.0, num_steps=3, progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))

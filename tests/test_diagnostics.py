@@ -8,9 +8,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer.autoguide import AutoNormal, init_to_value
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal, init_to_value
 
 from pyro_realnvp import AutoRealNVP, KHat, fit, khat_reading, psis_khat, to_inference_data
+from pyro_realnvp.potential import Potential
 
 SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
 Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
@@ -147,3 +148,114 @@ def test_diagnostics_take_a_model_on_cuda():
     assert math.isfinite(psis_khat(model, guide, num_samples=500))
     data = to_inference_data(model, guide, num_samples=100)
     assert data.posterior_predictive["obs"].dims == ("chain", "draw", "school")
+
+
+ROWS = 1.0 + torch.randn(100, generator=torch.Generator().manual_seed(0))
+# The exact posterior of ``mu`` given all 100 rows; guides start a little wider than it.
+POST_SD = 101**-0.5
+POST_MEAN = ROWS.sum() / 101
+
+
+def subsampled_observations(rows=ROWS):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(rows), subsample_size=10) as index:
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=rows[index])
+
+
+def subsampled_local_latents(rows=ROWS):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(rows), subsample_size=10) as index:
+        z = pyro.sample("z", dist.Normal(mu, 1.0))
+        pyro.sample("y", dist.Normal(z, 1.0), obs=rows[index])
+
+
+def near_posterior(guide_class):
+    pyro.clear_param_store()
+    init = init_to_value(values={"mu": POST_MEAN})
+    return guide_class(subsampled_observations, init_loc_fn=init, init_scale=1.2 * POST_SD)
+
+
+GLOBAL_GUIDES = {"AutoNormal": AutoNormal, "AutoDiagonalNormal": AutoDiagonalNormal}
+
+
+@pytest.mark.parametrize("guide_class", GLOBAL_GUIDES.values(), ids=GLOBAL_GUIDES)
+def test_subsampled_observations_are_all_read_by_to_inference_data(guide_class):
+    guide = near_posterior(guide_class)
+    data = to_inference_data(subsampled_observations, guide, num_samples=50)
+    assert np.array_equal(data.observed_data["y"].values, ROWS.numpy())
+    assert data.log_likelihood["y"].dims == ("chain", "draw", "data")
+    assert data.log_likelihood.sizes["data"] == 100
+    # Every row at scale 1: log w = log N(mu; 0, 1) + sum_i log N(y_i; mu, 1) - log q(mu).
+    mu = torch.as_tensor(data.posterior["mu"].values[0])
+    by_hand = (
+        dist.Normal(0.0, 1.0).log_prob(mu)
+        + dist.Normal(mu[:, None], 1.0).log_prob(ROWS).sum(-1)
+        - dist.Normal(POST_MEAN, 1.2 * POST_SD).log_prob(mu)
+    )
+    log_weight = torch.as_tensor(data.sample_stats["log_weight"].values[0])
+    assert torch.allclose(log_weight, by_hand, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("guide_class", GLOBAL_GUIDES.values(), ids=GLOBAL_GUIDES)
+def test_psis_khat_of_subsampled_observations_reads_every_row(guide_class):
+    # On a 10-row minibatch scaled by 10 this guide reads "bad" (k-hat about 1.3).
+    pyro.set_rng_seed(1)
+    khat = psis_khat(subsampled_observations, near_posterior(guide_class), num_samples=2000)
+    assert khat < 0.5, khat
+
+
+PACKED = {
+    "AutoDiagonalNormal": lambda model: AutoDiagonalNormal(model),
+    "AutoRealNVP": lambda model: AutoRealNVP(model, num_layers=2, hidden_dims=(8,)),
+}
+
+
+@pytest.mark.parametrize("function", [psis_khat, to_inference_data], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("make_guide", PACKED.values(), ids=PACKED)
+def test_a_local_latent_packed_at_the_subsample_size_is_refused(function, make_guide):
+    pyro.clear_param_store()
+    guide = make_guide(subsampled_local_latents)
+    with pytest.raises(ValueError, match=r"latent site 'z' is in subsampling plate 'data'"):
+        function(subsampled_local_latents, guide, num_samples=20)
+
+
+def test_a_local_latent_kept_per_row_is_drawn_for_every_row():
+    pyro.clear_param_store()
+    guide = AutoNormal(subsampled_local_latents)
+    data = to_inference_data(subsampled_local_latents, guide, num_samples=20)
+    assert data.posterior["z"].dims == ("chain", "draw", "data")
+    assert data.posterior.sizes["data"] == 100
+
+
+@pytest.mark.parametrize("function", [psis_khat, to_inference_data], ids=lambda f: f.__name__)
+def test_explicit_subsample_indices_are_refused(function):
+    def model(index):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(ROWS), subsample=index):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=ROWS[index])
+
+    index = torch.arange(10)
+    with pytest.raises(ValueError, match=r"site 'y' is in plate 'data' given explicit indices"):
+        function(model, AutoNormal(model), index, num_samples=20)
+
+
+def test_log_weights_agree_with_the_full_data_potential():
+    # Pyro's importance weights for an AutoContinuous guide and the package's one
+    # potential are two routes to log p(x, T(u)) + log|J_T(u)| - log q(u).
+    def model(rows=ROWS):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", len(rows), subsample_size=10) as index:
+            pyro.sample("y", dist.Normal(mu, s), obs=rows[index])
+
+    pyro.clear_param_store()
+    guide = AutoRealNVP(model, num_layers=2, hidden_dims=(8,))
+    data = to_inference_data(model, guide, num_samples=20)
+    mu, s = (torch.as_tensor(data.posterior[name].values[0]) for name in ("mu", "s"))
+    u = torch.stack([mu, s.log()], -1)
+    potential = Potential(model, guide, full_data=True)
+    potential.set_max_plate_nesting()
+    with torch.no_grad():
+        expected = potential.log_joint(u[:, None]) - guide.get_posterior().log_prob(u)
+    actual = torch.as_tensor(data.sample_stats["log_weight"].values[0])
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-3)
