@@ -49,6 +49,15 @@ class OnePassLogDet:
         x, self._cached_log_det = self._backward_pass(y)
         return x
 
+    def __getstate__(self) -> dict:
+        # The cache holds the last call's tensors: stale in a copy, and deepcopy refuses
+        # them when they are non-leaf (after any call with gradients).
+        state = dict(super().__getstate__())
+        if "_cached_x_y" in state:
+            state["_cached_x_y"] = (None, None)
+        state.pop("_cached_log_det", None)
+        return state
+
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         x_old, y_old = self._cached_x_y
         if self._cached_log_det is not None and x is x_old and y is y_old:
