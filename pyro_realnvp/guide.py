@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from pyro.infer.autoguide.guides import prototype_hide_fn
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.nn import PyroParam
 from pyro.params.param_store import param_with_module_name
+from pyro.poutine.runtime import effectful
 from torch import Tensor, nn
 from torch.distributions import biject_to
 
@@ -62,6 +64,15 @@ class AutoRealNVP(AutoContinuous):
     latent values in the prototype trace, so a CUDA (or float64) model trains with no
     global default device and no ``.to()``. Sites marked for enumeration
     (``infer={"enumerate": ...}``, e.g. by ``config_enumerate``) are left to the ELBO.
+
+    As in every Pyro autoguide, the parameters live in Pyro's global param store under
+    the guide's name (``AutoRealNVP.loc``, ``AutoRealNVP.flow$$$layers.0...``), and at
+    each call the guide takes what the store holds there. So two guides, or a guide and
+    its deep copy, with the same name share their parameters once called; a copy is
+    independent until then. Give one another name before its first call
+    (``guide._pyro_name = "second"``, or make the guides submodules of a ``PyroModule``
+    such as ``AutoGuideList``), or use ``pyro.settings.set(module_local_params=True)``.
+    A guide frozen by ``requires_grad_(False)`` calls without warnings and is not trained.
 
     Args:
         model: A Pyro model with continuous latent sites.
@@ -160,7 +171,7 @@ class AutoRealNVP(AutoContinuous):
                 unit = torch.eye(self.latent_dim, **factory)
             self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
         self.flow = RealNVP(self.latent_dim, **self._flow_options, **factory)
-        self._load_flow_from_param_store()
+        self._register_flow()
 
     def _potential(self, *args, **kwargs) -> Potential:
         """The model's full-data potential (see :class:`~pyro_realnvp.potential.Potential`)."""
@@ -199,20 +210,78 @@ class AutoRealNVP(AutoContinuous):
             stacklevel=4,
         )
 
-    def _load_flow_from_param_store(self) -> None:
-        """A param store loaded from disk already holds the flow's weights: use them."""
-        name = self._pyro_get_fullname("flow")
-        store = pyro.get_param_store()
-        for param_name, param in self.flow.named_parameters():
-            full_name = param_with_module_name(name, param_name)
-            if full_name in store and store[full_name].shape != param.shape:
-                raise ValueError(
-                    f"the param store holds '{full_name}' with shape "
-                    f"{tuple(store[full_name].shape)}, but this model needs "
-                    f"{tuple(param.shape)}: call pyro.clear_param_store() or give this "
-                    "guide's model a different latent layout"
+    @property
+    def flow(self) -> RealNVP:
+        """The flow :math:`f`, built at the first call.
+
+        A property, so that reading it is not ``PyroModule``'s implicit ``pyro.module``
+        statement: each call of the guide declares the flow once, in :meth:`_register_flow`.
+        """
+        try:
+            return self._modules["flow"]
+        except KeyError:
+            raise AttributeError("the guide builds its flow at its first call") from None
+
+    def forward(self, *args, **kwargs) -> dict[str, Tensor]:
+        if self.prototype_trace is not None:  # set-up registers the flow it builds
+            self._register_flow()
+        return super().forward(*args, **kwargs)
+
+    def _register_flow(self) -> None:
+        """Declare the flow's parameters to Pyro, as ``pyro.module(...,
+        update_module_params=True)`` does, with two differences that make the flow behave
+        like ``loc`` and ``scale``: a parameter frozen by ``requires_grad_(False)`` and not
+        in the store is skipped without a warning (``pyro.module`` warns at every call),
+        and where the store holds another tensor under this guide's name (a store loaded
+        from disk, or the original of a same-named deep copy) the flow takes it.
+        """
+        prefix = self._pyro_get_fullname("flow")
+        if pyro.settings.get("module_local_params"):
+            # As PyroModule does in this mode: statements for handlers, no global store.
+            for name, param in self.flow.named_parameters():
+                full_name = param_with_module_name(prefix, name)
+                effectful(type="param")(lambda *_, _p=param, **__: _p)(
+                    full_name, param, constraint=constraints.real, name=full_name
                 )
-        pyro.module(name, self.flow, update_module_params=True)
+            return
+        store = pyro.get_param_store()
+        for module_name, module in self.flow.named_modules():
+            for leaf, param in list(module._parameters.items()):
+                full_name = param_with_module_name(prefix, f"{module_name}.{leaf}".lstrip("."))
+                if param is None or (full_name not in store and not param.requires_grad):
+                    continue  # frozen and never stored: nothing to train or to load
+                self._check_stored_shape(full_name, param)
+                pyro.param(full_name, param)  # the statement SVI collects parameters from
+                stored = store[full_name]
+                if stored is not param:
+                    module._parameters[leaf] = stored
+
+    @staticmethod
+    def _check_stored_shape(full_name: str, param: Tensor) -> None:
+        store = pyro.get_param_store()
+        if full_name in store and store[full_name].shape != param.shape:
+            raise ValueError(
+                f"the param store holds '{full_name}' with shape "
+                f"{tuple(store[full_name].shape)}, but this model needs "
+                f"{tuple(param.shape)}: call pyro.clear_param_store() or give this "
+                "guide's model a different latent layout"
+            )
+
+    def __getstate__(self) -> dict:
+        # Pyro's AutoGuide.__getstate__ drops the model (often an unpicklable closure) from
+        # the state by deleting it from the guide itself: give it back to the original.
+        model, master = self._model, self.master
+        state = dict(super().__getstate__())
+        self._model, self.master = model, master
+        return state
+
+    def __deepcopy__(self, memo: dict) -> AutoRealNVP:
+        """A deep copy that keeps the (shared, not copied) model, which pickling drops."""
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        copied._model = self._model
+        return copied
 
     def _check_one_device_and_dtype(self) -> None:
         """Set-up time check (packing mixed latents would fail or silently cast)."""
