@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -20,8 +21,10 @@ from pyro.infer.autoguide.guides import prototype_hide_fn
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.nn import PyroParam
 from pyro.params.param_store import param_with_module_name
+from pyro.poutine.runtime import effectful
 from torch import Tensor, nn
 from torch.distributions import biject_to
+from torch.distributions.transforms import IndependentTransform, Transform
 
 from .flow import RealNVP
 from .laplace import GaussianStart, laplace_start, local_start
@@ -39,6 +42,35 @@ AUTO_LOWER_MAX_DIM = 256
 def _hide_enumerated(msg: dict) -> bool:
     """Hide what the prototype must not see, and sites an ELBO will enumerate."""
     return prototype_hide_fn(msg) or bool(msg.get("infer", {}).get("enumerate"))
+
+
+def _elementwise_sign(transform: Transform) -> Tensor | int | None:
+    """The sign of ``transform``'s derivative where it acts elementwise (``+1``, ``-1``
+    or one per element); ``None`` where it mixes elements (stick-breaking, ordering,
+    Cholesky factors) or its sign is not known.
+
+    Example:
+        >>> from torch.distributions import constraints
+        >>> [_elementwise_sign(biject_to(c)) for c in (constraints.positive,
+        ...  constraints.less_than(1.0), constraints.simplex)]
+        [1, -1, None]
+    """
+    if isinstance(transform, IndependentTransform):
+        return _elementwise_sign(transform.base_transform)
+    if isinstance(transform, ComposeTransform):
+        sign = 1
+        for part in transform.parts:
+            part_sign = _elementwise_sign(part)
+            if part_sign is None:
+                return None
+            sign = sign * part_sign
+        return sign
+    if transform.domain.event_dim or transform.codomain.event_dim:
+        return None
+    try:
+        return transform.sign
+    except NotImplementedError:
+        return None
 
 
 class AutoRealNVP(AutoContinuous):
@@ -63,6 +95,15 @@ class AutoRealNVP(AutoContinuous):
     global default device and no ``.to()``. Sites marked for enumeration
     (``infer={"enumerate": ...}``, e.g. by ``config_enumerate``) are left to the ELBO.
 
+    As in every Pyro autoguide, the parameters live in Pyro's global param store under
+    the guide's name (``AutoRealNVP.loc``, ``AutoRealNVP.flow$$$layers.0...``), and at
+    each call the guide takes what the store holds there. So two guides, or a guide and
+    its deep copy, with the same name share their parameters once called; a copy is
+    independent until then. Give one another name before its first call
+    (``guide._pyro_name = "second"``, or make the guides submodules of a ``PyroModule``
+    such as ``AutoGuideList``), or use ``pyro.settings.set(module_local_params=True)``.
+    A guide frozen by ``requires_grad_(False)`` calls without warnings and is not trained.
+
     Args:
         model: A Pyro model with continuous latent sites.
         num_layers: Coupling layers in the flow.
@@ -80,7 +121,9 @@ class AutoRealNVP(AutoContinuous):
             :math:`\log q` evaluated through the inverse pass with detached parameters
             (:meth:`log_density_detached`); ``"total"``: Pyro's total gradient. The loss
             value is the same; use ``"total"`` with ``RenyiELBO``.
-        num_quantile_samples: Draws used by :meth:`quantiles` and :meth:`median`.
+        num_quantile_samples: Fixed-seed draws behind :meth:`quantiles` and
+            :meth:`median` once the flow has left the identity (before that they are
+            exact), and behind the quantiles of supports that are not elementwise.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -118,6 +161,12 @@ class AutoRealNVP(AutoContinuous):
             raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if isinstance(num_quantile_samples, bool) or not (
+            isinstance(num_quantile_samples, int) and num_quantile_samples > 0
+        ):
+            raise ValueError(
+                f"num_quantile_samples must be a positive int, got {num_quantile_samples!r}"
+            )
         self._flow_options = {
             "num_layers": num_layers,
             "hidden_dims": None if hidden_dims is None else tuple(hidden_dims),
@@ -160,7 +209,7 @@ class AutoRealNVP(AutoContinuous):
                 unit = torch.eye(self.latent_dim, **factory)
             self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
         self.flow = RealNVP(self.latent_dim, **self._flow_options, **factory)
-        self._load_flow_from_param_store()
+        self._register_flow()
 
     def _potential(self, *args, **kwargs) -> Potential:
         """The model's full-data potential (see :class:`~pyro_realnvp.potential.Potential`)."""
@@ -199,20 +248,78 @@ class AutoRealNVP(AutoContinuous):
             stacklevel=4,
         )
 
-    def _load_flow_from_param_store(self) -> None:
-        """A param store loaded from disk already holds the flow's weights: use them."""
-        name = self._pyro_get_fullname("flow")
-        store = pyro.get_param_store()
-        for param_name, param in self.flow.named_parameters():
-            full_name = param_with_module_name(name, param_name)
-            if full_name in store and store[full_name].shape != param.shape:
-                raise ValueError(
-                    f"the param store holds '{full_name}' with shape "
-                    f"{tuple(store[full_name].shape)}, but this model needs "
-                    f"{tuple(param.shape)}: call pyro.clear_param_store() or give this "
-                    "guide's model a different latent layout"
+    @property
+    def flow(self) -> RealNVP:
+        """The flow :math:`f`, built at the first call.
+
+        A property, so that reading it is not ``PyroModule``'s implicit ``pyro.module``
+        statement: each call of the guide declares the flow once, in :meth:`_register_flow`.
+        """
+        try:
+            return self._modules["flow"]
+        except KeyError:
+            raise AttributeError("the guide builds its flow at its first call") from None
+
+    def forward(self, *args, **kwargs) -> dict[str, Tensor]:
+        if self.prototype_trace is not None:  # set-up registers the flow it builds
+            self._register_flow()
+        return super().forward(*args, **kwargs)
+
+    def _register_flow(self) -> None:
+        """Declare the flow's parameters to Pyro, as ``pyro.module(...,
+        update_module_params=True)`` does, with two differences that make the flow behave
+        like ``loc`` and ``scale``: a parameter frozen by ``requires_grad_(False)`` and not
+        in the store is skipped without a warning (``pyro.module`` warns at every call),
+        and where the store holds another tensor under this guide's name (a store loaded
+        from disk, or the original of a same-named deep copy) the flow takes it.
+        """
+        prefix = self._pyro_get_fullname("flow")
+        if pyro.settings.get("module_local_params"):
+            # As PyroModule does in this mode: statements for handlers, no global store.
+            for name, param in self.flow.named_parameters():
+                full_name = param_with_module_name(prefix, name)
+                effectful(type="param")(lambda *_, _p=param, **__: _p)(
+                    full_name, param, constraint=constraints.real, name=full_name
                 )
-        pyro.module(name, self.flow, update_module_params=True)
+            return
+        store = pyro.get_param_store()
+        for module_name, module in self.flow.named_modules():
+            for leaf, param in list(module._parameters.items()):
+                full_name = param_with_module_name(prefix, f"{module_name}.{leaf}".lstrip("."))
+                if param is None or (full_name not in store and not param.requires_grad):
+                    continue  # frozen and never stored: nothing to train or to load
+                self._check_stored_shape(full_name, param)
+                pyro.param(full_name, param)  # the statement SVI collects parameters from
+                stored = store[full_name]
+                if stored is not param:
+                    module._parameters[leaf] = stored
+
+    @staticmethod
+    def _check_stored_shape(full_name: str, param: Tensor) -> None:
+        store = pyro.get_param_store()
+        if full_name in store and store[full_name].shape != param.shape:
+            raise ValueError(
+                f"the param store holds '{full_name}' with shape "
+                f"{tuple(store[full_name].shape)}, but this model needs "
+                f"{tuple(param.shape)}: call pyro.clear_param_store() or give this "
+                "guide's model a different latent layout"
+            )
+
+    def __getstate__(self) -> dict:
+        # Pyro's AutoGuide.__getstate__ drops the model (often an unpicklable closure) from
+        # the state by deleting it from the guide itself: give it back to the original.
+        model, master = self._model, self.master
+        state = dict(super().__getstate__())
+        self._model, self.master = model, master
+        return state
+
+    def __deepcopy__(self, memo: dict) -> AutoRealNVP:
+        """A deep copy that keeps the (shared, not copied) model, which pickling drops."""
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        copied._model = self._model
+        return copied
 
     def _check_one_device_and_dtype(self) -> None:
         """Set-up time check (packing mixed latents would fail or silently cast)."""
@@ -300,50 +407,130 @@ class AutoRealNVP(AutoContinuous):
         )
         return self.get_transform()(eps)
 
-    @torch.no_grad()
-    def quantiles(self, quantiles: Sequence[float] | Tensor, *args, **kwargs) -> dict:
-        """Marginal posterior quantiles of each latent site, in its constrained space.
+    def _flow_is_identity(self) -> bool:
+        """Whether :math:`f` is exactly the identity: every conditioner's last layer is
+        zero, as built (a trained or loaded flow fails this at its first nonzero weight)."""
+        return all(
+            isinstance(layer.net, nn.Sequential)
+            and not any(bool(p.any()) for p in layer.net[-1].parameters())
+            for layer in self.flow.layers
+        )
 
-        Estimated from ``num_quantile_samples`` fixed-seed draws of the unconstrained
-        latent (so repeated calls agree), coordinate by coordinate, then mapped with
-        ``biject_to``: exact for elementwise supports, on the support for all of them.
+    def _unconstrained_quantiles(self, levels: Tensor) -> Tensor:
+        r"""Marginal quantiles of :math:`u` at 1-d ``levels``, shape ``(len(levels), D)``.
+
+        While :math:`f` is the identity :math:`u \sim \mathcal N(\mu, LL^T)`, whose
+        marginals are :math:`\mathcal N(\mu_i, \lVert L_{i\cdot}\rVert)`: exact, and the
+        median is :math:`\mu` itself. Otherwise from ``num_quantile_samples`` fixed-seed
+        draws, so repeated calls agree.
+        """
+        if not self._flow_is_identity():
+            return torch.quantile(self._latent_draws(self.num_quantile_samples), levels, dim=0)
+        loc, sd = self.loc.detach(), self.scale.detach()
+        if "scale_tril" in self._pyro_params:
+            sd = sd * self.scale_tril.detach().norm(dim=-1)
+        return loc + sd * torch.special.ndtri(levels)[:, None]
+
+    def _site_values(self, latent: Tensor) -> Iterator[tuple[dict, Tensor]]:
+        """Each latent site and its block of ``latent`` (``(N, D)``) as ``(N,) + shape``."""
+        position = 0
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            shape = self._unconstrained_shapes[name]
+            block = latent[:, position : position + shape.numel()]
+            yield site, block.reshape(latent.shape[:1] + shape)
+            position += shape.numel()
+
+    def _constrained_draws(self) -> dict[str, Tensor]:
+        """``num_quantile_samples`` fixed-seed draws of each site, mapped to its support."""
+        draws = self._latent_draws(self.num_quantile_samples)
+        return {
+            site["name"]: biject_to(site["fn"].support)(value)
+            for site, value in self._site_values(draws)
+        }
+
+    def _levels(self, quantiles: Sequence[float] | Tensor, *args, **kwargs) -> Tensor:
+        """``quantiles`` as a tensor like ``loc``, checked; sets the guide up if need be."""
+        if self.prototype_trace is None:
+            with pyro.poutine.block():
+                self(*args, **kwargs)
+        loc = self.loc.detach()
+        levels = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
+        if not bool(((levels >= 0) & (levels <= 1)).all()):
+            raise ValueError(f"quantiles must lie in [0, 1], got {quantiles}")
+        return levels
+
+    @torch.no_grad()
+    def quantiles(self, quantiles: Sequence[float] | Tensor, *args, **kwargs) -> dict[str, Tensor]:
+        r"""Marginal posterior quantiles of each latent site's coordinates, in its support.
+
+        :math:`Q_{z_i}(q) = T_i(Q_{u_i}(q))` for a support whose ``biject_to`` map
+        :math:`T` acts elementwise (real, positive, intervals, ...), with :math:`1 - q`
+        where :math:`T` decreases (``less_than``); :math:`Q_{u_i}` is exact while the
+        flow is the identity (see :meth:`median`), else taken from
+        ``num_quantile_samples`` fixed-seed draws. For other supports (simplex, ordered,
+        Cholesky factors) :math:`T` mixes coordinates, so each coordinate's quantiles are
+        taken from the same draws mapped to the support: they increase with :math:`q`,
+        but a row of them need not lie on the support (a simplex's medians need not sum
+        to 1; :meth:`median` gives a point that does).
+
+        Returns a dict of tensors of shape ``quantiles.shape + site_shape``.
 
         Example:
             >>> import pyro, pyro.distributions as dist
             >>> guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
-            >>> guide.quantiles([0.25, 0.75])["x"].shape
-            torch.Size([2])
+            >>> q = guide.quantiles([0.25, 0.5, 0.75])["x"]
+            >>> q.shape, bool(q[0] < q[1] < q[2])
+            (torch.Size([3]), True)
         """
-        if self.prototype_trace is None:
-            with pyro.poutine.block():
-                self(*args, **kwargs)
-        draws = self._latent_draws(self.num_quantile_samples)
-        q = torch.as_tensor(quantiles, dtype=draws.dtype, device=draws.device)
-        per_quantile = [
-            {
-                site["name"]: biject_to(site["fn"].support)(value)
-                for site, value in self._unpack_latent(latent)
-            }
-            for latent in torch.quantile(draws, q.reshape(-1), dim=0)
-        ]
-        return {
-            name: torch.stack([values[name] for values in per_quantile]).reshape(
-                q.shape + per_quantile[0][name].shape
-            )
-            for name in per_quantile[0]
-        }
+        levels = self._levels(quantiles, *args, **kwargs)
+        flat = levels.reshape(-1)
+        u = self._unconstrained_quantiles(torch.cat([flat, 1 - flat]))
+        at_q, at_complement = u[: len(flat)], u[len(flat) :]
+        draws, result = None, {}
+        for (site, value), (_, complement) in zip(
+            self._site_values(at_q), self._site_values(at_complement), strict=True
+        ):
+            transform = biject_to(site["fn"].support)
+            sign = _elementwise_sign(transform)
+            if sign is None:
+                draws = self._constrained_draws() if draws is None else draws
+                site_draws = draws[site["name"]]
+                value = torch.quantile(site_draws.reshape(len(site_draws), -1), flat, dim=0)
+                value = value.reshape(flat.shape + site_draws.shape[1:])
+            else:
+                decreasing = torch.as_tensor(sign, device=flat.device) < 0
+                value = torch.where(decreasing, transform(complement), transform(value))
+            result[site["name"]] = value.reshape(levels.shape + value.shape[1:])
+        return result
 
     @torch.no_grad()
-    def median(self, *args, **kwargs) -> dict:
-        """Marginal posterior median of each latent site, as ``quantiles([0.5])``.
+    def median(self, *args, **kwargs) -> dict[str, Tensor]:
+        r"""Each latent site at :math:`T(\operatorname{med} u)`: the coordinate-wise
+        median of the unconstrained latent, mapped to the site's support.
+
+        While the flow is the identity (before training) :math:`\operatorname{med} u =
+        \mu` exactly, so this is where the guide starts: ``init_loc_fn``'s values when
+        one is given, as for Pyro's autoguides. For elementwise supports it is the
+        marginal median, ``quantiles([0.5])``; for the others (simplex, ordered,
+        Cholesky factors) it is a point on the support, where ``quantiles([0.5])`` gives
+        each coordinate's own median instead.
 
         Example:
             >>> import pyro, pyro.distributions as dist
-            >>> guide = AutoRealNVP(lambda: pyro.sample("s", dist.LogNormal(0.0, 1.0)))
-            >>> bool(guide.median()["s"] > 0)
-            True
+            >>> from pyro.infer.autoguide import init_to_value
+            >>> def model():
+            ...     pyro.sample("s", dist.LogNormal(0.0, 1.0))
+            >>> start = init_to_value(values={"s": torch.tensor(2.0)})
+            >>> guide = AutoRealNVP(model, init_loc_fn=start)
+            >>> guide.median()["s"]
+            tensor(2.)
         """
-        return {name: value[0] for name, value in self.quantiles([0.5], *args, **kwargs).items()}
+        levels = self._levels([0.5], *args, **kwargs)
+        u = self._unconstrained_quantiles(levels)
+        return {
+            site["name"]: biject_to(site["fn"].support)(value[0])
+            for site, value in self._site_values(u)
+        }
 
 
 class PathGradientPosterior(dist.TransformedDistribution):

@@ -53,6 +53,15 @@ class OnePassLogDet:
         self._last_pass = (x, y, log_det)
         return x
 
+    def __getstate__(self) -> dict:
+        # The cache holds the last call's tensors: stale in a copy, and deepcopy refuses
+        # them when they are non-leaf (after any call with gradients).
+        state = dict(super().__getstate__())
+        if "_cached_x_y" in state:
+            state["_cached_x_y"] = (None, None)
+        state.pop("_cached_log_det", None)
+        return state
+
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         if self._last_pass is not None:
             x_old, y_old, log_det = self._last_pass

@@ -1,3 +1,5 @@
+import copy
+
 import pyro.distributions as dist
 import pytest
 import torch
@@ -51,3 +53,13 @@ def test_state_dict_round_trip_gives_the_same_transform():
     copy.load_state_dict(flow.state_dict())
     x = torch.randn(3, 4)
     assert torch.equal(copy(x), flow(x.clone()))
+
+
+def test_deep_copy_after_a_call_with_gradients_has_an_empty_cache():
+    flow = randomize_(RealNVP(3, num_layers=2, hidden_dims=(8,)))
+    x = torch.randn(5, 3)
+    y = flow(x)  # the one-slot cache now holds non-leaf tensors, which deepcopy refuses
+    clone = copy.deepcopy(flow)
+    assert clone._cached_x_y == (None, None)
+    assert flow._cached_x_y[1] is y
+    assert torch.equal(clone(x.clone()), y)
