@@ -59,7 +59,7 @@ class OnePassLogDet:
         state = dict(super().__getstate__())
         if "_cached_x_y" in state:
             state["_cached_x_y"] = (None, None)
-        state.pop("_cached_log_det", None)
+        state.pop("_last_pass", None)
         return state
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
