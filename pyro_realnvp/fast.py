@@ -39,8 +39,8 @@ class FastPathError(ValueError):
         >>> import pyro, pyro.distributions as dist
         >>> def model():
         ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
-        ...     with pyro.plate("data", 100, subsample_size=10):
-        ...         pyro.sample("y", dist.Normal(x, 1.0), obs=torch.zeros(10))
+        ...     with pyro.plate("data", 100, subsample_size=10) as index:
+        ...         pyro.sample("y", dist.Normal(x, 1.0), obs=torch.zeros(100)[index])
         >>> try:
         ...     FastELBO(model, AutoRealNVP(model, num_layers=2))
         ... except FastPathError as error:

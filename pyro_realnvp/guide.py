@@ -17,7 +17,6 @@ from pyro.distributions.transforms import (
     LowerCholeskyAffine,
 )
 from pyro.infer.autoguide import AutoContinuous
-from pyro.infer.autoguide.guides import prototype_hide_fn
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.nn import PyroParam
 from pyro.params.param_store import param_with_module_name
@@ -26,9 +25,10 @@ from torch import Tensor, nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import IndependentTransform, Transform
 
+from ._compat import prototype_hide_fn, unpack_latent
 from .flow import RealNVP
 from .laplace import GaussianStart, laplace_start, local_start
-from .potential import Potential
+from .potential import Potential, subsampled_sites
 
 __all__ = ["AutoRealNVP"]
 
@@ -213,12 +213,9 @@ class AutoRealNVP(AutoContinuous):
 
     def _potential(self, *args, **kwargs) -> Potential:
         """The model's full-data potential (see :class:`~pyro_realnvp.potential.Potential`)."""
-        local_subsampled = any(
-            frame.size != frame.full_size
-            for _, site in self.prototype_trace.iter_stochastic_nodes()
-            for frame in site["cond_indep_stack"]
-            if frame.full_size is not None
-        )
+        latents = {name for name, _ in self.prototype_trace.iter_stochastic_nodes()}
+        subsampled = subsampled_sites(self.prototype_trace)
+        local_subsampled = any(name in latents for name, _ in subsampled)
         # A latent inside a subsampled plate has the minibatch's shape: keep the minibatch.
         return Potential(self.model, self, args, kwargs, full_data=not local_subsampled)
 
@@ -342,7 +339,7 @@ class AutoRealNVP(AutoContinuous):
             return
         bad = [
             site["name"]
-            for site, value in self._unpack_latent(init_loc)
+            for site, value in unpack_latent(self, init_loc)
             if not bool(torch.isfinite(value).all())
         ]
         raise ValueError(
