@@ -42,7 +42,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
 	touch $@
 
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m benchmarks.accuracy --out docs/benchmarks.md
+	$(BIN)/python -m benchmarks.accuracy --out docs/benchmarks.md --readme README.md
 
 bench-stability: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.stability --out docs/stability.md

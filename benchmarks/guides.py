@@ -79,7 +79,8 @@ def make_guide(name: str, model: Callable, *, label: str | None = None, **option
 def fit_counting_redraws(model: Callable, guide: Callable, *args, **kwargs) -> tuple[list, int]:
     """``fit``, and how many of its steps were redrawn after a non-finite loss.
 
-    ``fit`` reports redraws only in its closing warning, so that warning is read here.
+    The count is the returned history's ``redraws``; fit's closing warning about them
+    is silenced here, as the tables report it.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -90,11 +91,7 @@ def fit_counting_redraws(model: Callable, guide: Callable, *args, **kwargs) -> t
         >>> len(losses), redraws
         (5, 0)
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        losses = fit(model, guide, *args, **kwargs)
-    for warning in caught:
-        match = re.match(r"(\d+) of \d+ SVI steps were redrawn", str(warning.message))
-        if match:
-            return losses, int(match.group(1))
-    return losses, 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\d+ of \d+ SVI steps were redrawn")
+        history = fit(model, guide, *args, **kwargs)
+    return history, history.redraws

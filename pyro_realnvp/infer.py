@@ -54,8 +54,9 @@ class SVIStep:
             param.grad = None
 
 
-#: Particles per step on the fast path when ``fit`` is not told; see docs/benchmarks.md.
-FAST_PARTICLES = 8
+#: Particles per step on the fast path when ``fit`` is not told, chosen by measurement
+#: (docs/tuning.md): near the cost of one (a step is overhead-bound) at a fraction of its KL.
+FAST_PARTICLES = 32
 
 
 def fit(
@@ -80,7 +81,7 @@ def fit(
     gradient entry clipped to ``[-clip_norm, clip_norm]`` (Pyro's ``ClippedAdam``).
     Particles are vectorized. For an :class:`~pyro_realnvp.AutoRealNVP` with no ``loss``
     or ``optim`` given, each step is the captured :class:`~pyro_realnvp.FastELBO` step
-    with ``FAST_PARTICLES`` particles (8) unless told otherwise; where the model does not
+    with ``FAST_PARTICLES`` particles (32) unless told otherwise; where the model does not
     allow it (subsampling, ``pyro.param`` sites, discrete latents, data-dependent
     structure) it falls back to Pyro's ``Trace_ELBO`` with 1 particle, and
     ``history.note`` and a log line on the ``pyro_realnvp.infer`` logger say why.
