@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -153,20 +154,11 @@ class AutoRealNVP(AutoContinuous):
         estimator: str = "path",
         num_quantile_samples: int = 4096,
     ) -> None:
-        if init_scale != "auto" and not (isinstance(init_scale, float | int) and init_scale > 0):
-            raise ValueError(f"init_scale must be 'auto' or a positive number, got {init_scale!r}")
-        if affine not in _AFFINE_CHOICES:
-            raise ValueError(f"affine must be one of {_AFFINE_CHOICES}, got {affine!r}")
-        if estimator not in _ESTIMATORS:
-            raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
-        if isinstance(num_quantile_samples, bool) or not (
-            isinstance(num_quantile_samples, int) and num_quantile_samples > 0
-        ):
-            raise ValueError(
-                f"num_quantile_samples must be a positive int, got {num_quantile_samples!r}"
-            )
+        _check_options(
+            num_layers=num_layers, hidden_dims=hidden_dims, init_scale=init_scale,
+            scale_bound=scale_bound, affine=affine, estimator=estimator,
+            num_quantile_samples=num_quantile_samples,
+        )  # fmt: skip
         self._flow_options = {
             "num_layers": num_layers,
             "hidden_dims": None if hidden_dims is None else tuple(hidden_dims),
@@ -528,6 +520,44 @@ class AutoRealNVP(AutoContinuous):
             site["name"]: biject_to(site["fn"].support)(value[0])
             for site, value in self._site_values(u)
         }
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, estimator,
+                   num_quantile_samples) -> None:  # fmt: skip
+    """Refuse an AutoRealNVP option outside its range, naming it; warn on an odd depth."""
+    if not (_positive_int(num_layers) and num_layers >= 2):
+        raise ValueError(
+            f"num_layers must be an integer >= 2 (one coupling leaves half the coordinates "
+            f"unchanged), got {num_layers!r}"
+        )
+    if hidden_dims is not None and not (
+        isinstance(hidden_dims, Sequence) and all(_positive_int(h) for h in hidden_dims)
+    ):
+        raise ValueError(f"hidden_dims must be a sequence of integers >= 1, got {hidden_dims!r}")
+    numeric_scale = isinstance(init_scale, float | int) and not isinstance(init_scale, bool)
+    if init_scale != "auto" and not (numeric_scale and 0 < init_scale < math.inf):
+        raise ValueError(f"init_scale must be 'auto' or a finite number > 0, got {init_scale!r}")
+    if not (isinstance(scale_bound, float | int) and 0 < scale_bound < math.inf):
+        raise ValueError(f"scale_bound must be a finite number > 0, got {scale_bound!r}")
+    if affine not in _AFFINE_CHOICES:
+        raise ValueError(f"affine must be one of {_AFFINE_CHOICES}, got {affine!r}")
+    if estimator not in _ESTIMATORS:
+        raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+    if not _positive_int(num_quantile_samples):
+        raise ValueError(
+            f"num_quantile_samples must be a positive int, got {num_quantile_samples!r}"
+        )
+    if num_layers % 2:
+        warnings.warn(
+            f"num_layers={num_layers} is odd: one half of the coordinates passes through one "
+            "coupling fewer than the other; an even number balances them",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 class PathGradientPosterior(dist.TransformedDistribution):

@@ -559,3 +559,40 @@ def test_path_gradient_is_zero_for_every_draw_at_the_exact_posterior(make_elbo):
             pyro.set_rng_seed(seed)
             grads = guide_gradients(guide, partial(elbo.differentiable_loss, model, guide))
             assert (grads.abs().max() < 1e-6) == expect_zero, (estimator, seed)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("num_layers", 1),
+        ("num_layers", 2.5),
+        ("num_layers", 0),
+        ("num_layers", True),
+        ("hidden_dims", (8, 0)),
+        ("hidden_dims", 16),
+        ("hidden_dims", (8.5,)),
+        ("init_scale", 0.0),
+        ("init_scale", float("nan")),
+        ("init_scale", float("inf")),
+        ("init_scale", "big"),
+        ("scale_bound", -1.0),
+        ("affine", "full"),
+        ("estimator", "score"),
+        ("num_quantile_samples", 0),
+    ],
+)
+def test_an_option_out_of_range_is_refused_naming_it(option, value):
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match=f"^{option} must be"):
+        AutoRealNVP(model, **{option: value})
+
+
+def test_an_odd_number_of_layers_warns_and_still_works():
+    def model():
+        pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    with pytest.warns(UserWarning, match="num_layers=3 is odd"):
+        guide = AutoRealNVP(model, num_layers=3)
+    assert guide()["x"].shape == (2,)
