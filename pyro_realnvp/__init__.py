@@ -6,11 +6,11 @@ from .ddp import DataParallelELBO, fit_distributed
 from .density import anomaly_scores, bits_per_dim, dequantize, fit_density, flow_distribution
 from .diagnostics import KHat, khat_reading, psis_khat, to_inference_data
 from .distributed import RankFailedError
-from .fast import FastELBO, FastPathError, fit_fast
+from .fast import FastELBO, FastPathError
 from .flow import RealNVP, realnvp
 from .guide import AutoRealNVP
 from .image import ConvConditioner, channel_mask, checkerboard_mask, multiscale_realnvp, squeeze
-from .infer import FiniteELBO, NonFiniteLossError, fit
+from .infer import FiniteELBO, NonFiniteLossError, fit, fit_fast
 from .masks import alternating_mask, bit_mask, coupling_masks, half_mask
 from .plots import plot_loss, plot_pair
 from .train import History, TrainingInterrupted

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 from pyro.distributions.conditional import ConditionalTransformModule
 from torch import Tensor, nn
-from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
 from .coupling import default_hidden_dims
@@ -33,11 +32,6 @@ class ConditionedRealNVP(OnePassLogDet, Transform):
         >>> transform(torch.randn(5, 2)).shape
         torch.Size([5, 2])
     """
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    sign = +1
 
     def __init__(self, flow: RealNVP, context: Tensor, context_dim: int | None = None) -> None:
         super().__init__(cache_size=1)

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
-from torch.distributions import constraints
 
 from .masks import alternating_mask, check_mask
 from .nn import conditioner, detached_call, soft_clamp
@@ -66,11 +65,6 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         >>> layer.log_abs_det_jacobian(x, layer(x)).shape
         torch.Size([8])
     """
-
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    sign = +1
 
     def __init__(
         self,

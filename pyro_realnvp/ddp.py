@@ -23,7 +23,6 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.elbo import ELBO, ELBOModule
-from pyro.optim import PyroOptim
 from torch import Tensor, nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
@@ -37,7 +36,7 @@ from .distributed import (
 )
 from .finite import _rejected_draws_are_non_finite, explain_non_finite
 from .infer import fit
-from .train import NonFiniteLossError
+from .train import History, NonFiniteLossError
 
 __all__ = ["DataParallelELBO", "fit_distributed", "setup_guide"]
 
@@ -287,17 +286,11 @@ def fit_distributed(
     model: Callable,
     guide: Callable,
     *args,
-    num_steps: int = 2000,
-    lr: float = 1e-2,
+    loss: ELBO | None = None,
     num_particles: int = 1,
     progress: bool = True,
-    loss: ELBO | None = None,
-    optim: PyroOptim | None = None,
-    lr_decay: float = 0.1,
-    clip_norm: float = 10.0,
-    max_redraws: int = 3,
     **kwargs,
-) -> list[float]:
+) -> History:
     """:func:`~pyro_realnvp.fit` on every rank, its ELBO wrapped in :class:`DataParallelELBO`.
 
     Call it on every rank with that rank's shard (the model should use
@@ -305,33 +298,29 @@ def fit_distributed(
     ELBO module in DDP (rank 0's initial parameters go to every rank), then runs ``fit``:
     the same optimizer, clipping, learning-rate decay and redraw policy, a redraw being
     taken on every rank at once. Only rank 0 shows the progress bar. ``num_particles``
-    is per rank. ``loss`` may be a :class:`DataParallelELBO` already built for this
-    model and guide. Returns the history of the rank-averaged loss, the same on every rank.
+    is per rank; the other keyword arguments are ``fit``'s, then the model's. ``loss``
+    may be a :class:`DataParallelELBO` already built for this model and guide. Returns
+    the history of the rank-averaged loss, the same on every rank.
 
     Example:
         >>> import pyro, pyro.distributions as dist
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(3.0, 1.0))
-        >>> guide = pyro.infer.autoguide.AutoNormal(model)
-        >>> losses = fit_distributed(model, guide, num_steps=300, lr=0.05, progress=False)
-        >>> len(losses), round(guide.median()["x"].item())
-        (300, 3)
+        >>> guide = pyro.infer.autoguide.AutoNormal(lambda: pyro.sample("x", dist.Normal(3, 1)))
+        >>> losses = fit_distributed(guide.model, guide, num_steps=300, lr=0.05, progress=False)
+        >>> round(guide.median()["x"].item()), losses.method  # one process: no process group
+        (3, 'svi')
     """
     if loss is None:
         loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     elbo = loss if isinstance(loss, DataParallelELBO) else DataParallelELBO(loss)
+    options = {name: kwargs.pop(name) for name in _FIT_OPTIONS & kwargs.keys()}
     elbo.module(model, guide, *args, **kwargs)  # set up and wrap now, before the loop
-    return fit(
-        model,
-        guide,
-        *args,
-        num_steps=num_steps,
-        lr=lr,
-        progress=progress and is_main_process(),
-        loss=elbo,
-        optim=optim,
-        lr_decay=lr_decay,
-        clip_norm=clip_norm,
-        max_redraws=max_redraws,
-        **kwargs,
-    )
+    progress = progress and is_main_process()
+    return fit(model, guide, *args, loss=elbo, progress=progress, **options, **kwargs)
+
+
+#: ``fit``'s own keyword arguments; every other keyword goes to the model.
+_FIT_OPTIONS = {
+    name
+    for name, parameter in inspect.signature(fit).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+}

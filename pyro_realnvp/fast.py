@@ -27,9 +27,9 @@ from ._compat import capture_graph, check_site_shape
 from .finite import explain_non_finite, usability
 from .guide import AutoRealNVP
 from .potential import Potential
-from .train import History, NonFiniteLossError, Schedule, check_training_args, train
+from .train import NonFiniteLossError, Schedule
 
-__all__ = ["FastELBO", "FastPathError", "FastStep", "fit_fast"]
+__all__ = ["FastELBO", "FastPathError", "FastStep"]
 
 
 class FastPathError(ValueError):
@@ -333,42 +333,3 @@ class FastStep:
 
     def clear_grads(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-
-
-def fit_fast(
-    model: Callable,
-    guide: AutoRealNVP,
-    *args,
-    num_steps: int = 2000,
-    lr: float = 1e-2,
-    num_particles: int = 1,
-    compile: bool | str = False,
-    progress: bool = True,
-    lr_decay: float = 0.1,
-    clip_norm: float = 10.0,
-    max_redraws: int = 3,
-    **kwargs,
-) -> History:
-    """:func:`~pyro_realnvp.fit` on the fast path only, with the option to ``compile`` it.
-
-    Every step is a :class:`FastELBO` step (set-up raises :class:`FastPathError` where
-    the model does not allow it), under the same schedule, clipping, redraw and interrupt
-    policy as ``fit``. The model's arguments are fixed for the whole run.
-
-    Example:
-        >>> import pyro, pyro.distributions as dist
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(3.0, 1.0))
-        >>> guide = AutoRealNVP(model, num_layers=2)
-        >>> losses = fit_fast(model, guide, num_steps=300, lr=0.05, progress=False)
-        >>> len(losses), round(guide.median()["x"].item()), losses.method
-        (300, 3, 'fast')
-    """
-    check_training_args(
-        num_steps=num_steps, lr=lr, num_particles=num_particles, lr_decay=lr_decay,
-        clip_norm=clip_norm, max_redraws=max_redraws,
-    )  # fmt: skip
-    schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
-    step = FastStep.build(model, guide, args, kwargs, num_particles, schedule, compile)
-    history = History(method="fast")
-    return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
-from torch.distributions import constraints
 
 from .coupling import MaskedAffineCoupling
 from .masks import coupling_masks
@@ -32,20 +30,15 @@ class RealNVP(OnePassLogDet, TransformModule):
             complement).
         hidden_dims: Conditioner hidden widths; default
             :func:`~pyro_realnvp.coupling.default_hidden_dims`.
-        scale_bound: Bound on each layer's log-scale (see
-            :class:`~pyro_realnvp.MaskedAffineCoupling`).
-        output_gain: Fixed factor on each conditioner's output (see
-            :class:`~pyro_realnvp.MaskedAffineCoupling`).
-        activation: Hidden activation of the conditioners.
-        context_dim: Width of an optional context fed to every conditioner (see
-            :class:`~pyro_realnvp.ConditionalRealNVP`, which is how to use it); ``0``
-            for the ordinary, unconditional flow.
-        fan_in_scaling: Conditioners of :class:`~pyro_realnvp.nn.ScaledLinear` layers
-            (what :class:`~pyro_realnvp.AutoRealNVP` uses; see
-            :func:`~pyro_realnvp.nn.conditioner`).
-        device, dtype: Where the parameters live.
+        **coupling_options: Every coupling's keyword options, as
+            :class:`~pyro_realnvp.MaskedAffineCoupling` takes them: ``scale_bound``,
+            ``output_gain``, ``activation``, ``context_dim`` (a context fed to every
+            conditioner; see :class:`~pyro_realnvp.ConditionalRealNVP`, which is how to
+            use it), ``fan_in_scaling`` (what :class:`~pyro_realnvp.AutoRealNVP` uses),
+            ``device`` and ``dtype``.
 
     Example:
+        >>> import torch
         >>> flow = RealNVP(3, num_layers=4, hidden_dims=(16,))
         >>> x = torch.randn(5, 3)
         >>> y = flow(x)
@@ -53,36 +46,21 @@ class RealNVP(OnePassLogDet, TransformModule):
         True
     """
 
-    domain = constraints.real_vector
-    codomain = constraints.real_vector
-    bijective = True
-    sign = +1
-
     def __init__(
         self,
         input_dim: int,
         num_layers: int = 8,
         hidden_dims: Sequence[int] | None = None,
-        *,
-        scale_bound: float = 5.0,
-        output_gain: float = 0.1,
-        activation: type[nn.Module] = nn.ELU,
-        context_dim: int = 0,
-        fan_in_scaling: bool = False,
-        device=None,
-        dtype: torch.dtype | None = None,
+        **coupling_options,
     ) -> None:
         super().__init__(cache_size=1)
-        masks = coupling_masks(input_dim, num_layers)
-        options = {
-            "scale_bound": scale_bound,
-            "output_gain": output_gain,
-            "activation": activation,
-            "context_dim": context_dim,
-            "fan_in_scaling": fan_in_scaling,
-        }
-        factory = {"device": device, "dtype": dtype}
-        self._stack([MaskedAffineCoupling(m, hidden_dims, **options, **factory) for m in masks])
+        if "net" in coupling_options or "mask" in coupling_options:
+            raise TypeError("RealNVP builds each coupling's mask and net; use from_couplings")
+        layers = [
+            MaskedAffineCoupling(mask, hidden_dims, **coupling_options)
+            for mask in coupling_masks(input_dim, num_layers)
+        ]
+        self._stack(layers)
 
     @classmethod
     def from_couplings(cls, couplings: Sequence[MaskedAffineCoupling]) -> RealNVP:

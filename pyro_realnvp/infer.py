@@ -16,7 +16,7 @@ from .finite import FiniteELBO, explain_non_finite
 from .guide import AutoRealNVP
 from .train import History, NonFiniteLossError, Schedule, check_training_args, train
 
-__all__ = ["FiniteELBO", "NonFiniteLossError", "SVIStep", "explain_non_finite", "fit"]
+__all__ = ["FiniteELBO", "NonFiniteLossError", "SVIStep", "explain_non_finite", "fit", "fit_fast"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def fit(
     clip_norm: float = 10.0,
     max_redraws: int = 3,
     fast: bool | None = None,
+    compile: bool | str = False,
     **kwargs,
 ) -> History:
     """Run SVI for ``num_steps`` and return the loss history (negative ELBO per step).
@@ -85,7 +86,8 @@ def fit(
     allow it (subsampling, ``pyro.param`` sites, discrete latents, data-dependent
     structure) it falls back to Pyro's ``Trace_ELBO`` with 1 particle, and
     ``history.note`` and a log line on the ``pyro_realnvp.infer`` logger say why.
-    ``fast=True`` requires the fast path, ``fast=False`` never takes it.
+    ``fast=True`` requires the fast path, ``fast=False`` never takes it. ``compile``
+    (implies ``fast=True``) compiles the fast step: see :class:`~pyro_realnvp.FastELBO`.
 
     Every step either updates every parameter or none: a step with a non-finite loss or
     gradient is redrawn, up to ``max_redraws`` times in a row (a rare draw far in the
@@ -114,18 +116,21 @@ def fit(
         lr_decay=lr_decay, clip_norm=clip_norm, max_redraws=max_redraws,
     )  # fmt: skip
     schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
+    fast = True if compile else fast
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
-                              schedule)  # fmt: skip
+                              (schedule, compile))  # fmt: skip
     history = History(method="fast" if isinstance(step, FastStep) else "svi", note=note)
     return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
 
 
-def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, schedule):
+def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, how):
     """The fast step where asked or possible, else Pyro's; and why not fast, if not."""
+    schedule, compile = how
     if fast is not False and isinstance(guide, AutoRealNVP) and loss is None and optim is None:
         particles = FAST_PARTICLES if num_particles is None else num_particles
         try:
-            return FastStep.build(model, guide, args, kwargs, particles, schedule), ""
+            step = FastStep.build(model, guide, args, kwargs, particles, schedule, compile)
+            return step, ""
         except FastPathError as error:
             if fast:
                 raise
@@ -145,3 +150,21 @@ def _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule) 
     if optim is None:
         optim = ClippedAdam(schedule.pyro_args())
     return SVIStep(model, guide, loss, optim, args, kwargs)
+
+
+def fit_fast(model: Callable, guide: AutoRealNVP, *args, **kwargs) -> History:
+    """:func:`fit` on the captured fast path only: ``fit(..., fast=True)``.
+
+    Set-up raises :class:`~pyro_realnvp.FastPathError` where the model does not allow
+    it; ``compile=True`` compiles the step. The model's arguments are fixed for the run.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(3.0, 1.0))
+        >>> guide = AutoRealNVP(model, num_layers=2)
+        >>> losses = fit_fast(model, guide, num_steps=300, lr=0.05, progress=False)
+        >>> len(losses), round(guide.median()["x"].item()), losses.method
+        (300, 3, 'fast')
+    """
+    return fit(model, guide, *args, fast=True, **kwargs)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from torch import Tensor
+from torch.distributions import constraints
 
 __all__ = ["OnePassLogDet"]
 
 
 class OnePassLogDet:
-    """Mixin for a ``Transform`` whose forward and inverse passes also give the log-det.
+    """Mixin for a bijection of real vectors whose forward and inverse passes also give
+    the log-det (a coupling, a flow of them, a conditioned flow).
 
     Pyro scores a draw by calling the transform and then ``log_abs_det_jacobian(x, y)``
     on the same tensors; a coupling computes ``s`` on the way, so keeping the sum saves
@@ -32,6 +34,11 @@ class OnePassLogDet:
         >>> double.log_abs_det_jacobian(x, y)  # kept from the call, not recomputed
         tensor([2.0793, 2.0793])
     """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    sign = +1
 
     #: ``(x, y, log|det|)`` of the last pass. Kept here rather than read from torch's
     #: private ``_cached_x_y``: it holds the same pair, as both are set by the same call.

@@ -9,8 +9,8 @@ from pyro.infer.autoguide import AutoNormal
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from conftest import randomize_
-from pyro_realnvp import AutoRealNVP, NonFiniteLossError
-from pyro_realnvp.fast import FastELBO, FastPathError, fit_fast
+from pyro_realnvp import AutoRealNVP, NonFiniteLossError, fit_fast
+from pyro_realnvp.fast import FastELBO, FastPathError
 
 SMALL = {"num_layers": 4, "hidden_dims": (8,)}
 F64 = {"dtype": torch.float64}
