@@ -85,8 +85,9 @@ class ConditionalRealNVP(ConditionalTransformModule):
             (embedded) context width.
         embedding: Optional network applied to the context before the couplings.
         embedding_dim: Output width of ``embedding`` (required with it).
-        scale_bound, output_gain, activation: As for :class:`~pyro_realnvp.RealNVP`.
-        device, dtype: Where the couplings' parameters live.
+        **coupling_options: Every coupling's options (``scale_bound``, ``output_gain``,
+            ``activation``, ``device``, ``dtype``...), as :class:`~pyro_realnvp.RealNVP`
+            takes them.
 
     Example:
         >>> flow = ConditionalRealNVP(2, 3, num_layers=4, hidden_dims=(16,))
@@ -105,13 +106,11 @@ class ConditionalRealNVP(ConditionalTransformModule):
         *,
         embedding: nn.Module | None = None,
         embedding_dim: int | None = None,
-        scale_bound: float = 5.0,
-        output_gain: float = 0.1,
-        activation: type[nn.Module] = nn.ELU,
-        device=None,
-        dtype: torch.dtype | None = None,
+        **coupling_options,
     ) -> None:
         super().__init__()
+        if "context_dim" in coupling_options:
+            raise TypeError("context_dim is the second argument (the raw context's width)")
         if context_dim < 1:
             raise ValueError(f"context_dim must be at least 1, got {context_dim}")
         if (embedding is None) != (embedding_dim is None):
@@ -123,15 +122,7 @@ class ConditionalRealNVP(ConditionalTransformModule):
         self.context_dim = int(context_dim)
         self.embedding = embedding
         self.flow = RealNVP(
-            input_dim,
-            num_layers,
-            hidden_dims,
-            scale_bound=scale_bound,
-            output_gain=output_gain,
-            activation=activation,
-            context_dim=width,
-            device=device,
-            dtype=dtype,
+            input_dim, num_layers, hidden_dims, context_dim=width, **coupling_options
         )
 
     def condition(self, context: Tensor) -> ConditionedRealNVP:

@@ -234,8 +234,8 @@ def to_inference_data(
     model: Callable,
     guide: Callable,
     *args,
-    num_samples: int = 1000,
     max_plate_nesting: int | None = None,
+    num_samples: int = 1000,
     **kwargs,
 ) -> InferenceData:
     r"""Draws of a fitted guide as an ArviZ ``InferenceData``, :math:`z_s \sim q`, one chain.

@@ -204,13 +204,11 @@ def multiscale_realnvp(
     shape: tuple[int, int, int],
     num_scales: int = 2,
     *,
-    hidden_channels: int = 32,
-    num_blocks: int = 2,
     scale_bound: float = 5.0,
     output_gain: float = 1.0,
-    activation: type[nn.Module] = nn.ELU,
     device=None,
     dtype: torch.dtype | None = None,
+    **net_options,
 ) -> RealNVP:
     r"""The RealNVP paper's image architecture, as a :class:`~pyro_realnvp.RealNVP` on ``C*H*W``.
 
@@ -225,7 +223,8 @@ def multiscale_realnvp(
         shape: ``(C, H, W)`` of one image; ``H`` and ``W`` divisible by
             ``2 ** (num_scales - 1)``.
         num_scales: Number of scales.
-        hidden_channels, num_blocks, activation: Of each :class:`ConvConditioner`.
+        **net_options: Each :class:`ConvConditioner`'s ``hidden_channels`` (32),
+            ``num_blocks`` (2) and ``activation`` (ELU).
         scale_bound, output_gain: As for :class:`~pyro_realnvp.MaskedAffineCoupling`;
             the gain defaults to 1 here, not 0.1: maximum likelihood at the usual
             ``lr=1e-3`` is stable without the damping SVI at ``lr=1e-2`` needs.
@@ -243,8 +242,7 @@ def multiscale_realnvp(
     dim = shape[0] * shape[1] * shape[2]
     factory = {"device": device, "dtype": dtype}
     options = {"scale_bound": scale_bound, "output_gain": output_gain, **factory}
-    net_options = {"hidden_channels": hidden_channels, "num_blocks": num_blocks,
-                   "activation": activation, **factory}  # fmt: skip
+    net_options = {**net_options, **factory}
     layout = torch.arange(dim).reshape(shape)
     layers = []
     for scale in range(num_scales):
