@@ -44,18 +44,22 @@ from benchmarks.guides import GUIDES, ZUKO_GUIDE, fit_counting_redraws, make_gui
 from benchmarks.metrics import moment_errors, sliced_w1, standardize
 from benchmarks.posteriordb import POSTERIORDB_TARGETS
 from benchmarks.targets import EXACT_TARGETS, Target
-from pyro_realnvp import NonFiniteLossError, fit
-from pyro_realnvp.infer import FAST_PARTICLES
+from pyro_realnvp import NonFiniteLossError
+from pyro_realnvp.infer import FAST_PARTICLES, _choose_step
+from pyro_realnvp.train import Schedule, train
 
 __all__ = ["main", "parse_args", "run_job"]
 
 HEADLINE = ("funnel_d10", "banana_d2", "banana_d8", "corr_gauss_d20")
-TIMING_TARGETS = ("funnel_d10", "corr_gauss_d20")
+TIMING_TARGETS = HEADLINE
 #: Label prefix of the fits run in Pyro's plain SVI loop rather than ``fit``.
 PLAIN = "plain loop: "
 #: The guides compared in the plain loop, and its vectorized particles.
 PLAIN_GUIDES = ("AutoRealNVP", "AutoIAFNormal")
 PLAIN_PARTICLES = 8
+#: Steps of the wall-time comparison built from the interleaved timing, and its guides.
+STEPS_FOR_WALL = 3000
+_WALL_PAIR = ("AutoRealNVP", "AutoIAFNormal")
 #: Threshold of the time-to-KL table, in nats.
 KL_THRESHOLD = 0.25
 #: Window of the moving average of the training loss used for time-to-KL.
@@ -158,9 +162,12 @@ def _evaluate(target: Target, guide, num_draws: int) -> dict:
 
 
 def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) -> dict:
-    """ms per step of each guide, timed in turns within one process, and the ratio to
-    AutoNormal. Includes AutoRealNVP at Pyro's coupling size (4 layers, one hidden layer
-    of width 10 D, as ``affine_coupling``'s default) for a like-for-like comparison."""
+    """``(ms per step, ratio to AutoNormal, set-up seconds)`` of each guide under ``fit``.
+
+    Each guide's step (what ``fit`` would run: the fast path for AutoRealNVP) is built
+    once, its set-up timed, then every guide's step is timed in turns within one
+    process. Includes AutoRealNVP at Pyro's coupling size (4 layers, one hidden layer of
+    width 10 D, as ``affine_coupling``'s default) for a like-for-like comparison."""
     torch.set_num_threads(1)
     target = get_target(target_name, draws)
     pyro.clear_param_store()
@@ -168,27 +175,30 @@ def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) ->
     guides = {name: make_guide(name, target.model) for name in GUIDES}
     equal = "AutoRealNVP (4 layers, width 10D)"
     guides[equal] = make_guide(
-        "AutoRealNVP",
-        target.model,
-        label=equal,
-        num_layers=4,
-        hidden_dims=(10 * target.dim,),
+        "AutoRealNVP", target.model, label=equal, num_layers=4, hidden_dims=(10 * target.dim,)
     )
-    for guide in guides.values():  # set-up and first steps outside the clock
-        fit(target.model, guide, *target.args, num_steps=5, progress=False)
+    schedule = Schedule(lr=1e-2, lr_decay=0.1, clip_norm=10.0, num_steps=3000)
+    built, setup = {}, {}
+    for name, guide in guides.items():
+        start = time.perf_counter()
+        # fit's own choice of step, built once so that the clock sees steps only.
+        built[name] = _choose_step(
+            target.model, guide, target.args, {}, None, None, None, None, (schedule, False)
+        )[0]
+        train(built[name], 5, progress=False)  # the first steps set Pyro guides up
+        setup[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in guides}
     for round_ in range(rounds):
         names = list(guides)
-        names = names[round_ % len(names) :] + names[: round_ % len(names)]
-        for name in names:
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             start = time.perf_counter()
             try:
-                fit(target.model, guides[name], *target.args, num_steps=steps, progress=False)
+                train(built[name], steps, progress=False)
             except NonFiniteLossError:  # a bad draw ends this round early: not a timing
                 continue
             times[name].append(1e3 * (time.perf_counter() - start) / steps)
     ms = {name: statistics.median(v) if v else math.nan for name, v in times.items()}
-    return {name: (value, value / ms["AutoNormal"]) for name, value in ms.items()}
+    return {name: (value, value / ms["AutoNormal"], setup[name]) for name, value in ms.items()}
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -285,6 +295,13 @@ def _targets_check(results, exact, pdb, timing) -> list[str]:
         )
     lines += _gaussian_floor_check(results, pdb)
     for name, rows in timing.items():
+        ours, iaf = (rows[g][2] + STEPS_FOR_WALL * rows[g][0] / 1e3 for g in _WALL_PAIR)
+        lines.append(
+            f"| {name}: fit's wall time ≤ 2× AutoIAFNormal's (set-up + {STEPS_FOR_WALL} "
+            f"steps, interleaved timing) | {_fmt(ours, 2)} s vs 2·{_fmt(iaf, 2)} s | "
+            f"{_yes(ours <= 2 * iaf)} |"
+        )
+    for name, rows in timing.items():
         ours = rows["AutoRealNVP (4 layers, width 10D)"][0]
         pyro_ms = rows["ANF 4 coupling"][0]
         lines.append(
@@ -308,15 +325,10 @@ def _headline_checks(results, name, rivals) -> list[str]:
     ours = _median(results, name, "AutoRealNVP", "kl")
     best = _best(results, name, rivals, "kl")
     k_hat = _median(results, name, "AutoRealNVP", "k_hat")
-    wall = _median(results, name, "AutoRealNVP", "wall_s")
-    iaf_wall = _median(results, name, "AutoIAFNormal", "wall_s")
-    fast_enough = wall is not None and iaf_wall is not None and wall <= 2 * iaf_wall
     lines = [
         f"| {name}: KL ≤ ¼ best other guide | {_fmt(ours)} vs ¼·{_fmt(best)} | "
         f"{_yes(ours is not None and best is not None and ours <= best / 4)} |",
         f"| {name}: k-hat < 0.5 | {_fmt(k_hat)} | {_yes(k_hat is not None and k_hat < 0.5)} |",
-        f"| {name}: fit's wall time ≤ 2× AutoIAFNormal's | {_fmt(wall, 2)} s vs "
-        f"2·{_fmt(iaf_wall, 2)} s | {_yes(fast_enough)} |",
     ]
     plain = _median(results, name, PLAIN + "AutoRealNVP", "kl")
     plain_iaf = _median(results, name, PLAIN + "AutoIAFNormal", "kl")
@@ -493,8 +505,10 @@ def render(
     out += [
         "## Time per step, interleaved in one process (ms; ratio to AutoNormal)",
         "",
-        f"{args.timing_rounds} rounds of {args.timing_steps} steps per guide, guides in "
-        "rotating order, median over rounds.",
+        f"The step `fit` runs for each guide at its defaults, built once; {args.timing_rounds} "
+        f"rounds of {args.timing_steps} steps per guide, guides in rotating order, median "
+        "over rounds. Below it, each guide's one-off set-up in seconds (AutoRealNVP: the "
+        "Laplace start and the fast path's capture; the others: their first 5 steps).",
         "",
     ]
     if timing:
@@ -503,6 +517,10 @@ def render(
         for target, rows in timing.items():
             cells = [f"{_fmt(rows[n][0])} ({_fmt(rows[n][1], 2)}×)" for n in names]
             out.append(f"| {target} | " + " | ".join(cells) + " |")
+        out += ["", "| set-up, s | " + " | ".join(names) + " |"]
+        out.append("|---" * (len(names) + 1) + "|")
+        for target, rows in timing.items():
+            out.append(f"| {target} | " + " | ".join(_fmt(rows[n][2], 2) for n in names) + " |")
         out.append("")
     out += ["## The issue's targets for AutoRealNVP", ""]
     out += [*_targets_check(results, exact, pdb, timing), ""]

@@ -111,9 +111,10 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
     def _scale_shift(
         self, x: Tensor, context: Tensor | None = None, detach: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """The only place the conditioner, its split and the scale bound live.
+        """``(s, t)`` of the free coordinates only, from the kept ones (and the context).
 
-        With ``detach`` the conditioner's parameters are constants (the path gradient).
+        The only place the conditioner, its split and the scale bound live. With
+        ``detach`` the conditioner's parameters are constants (the path gradient).
         """
         h = x.index_select(-1, self.kept)
         if context is not None:
@@ -127,21 +128,27 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
             )
         out = detached_call(self.net, h) if detach else self.net(h)
         s, t = (out * self.output_gain).chunk(2, dim=-1)
-        full = s.shape[:-1] + self.mask.shape
-        s = s.new_zeros(full).index_copy(-1, self.free, soft_clamp(s, self.scale_bound))
-        return s, t.new_zeros(full).index_copy(-1, self.free, t)
+        return soft_clamp(s, self.scale_bound), t
+
+    def _update_free(self, x: Tensor, s: Tensor, t: Tensor, sign: int) -> Tensor:
+        """``x`` with its free coordinates ``x_f`` replaced by ``x_f e^s + t`` (sign +1)
+        or ``(x_f - t) e^{-s}`` (sign -1); the kept ones are copied unchanged."""
+        x = x.expand(s.shape[:-1] + x.shape[-1:])  # a broadcast context widens the batch
+        free = x.index_select(-1, self.free)
+        moved = free * torch.exp(s) + t if sign > 0 else (free - t) * torch.exp(-s)
+        return x.index_copy(-1, self.free, moved)
 
     def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(y, s)``: the output and the per-coordinate log-scale used."""
+        """``(y, s)``: the output and the log-scales of the free coordinates."""
         s, t = self._scale_shift(x, context)
-        return x * torch.exp(s) + t, s
+        return self._update_free(x, s, t, +1), s
 
     def _backward(
         self, y: Tensor, context: Tensor | None = None, detach: bool = False
     ) -> tuple[Tensor, Tensor]:
         """``(x, s)``: kept coordinates of ``y`` equal those of ``x``, so ``s`` is the same."""
         s, t = self._scale_shift(y, context, detach)
-        return (y - t) * torch.exp(-s), s
+        return self._update_free(y, s, t, -1), s
 
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y, s = self._forward(x)

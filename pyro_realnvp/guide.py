@@ -144,7 +144,7 @@ class AutoRealNVP(AutoContinuous):
         self,
         model: Callable,
         *,
-        num_layers: int = 8,
+        num_layers: int = 6,
         hidden_dims: Sequence[int] | None = None,
         init_loc_fn: Callable | None = None,
         init_scale: float | str = "auto",
