@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import pyro_realnvp.train as loop
 from pyro_realnvp.train import (
     History,
     NonFiniteLossError,
@@ -195,3 +196,24 @@ def test_a_real_sigint_during_fit_keeps_a_usable_guide_and_the_history(path):
         "resumed": True,
     }
     assert result["steps"] > 0
+
+
+def test_ctrl_c_during_fit_density_keeps_the_best_and_the_history(monkeypatch):
+    from pyro_realnvp import RealNVP, fit_density
+
+    calls, step_once = [], loop._step_with_redraws
+
+    def press_at_step_five(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step_once(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_step_with_redraws", press_at_step_five)
+    flow = RealNVP(2, num_layers=2, hidden_dims=(8,))
+    with pytest.raises(TrainingInterrupted) as error:
+        fit_density(flow, torch.randn(64, 2), num_steps=10**7, progress=False)
+    assert len(error.value.history) == 5
+    assert all(p.grad is None for p in flow.parameters())
+    assert all(bool(torch.isfinite(p).all()) for p in flow.parameters())
+    assert not flow.training  # evaluation mode restored on the way out
