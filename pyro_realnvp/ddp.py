@@ -36,7 +36,7 @@ from .distributed import (
 )
 from .finite import _rejected_draws_are_non_finite, explain_non_finite
 from .infer import fit
-from .train import History, NonFiniteLossError
+from .train import History, NonFiniteLossError, check_training_args
 
 __all__ = ["DataParallelELBO", "fit_distributed", "setup_guide"]
 
@@ -309,6 +309,7 @@ def fit_distributed(
         >>> round(guide.median()["x"].item()), losses.method  # one process: no process group
         (3, 'svi')
     """
+    check_training_args(num_particles=num_particles)
     if loss is None:
         loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     elbo = loss if isinstance(loss, DataParallelELBO) else DataParallelELBO(loss)

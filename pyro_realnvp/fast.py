@@ -99,6 +99,20 @@ def _check_trace(trace: poutine.Trace, guide: AutoRealNVP, max_plate_nesting: in
             )
 
 
+def _set_up(guide: AutoRealNVP, args: tuple, kwargs: dict) -> None:
+    """Set the guide up; a model that fails at its initial values is Pyro's ELBO's case."""
+    try:
+        with torch.no_grad(), poutine.block():
+            guide(*args, **kwargs)
+    except ValueError as error:
+        if not str(error).startswith(("Expected parameter", "Expected value")):
+            raise
+        raise FastPathError(
+            f"the model rejected the guide's initial values ({str(error).splitlines()[0]}): "
+            "fit with fast=False, whose redraws and diagnosis handle it"
+        ) from error
+
+
 class FastELBO:
     r"""``Trace_ELBO`` for :class:`~pyro_realnvp.AutoRealNVP` with the model captured once.
 
@@ -145,8 +159,7 @@ class FastELBO:
         if not (isinstance(num_particles, int) and num_particles >= 1):
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         if guide.prototype_trace is None:
-            with torch.no_grad(), poutine.block():
-                guide(*args, **kwargs)
+            _set_up(guide, args, kwargs)
         self.guide, self.num_particles = guide, num_particles
         self._replay = Potential(model, guide, args, kwargs)
         self._log_joint = self._capture()
@@ -155,20 +168,26 @@ class FastELBO:
             if compile is True:
                 compile = "reduce-overhead" if guide.loc.is_cuda else "default"
             self._negative_elbo = torch.compile(self._negative_elbo_eager, mode=compile)
-        self._params = self._guide_parameters()
+        self._params = [p for p in self._guide_parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError(
+                "the guide has no trainable parameters (every parameter has "
+                "requires_grad=False): nothing to fit"
+            )
 
     def _capture(self) -> Callable[[Tensor], Tensor]:
         """Check the model at two draws, then record its log-joint once as a graph."""
         replay, guide = self._replay, self.guide
-        replay.set_max_plate_nesting()
         try:
+            replay.set_max_plate_nesting()
             with torch.no_grad():
                 traces = [replay.trace(self._draws(2, seed))[0] for seed in (1, 2)]
         except (RuntimeError, ValueError) as error:
             raise FastPathError(
-                f"the model failed on a batch of 2 particles ({error}); the fast path needs "
-                "a model that broadcasts over a particle plate left of its own plates, as "
-                "Trace_ELBO(vectorize_particles=True) does: fit with fast=False"
+                f"the model failed at the guide's draws ({str(error).splitlines()[0]}); the "
+                "fast path needs a model that runs at them and broadcasts over a particle "
+                "plate left of its own plates, as Trace_ELBO(vectorize_particles=True) "
+                "does: fit with fast=False"
             ) from error
         for trace in traces:
             _check_trace(trace, guide, replay.max_plate_nesting)
@@ -281,10 +300,7 @@ class FastELBO:
         if not (math.isfinite(value) and math.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
             what = "" if not math.isfinite(value) else " (the loss was finite, its gradients not)"
-            raise NonFiniteLossError(
-                f"fast ELBO loss is {value}{what}. No parameter was updated; "
-                + usability(self._params)
-            )
+            raise NonFiniteLossError(f"fast ELBO loss is {value}{what}. No parameter was updated")
         if math.isfinite(clip_norm):
             clip_grad_value_(trained, clip_norm)
         optimizer.step()
@@ -322,12 +338,14 @@ class FastStep:
         try:
             value = self.elbo.step(self.optimizer, clip_norm=self.schedule.clip_norm)
         except NonFiniteLossError as error:
-            if "gradients not" in str(error):
-                raise
-            replay = self.elbo._replay
-            reason = explain_non_finite(replay.model, self.elbo.guide, *replay.args,
-                                        **replay.kwargs)  # fmt: skip
-            raise NonFiniteLossError(f"{error} Re-run through Pyro: {reason}.") from error
+            reason = ""
+            if "gradients not" not in str(error):
+                replay = self.elbo._replay
+                reason = explain_non_finite(replay.model, self.elbo.guide, *replay.args,
+                                            **replay.kwargs)  # fmt: skip
+            said = f"; re-run through Pyro, {reason}" if reason else ""
+            usable = usability(self.elbo.parameters(), reason)
+            raise NonFiniteLossError(f"{error}{said}; {usable}") from error
         self.decay.step()
         return value
 

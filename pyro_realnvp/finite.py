@@ -45,8 +45,7 @@ def _rejected_draws_are_non_finite():
         yield
     except torch.linalg.LinAlgError as error:
         raise NonFiniteLossError(
-            f"the model's linear algebra failed at the guide's draw: "
-            f"{str(error).splitlines()[0]} No parameter was updated; the guide is still usable."
+            f"the model's linear algebra failed at the guide's draw: {str(error).splitlines()[0]}"
         ) from error
     except ValueError as error:
         # Only a message that starts so: Pyro wraps a failing log_prob as "Error while
@@ -56,8 +55,7 @@ def _rejected_draws_are_non_finite():
         if not message.startswith(("Expected parameter", "Expected value")):
             raise
         raise NonFiniteLossError(
-            f"the model rejected the guide's draw: {message.splitlines()[0]}. No parameter "
-            "was updated; the guide is still usable."
+            f"the model rejected the guide's draw: {message.splitlines()[0]}"
         ) from error
 
 
@@ -121,15 +119,25 @@ class FiniteELBO(ELBO):
         super().__init__(num_particles=self.elbo.num_particles)
 
     def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        with _rejected_draws_are_non_finite():
-            loss = self.elbo.loss(model, guide, *args, **kwargs)
+        try:
+            with _rejected_draws_are_non_finite():
+                loss = self.elbo.loss(model, guide, *args, **kwargs)
+        except NonFiniteLossError as error:
+            self._raise(str(error), "", model, guide, args, kwargs)
         if not math.isfinite(loss):
             self._raise(loss, "", model, guide, args, kwargs)
         return loss
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
-        with poutine.trace(param_only=True) as capture, _rejected_draws_are_non_finite():
-            loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        capture = poutine.trace(param_only=True)
+        try:
+            with capture, _rejected_draws_are_non_finite():
+                loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
+        except NonFiniteLossError as error:
+            params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+            for param in params:
+                param.grad = None
+            self._raise(str(error), "", model, guide, args, kwargs, params)
         params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
         grads = [p.grad for p in params if p.grad is not None]
         grads_finite = not grads or bool(
@@ -150,23 +158,33 @@ class FiniteELBO(ELBO):
 
     @staticmethod
     def _raise(loss, what, model, guide, args, kwargs, params=()):
+        """``loss`` is the non-finite value, or the message of a draw the model rejected."""
         reason = explain_non_finite(model, guide, *args, **kwargs)
+        head = loss if isinstance(loss, str) else f"ELBO loss is {loss}{what}"
         raise NonFiniteLossError(
-            f"ELBO loss is {loss}{what}: {reason}. No parameter was updated; " + usability(params)
+            f"{head}: {reason}. No parameter was updated; " + usability(params, reason)
         )
 
 
-def usability(params) -> str:
-    """Say the guide is still usable only when it is: every parameter finite.
+def usability(params, reason: str = "") -> str:
+    """Say the guide is still usable only when it is: every parameter finite, and its
+    own draws and log-density finite (``reason`` from :func:`explain_non_finite`).
 
     Example:
         >>> usability([torch.zeros(2)])
         'the guide is still usable.'
+        >>> usability([torch.zeros(2)], "the guide's log-density is not finite at ['s']")[:30]
+        'but the guide itself is not fi'
     """
     bad = sum(1 for p in params if not bool(torch.isfinite(p).all()))
-    if not bad:
-        return "the guide is still usable."
-    return (
-        f"but {bad} parameter tensor(s) were already non-finite before this step, so the "
-        "guide is not usable: start again with a smaller lr."
-    )
+    if bad:
+        return (
+            f"but {bad} parameter tensor(s) were already non-finite before this step, so the "
+            "guide is not usable: start again with a smaller lr."
+        )
+    if reason.startswith("the guide"):
+        return (
+            "but the guide itself is not finite (its parameters are, its draws are not), so "
+            "it is not usable: start again with a smaller lr."
+        )
+    return "the guide is still usable."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -157,7 +158,7 @@ class AutoRealNVP(AutoContinuous):
         _check_options(
             num_layers=num_layers, hidden_dims=hidden_dims, init_scale=init_scale,
             scale_bound=scale_bound, affine=affine, estimator=estimator,
-            num_quantile_samples=num_quantile_samples,
+            num_quantile_samples=num_quantile_samples, activation=activation,
         )  # fmt: skip
         self._flow_options = {
             "num_layers": num_layers,
@@ -184,7 +185,20 @@ class AutoRealNVP(AutoContinuous):
         )
 
     def _setup_prototype(self, *args, **kwargs) -> None:
-        super()._setup_prototype(*args, **kwargs)
+        try:
+            self._build(*args, **kwargs)
+        except BaseException:
+            # A failed or interrupted set-up (Ctrl-C in the mode search, say) must not
+            # leave a half-built guide: the next call sets it up from scratch.
+            self.prototype_trace = None
+            raise
+
+    def _build(self, *args, **kwargs) -> None:
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except NotImplementedError as error:
+            _name_unsupported_site(self.prototype_trace, error)
+            raise
         self._check_one_device_and_dtype()
         init_loc = self._init_loc()
         self._check_finite(init_loc)
@@ -523,12 +537,28 @@ class AutoRealNVP(AutoContinuous):
 
 
 def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _name_unsupported_site(trace, error: NotImplementedError) -> None:
+    """Raise a ValueError naming the latent site whose support has no ``biject_to``."""
+    for name, site in [] if trace is None else trace.iter_stochastic_nodes():
+        try:
+            biject_to(site["fn"].support)
+        except NotImplementedError:
+            raise ValueError(
+                f"site '{name}' has support {site['fn'].support}, which has no bijection "
+                "from the reals (biject_to): AutoRealNVP cannot guide it; reparameterize "
+                "it (e.g. a Cholesky factor with LKJCholesky) or guide it separately"
+            ) from error
 
 
 def _check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, estimator,
-                   num_quantile_samples) -> None:  # fmt: skip
+                   num_quantile_samples, activation) -> None:  # fmt: skip
     """Refuse an AutoRealNVP option outside its range, naming it; warn on an odd depth."""
+    if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+        raise TypeError(f"activation must be a torch.nn.Module class such as nn.ELU, got "
+                        f"{activation!r}")  # fmt: skip
     if not (_positive_int(num_layers) and num_layers >= 2):
         raise ValueError(
             f"num_layers must be an integer >= 2 (one coupling leaves half the coordinates "
@@ -538,10 +568,12 @@ def _check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, 
         isinstance(hidden_dims, Sequence) and all(_positive_int(h) for h in hidden_dims)
     ):
         raise ValueError(f"hidden_dims must be a sequence of integers >= 1, got {hidden_dims!r}")
-    numeric_scale = isinstance(init_scale, float | int) and not isinstance(init_scale, bool)
+    numeric_scale = isinstance(init_scale, numbers.Real) and not isinstance(init_scale, bool)
     if init_scale != "auto" and not (numeric_scale and 0 < init_scale < math.inf):
         raise ValueError(f"init_scale must be 'auto' or a finite number > 0, got {init_scale!r}")
-    if not (isinstance(scale_bound, float | int) and 0 < scale_bound < math.inf):
+    if isinstance(scale_bound, bool) or not (
+        isinstance(scale_bound, numbers.Real) and 0 < scale_bound < math.inf
+    ):
         raise ValueError(f"scale_bound must be a finite number > 0, got {scale_bound!r}")
     if affine not in _AFFINE_CHOICES:
         raise ValueError(f"affine must be one of {_AFFINE_CHOICES}, got {affine!r}")

@@ -111,6 +111,7 @@ def fit(
         >>> len(losses), round(guide.median()["x"].item()), losses.method
         (300, 3, 'svi')
     """
+    _check_callables(model, guide, loss, optim)
     check_training_args(
         num_steps=num_steps, lr=lr, num_particles=1 if num_particles is None else num_particles,
         lr_decay=lr_decay, clip_norm=clip_norm, max_redraws=max_redraws,
@@ -137,10 +138,25 @@ def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, h
             note = f"Pyro's Trace_ELBO, not the fast path: {error}"
             logger.info("fit: %s", note)
     elif fast:
-        raise FastPathError("fast=True needs an AutoRealNVP guide and no loss or optim")
+        raise FastPathError(
+            "fast=True (or compile) needs an AutoRealNVP guide and no loss or optim, got "
+            f"a {type(guide).__name__}{' and a loss' if loss is not None else ''}"
+            f"{' and an optim' if optim is not None else ''}"
+        )
     else:
         note = ""
     return _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule), note
+
+
+def _check_callables(model, guide, loss, optim) -> None:
+    """Refuse, naming it, a model or guide that cannot be called, or a loss or optim class."""
+    for name, value in (("model", model), ("guide", guide)):
+        if not callable(value):
+            raise TypeError(f"{name} must be a callable Pyro {name}, got {value!r}")
+    if loss is not None and not isinstance(loss, ELBO):
+        raise TypeError(f"loss must be an ELBO instance such as Trace_ELBO(), got {loss!r}")
+    if optim is not None and not isinstance(optim, PyroOptim):
+        raise TypeError(f"optim must be a Pyro optimizer such as Adam({{...}}), got {optim!r}")
 
 
 def _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule) -> SVIStep:

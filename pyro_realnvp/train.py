@@ -156,12 +156,12 @@ def _finite(value) -> bool:
 
 
 def check_training_args(
-    *, num_steps, lr, num_particles=1, lr_decay=0.1, clip_norm=10.0, max_redraws: int = 0
+    *, num_steps=1, lr=1e-2, num_particles=1, lr_decay=0.1, clip_norm=10.0, max_redraws=0
 ) -> None:
     """Refuse, before any step, a training argument outside its range, naming it.
 
     Example:
-        >>> check_training_args(num_steps=10, lr=float("nan"))
+        >>> check_training_args(num_steps=10, lr=float("nan"))  # the others default as valid
         Traceback (most recent call last):
         ...
         ValueError: lr must be a finite number > 0, got nan
@@ -255,6 +255,7 @@ def train(
     history = History() if history is None else history
     every, extra = max(1, num_steps // 100), {}
     bar = tqdm(total=num_steps, disable=None if progress else True, desc=step.name)
+    step.clear_grads()  # gradients left by an earlier loop must not enter the first step
     with bar, _interrupt_between_steps() as interrupted:
         try:
             for index in range(num_steps):
@@ -274,6 +275,7 @@ def train(
         except NonFiniteLossError as error:
             error.history = history
             raise
+    step.clear_grads()  # nor the last step's gradients a later loop's first step
     _warn_redraws(history, num_steps)
     return history
 

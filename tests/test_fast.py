@@ -217,7 +217,7 @@ REFUSED = {
     "subsampling": (subsampled_model, r"subsampling plate 'data' \(size 10 of 100\)"),
     "discrete": (discrete_model, "site 'c' is a discrete latent"),
     "data-dependent": (branching_model, "data-dependent control flow"),
-    "not-vectorized": (unvectorizable_model, "failed on a batch of 2 particles"),
+    "not-vectorized": (unvectorizable_model, "broadcasts over a particle"),
     "model-param": (param_model, "learnable pyro.param site 'loc'"),
     "structure-change": (shape_changing_model, "sites or shapes change"),
 }

@@ -3,6 +3,7 @@
 import math
 from functools import partial
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -596,3 +597,48 @@ def test_an_odd_number_of_layers_warns_and_still_works():
     with pytest.warns(UserWarning, match="num_layers=3 is odd"):
         guide = AutoRealNVP(model, num_layers=3)
     assert guide()["x"].shape == (2,)
+
+
+def test_an_unsupported_support_is_named_with_its_site():
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.sample("w", dist.Wishart(df=torch.tensor(3.0), covariance_matrix=torch.eye(2)))
+
+    with pytest.raises(ValueError, match="site 'w' has support"):
+        AutoRealNVP(model)()
+
+
+def test_an_interrupted_set_up_leaves_a_guide_that_sets_up_again():
+    calls = []
+
+    def model():
+        calls.append(None)
+        if len(calls) == 3:  # inside the mode search
+            raise KeyboardInterrupt
+        pyro.sample("x", dist.Normal(1.0, 1.0))
+
+    guide = AutoRealNVP(model)
+    with pytest.raises(KeyboardInterrupt):
+        guide()
+    assert guide.prototype_trace is None
+    assert guide()["x"].shape == ()
+    assert abs(float(guide.median()["x"]) - 1.0) < 0.2  # a fresh start near the mode
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("num_layers", np.int64(4)), ("hidden_dims", (np.int64(8),))]
+)
+def test_numpy_integers_are_integers(option, value):
+    def model():
+        pyro.sample("x", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    assert AutoRealNVP(model, **{option: value})()["x"].shape == (2,)
+
+
+@pytest.mark.parametrize(("option", "value"), [("scale_bound", True), ("activation", "relu")])
+def test_more_options_out_of_range_are_refused(option, value):
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises((ValueError, TypeError), match=f"^{option} must be"):
+        AutoRealNVP(model, **{option: value})

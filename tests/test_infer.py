@@ -232,3 +232,69 @@ def test_fast_path_redraws_a_rare_non_finite_step():
     assert history.method == "fast"
     assert history.redraws >= 1
     assert all(math.isfinite(loss) for loss in history)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_guide_whose_own_draws_overflow_is_not_called_usable(fast):
+    def model():
+        pyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+    guide = AutoRealNVP(model, init_loc_fn=init_to_median, **SMALL)
+    guide()
+    guide.loc = torch.tensor([1e3])  # finite parameters, but exp(1000) overflows
+    with pytest.raises(NonFiniteLossError) as error:
+        fit(model, guide, num_steps=1, progress=False, fast=fast)
+    message = str(error.value)
+    assert "still usable" not in message
+    assert "not usable" in message
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"guide": None}, TypeError, "^guide must be a callable"),
+        ({"model": 3}, TypeError, "^model must be a callable"),
+        ({"loss": Trace_ELBO}, TypeError, "^loss must be an ELBO instance"),
+        ({"optim": pyro.optim.Adam}, TypeError, "^optim must be a Pyro optimizer"),
+    ],
+)
+def test_fit_refuses_what_it_cannot_call_naming_it(options, error, message):
+    model = regression()
+    arguments = {"model": model, "guide": AutoNormal(model), **options}
+    with pytest.raises(error, match=message):
+        fit(arguments.pop("model"), arguments.pop("guide"), num_steps=2, progress=False,
+            **arguments)  # fmt: skip
+
+
+def test_compile_without_the_fast_path_says_what_is_missing():
+    model = regression()
+    with pytest.raises(FastPathError, match=r"or compile\) needs an AutoRealNVP .*AutoNormal"):
+        fit(model, AutoNormal(model), num_steps=2, progress=False, compile=True)
+
+
+def test_fit_leaves_no_gradient_behind_for_the_next_loop():
+    model = regression()
+    guide = AutoRealNVP(model, **SMALL)
+    fit(model, guide, num_steps=3, progress=False)
+    assert all(p.grad is None for p in guide.parameters())
+
+
+def test_a_frozen_guide_is_refused_on_the_fast_path():
+    model = regression()
+    guide = AutoRealNVP(model, **SMALL)
+    guide()
+    guide.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fit(model, guide, num_steps=2, progress=False, fast=True)
+
+
+def test_a_model_that_fails_at_every_draw_falls_back_and_raises_non_finite():
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(torch.sqrt(x - 10.0), 1.0), obs=torch.tensor(0.0))
+
+    guide = AutoRealNVP(model, init_loc_fn=init_to_median, **SMALL)
+    with pytest.raises(NonFiniteLossError, match="rejected the guide's draw") as error:
+        fit(model, guide, num_steps=2, progress=False, max_redraws=1)
+    assert all(torch.isfinite(p).all() for p in guide.parameters())
+    assert error.value.history == []
