@@ -11,6 +11,7 @@ from torch.distributions.transforms import Transform
 
 from .coupling import default_hidden_dims
 from .flow import RealNVP
+from .masks import check_int
 from .one_pass import OnePassLogDet
 
 __all__ = ["ConditionalRealNVP", "ConditionedRealNVP", "conditional_realnvp"]
@@ -111,15 +112,17 @@ class ConditionalRealNVP(ConditionalTransformModule):
         super().__init__()
         if "context_dim" in coupling_options:
             raise TypeError("context_dim is the second argument (the raw context's width)")
-        if context_dim < 1:
-            raise ValueError(f"context_dim must be at least 1, got {context_dim}")
+        input_dim = check_int("input_dim", input_dim, 1)
+        context_dim = check_int("context_dim", context_dim, 1)
         if (embedding is None) != (embedding_dim is None):
             raise ValueError("embedding and embedding_dim must be given together")
-        width = context_dim if embedding_dim is None else int(embedding_dim)
+        width = (
+            context_dim if embedding_dim is None else check_int("embedding_dim", embedding_dim, 1)
+        )
         if hidden_dims is None:
             hidden_dims = default_hidden_dims(input_dim + width)
         self.input_dim = input_dim
-        self.context_dim = int(context_dim)
+        self.context_dim = context_dim
         self.embedding = embedding
         self.flow = RealNVP(
             input_dim, num_layers, hidden_dims, context_dim=width, **coupling_options

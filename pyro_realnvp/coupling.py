@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 
 import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
-from .masks import alternating_mask, check_mask
+from .masks import alternating_mask, check_int, check_mask
 from .nn import conditioner, detached_call, soft_clamp
 from .one_pass import OnePassLogDet
 
@@ -24,6 +25,28 @@ def default_hidden_dims(input_dim: int) -> tuple[int, int]:
     """
     width = min(max(4 * input_dim, 32), 256)
     return (width, width)
+
+
+def check_hidden_dims(hidden_dims) -> tuple[int, ...]:
+    """``hidden_dims`` as a tuple of ints, each ``>= 1``; ``()`` (no hidden layer) is fine.
+
+    Example:
+        >>> check_hidden_dims([16, 8])
+        (16, 8)
+    """
+    message = f"hidden_dims must be a sequence of integers >= 1, got {hidden_dims!r}"
+    if isinstance(hidden_dims, str) or not isinstance(hidden_dims, Iterable):
+        raise TypeError(message)
+    widths = tuple(hidden_dims)
+    if not all(_is_int(width) for width in widths):
+        raise TypeError(message)
+    if not all(width >= 1 for width in widths):
+        raise ValueError(message)
+    return tuple(int(width) for width in widths)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class MaskedAffineCoupling(OnePassLogDet, TransformModule):
@@ -84,10 +107,10 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         mask = check_mask(mask)
         if not scale_bound > 0:
             raise ValueError(f"scale_bound must be positive, got {scale_bound}")
-        if context_dim < 0:
-            raise ValueError(f"context_dim must be non-negative, got {context_dim}")
+        context_dim = check_int("context_dim", context_dim, 0)
         dim = mask.numel()
-        hidden_dims = default_hidden_dims(dim) if hidden_dims is None else tuple(hidden_dims)
+        hidden_dims = default_hidden_dims(dim) if hidden_dims is None else hidden_dims
+        hidden_dims = check_hidden_dims(hidden_dims) if net is None else hidden_dims
         self.register_buffer("mask", mask.to(device=device, dtype=dtype or mask.dtype))
         # The conditioner sees only the kept coordinates and predicts only the free ones:
         # masking instead would carry zero columns and rows, twice the work at large D.
@@ -150,11 +173,21 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         s, t = self._scale_shift(y, context, detach)
         return self._update_free(y, s, t, -1), s
 
+    def _check_event(self, x: Tensor) -> None:
+        """Refuse an input whose last dimension is not the mask's (a static shape test)."""
+        dim = self.mask.shape[-1]
+        if not torch.jit.is_tracing() and x.shape[-1:] != (dim,):
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of shape (..., {dim}), got {tuple(x.shape)}"
+            )
+
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_event(x)
         y, s = self._forward(x)
         return y, s.sum(-1)
 
     def _backward_pass(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        self._check_event(y)
         x, s = self._backward(y)
         return x, s.sum(-1)
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.distributions.transforms import Transform
 
 from .conditional import ConditionalRealNVP
+from .masks import check_int
 from .train import History, NonFiniteLossError, Schedule, check_training_args, train
 
 __all__ = [
@@ -85,8 +86,19 @@ def _as_density(flow_or_distribution) -> Density:
     )
 
 
+def _as_tensor(value, name: str) -> Tensor:
+    """``value`` as a tensor, or a ``TypeError`` naming it (``None``, a string, ragged lists)."""
+    message = f"{name} must be a tensor, a numpy array or a nested list of numbers"
+    if value is None or isinstance(value, str | bytes):
+        raise TypeError(f"{message}, got {type(value).__name__}")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{message}; converting it failed: {error}") from None
+
+
 def _check_data(data, event_dim: int, name: str, *, allow_integer_values: bool) -> Tensor:
-    data = torch.as_tensor(data)
+    data = _as_tensor(data, name)
     if not (data.is_floating_point() or allow_integer_values):
         raise ValueError(
             f"{name} has integer dtype {data.dtype}: a continuous density of discrete "
@@ -128,7 +140,7 @@ def _check_context(density: Density, context, name: str) -> Tensor | None:
         if context is not None:
             raise ValueError(f"{name} was given but the density is not conditional")
         return None
-    context = torch.as_tensor(context)
+    context = _as_tensor(context, name)
     context = context if context.is_floating_point() else context.float()
     # Checked on the whole tensor here: conditioning on its first row alone (to read the
     # event size) would report that row's shape. Other conditional transforms check theirs.
@@ -197,7 +209,7 @@ def fit_density(
         num_steps, batch_size, lr, lr_decay, clip_norm, weight_decay: Optimisation.
         valid_data, valid_context: Held-out observations (and their contexts) for early
             stopping, checked like ``data`` and ``context``.
-        valid_every: Steps between held-out evaluations.
+        valid_every: Steps between held-out evaluations, an integer >= 1.
         allow_integer_values: Accept data whose values are all whole numbers (refused by
             default: integer pixels need :func:`dequantize`).
         progress: Show a tqdm bar with the loss (off when stderr is not a terminal).
@@ -216,8 +228,8 @@ def fit_density(
     """
     density = _as_density(flow_or_distribution)
     check_training_args(num_steps=num_steps, lr=lr, lr_decay=lr_decay, clip_norm=clip_norm)
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, 1)
+    valid_every = check_int("valid_every", valid_every, 1)
     integers = {"allow_integer_values": allow_integer_values}
     data, context = _check_inputs(density, data, context, ("data", "context"), **integers)
     if valid_data is not None:
@@ -226,9 +238,7 @@ def fit_density(
             density, valid_data, valid_context, valid, **integers
         )
     modules = list(_modules(density.transforms))
-    params = list({id(p): p for m in modules for p in m.parameters()}.values())
-    if not params:
-        raise ValueError("the density has no trainable parameters")
+    params = _trainable_parameters(modules)
     schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
     step = _LikelihoodStep(density, params, data, context, batch_size, generator)
     step.optimizer, step.decay = schedule.torch_optimizer(params, weight_decay=weight_decay)
@@ -252,6 +262,16 @@ def fit_density(
             for module, state in zip(modules, best[1], strict=True):
                 module.load_state_dict(state)
     return history
+
+
+def _trainable_parameters(modules: list[nn.Module]) -> list[Tensor]:
+    """The modules' parameters that require grad, each once; refuse if there are none."""
+    unique = {id(p): p for m in modules for p in m.parameters()}.values()
+    params = [p for p in unique if p.requires_grad]
+    if not params:
+        frozen = " (every parameter has requires_grad=False)" if unique else ""
+        raise ValueError(f"the density has no trainable parameters{frozen}")
+    return params
 
 
 class _LikelihoodStep:
@@ -341,8 +361,7 @@ def anomaly_scores(
         True
     """
     density = _as_density(flow_or_distribution)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = check_int("batch_size", batch_size, 1)
     names = ("data", "context")
     data, context = _check_inputs(density, data, context, names, allow_integer_values=True)
     modules = list(_modules(density.transforms))
@@ -365,7 +384,11 @@ def dequantize(
     A continuous density on ``y`` bounds the discrete likelihood:
     :math:`\log P(x) \ge \log q(y) - D \log K` (Theis et al., 2016).
 
+    ``num_levels`` must be an integer ``K >= 2``: with one level every value is 0, the data
+    carry no information, and ``num_levels=1`` is more likely a bit depth than a level count.
+
     Raises:
+        TypeError, ValueError: naming ``num_levels`` when it is not an integer ``>= 2``.
         ValueError: if ``data`` holds values other than the integers ``0 .. K-1``.
 
     Example:
@@ -373,7 +396,8 @@ def dequantize(
         >>> bool(((y >= torch.tensor([0.0, 0.75])) & (y < torch.tensor([0.25, 1.0]))).all())
         True
     """
-    data = torch.as_tensor(data)
+    num_levels = check_int("num_levels", num_levels, 2)
+    data = _as_tensor(data, "data")
     values = data.to(torch.get_default_dtype()) if not data.is_floating_point() else data
     if not bool(((values == values.round()) & (values >= 0) & (values < num_levels)).all()):
         raise ValueError(f"data must hold integers in [0, {num_levels - 1}] (num_levels)")
@@ -386,10 +410,12 @@ def bits_per_dim(log_prob: Tensor, dim: int, num_levels: int) -> Tensor:
 
     ``log_prob`` is the density of the dequantised data ``y = (x + u) / K`` on the unit
     cube (see :func:`dequantize`), so the result bounds the discrete code length from
-    above.
+    above. ``dim`` must be an integer ``>= 1`` and ``num_levels`` one ``>= 2`` (as for
+    :func:`dequantize`); otherwise a ``TypeError`` or ``ValueError`` names them.
 
     Example:
         >>> bits_per_dim(torch.tensor(0.0), dim=4, num_levels=256)  # uniform on the cube
         tensor(8.)
     """
+    dim, num_levels = check_int("dim", dim, 1), check_int("num_levels", num_levels, 2)
     return -(log_prob - dim * math.log(num_levels)) / (dim * math.log(2))

@@ -20,6 +20,7 @@ from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.util import site_is_subsample
 
 from ._compat import full_data_plates, is_deterministic_site
+from .masks import check_int
 from .potential import subsampled_sites
 
 if TYPE_CHECKING:
@@ -37,11 +38,12 @@ def khat_reading(khat: float) -> str:
     """The usual reading of a Pareto k-hat: ``"good"`` (< 0.5), ``"ok"`` (<= 0.7) or ``"bad"``.
 
     A ``"bad"`` guide's importance weights have a tail too heavy for importance sampling
-    to correct it: its posterior expectations are not to be trusted.
+    to correct it: its posterior expectations are not to be trusted. ``-inf`` (constant
+    weights, see :func:`psis_khat`) reads ``"good"``.
 
     Example:
-        >>> [khat_reading(k) for k in (0.2, 0.6, 0.9, float("inf"))]
-        ['good', 'ok', 'bad', 'bad']
+        >>> [khat_reading(k) for k in (0.2, 0.6, 0.9, float("inf"), float("-inf"))]
+        ['good', 'ok', 'bad', 'bad', 'good']
     """
     if khat < KHAT_GOOD:
         return "good"
@@ -125,6 +127,32 @@ def _refuse_subsample_left(traces, caller: str) -> None:
             )
 
 
+def _check_nesting(max_plate_nesting) -> int | None:
+    """``max_plate_nesting`` if it is ``None`` or an integer >= 0, else an error naming it."""
+    if max_plate_nesting is None:
+        return None
+    try:
+        return check_int("max_plate_nesting", max_plate_nesting, 0)
+    except (TypeError, ValueError) as error:
+        message = f"max_plate_nesting must be None or an integer >= 0, got {max_plate_nesting!r}"
+        raise type(error)(message) from None
+
+
+def _equal_up_to_rounding(log_weights: torch.Tensor) -> bool:
+    """Whether the log-weights' spread is within rounding error of their magnitude.
+
+    A guide equal to the posterior gives ``log w = log p(x)`` for every draw, up to the
+    rounding of ``log p(x, z) - log q(z)``: a few ulps of terms about ``|log w|`` in size
+    (1e-6 at ``|log w| = 1.4`` in float32, ten ulps). The tolerance, ``1000 eps`` times
+    ``max(1, |max log w|)``, is 1.2e-4 relative in float32 and 2.2e-13 in float64: far
+    above that rounding, and far below any spread that matters (weights within a factor
+    ``e^{1.2e-4}`` of each other are as good as constant for importance sampling).
+    """
+    top, bottom = log_weights.max(), log_weights.min()
+    tolerance = 1000 * torch.finfo(log_weights.dtype).eps * max(1.0, abs(float(top)))
+    return float(top - bottom) <= tolerance  # False for NaN or all-infinite weights
+
+
 def _log_weights(model, guide, args, kwargs, num_samples, nesting):
     """Importance log-weights of ``num_samples`` guide draws, and the traces they came from."""
     with poutine.block():
@@ -149,7 +177,9 @@ def psis_khat(
     (``vectorized_importance_weights``), on the model's device; they are moved to the CPU
     and ArviZ's ``psislw`` fits the Pareto tail (Pyro's own fit builds its grid on the
     CPU, so it cannot take CUDA weights). Below 0.5 the guide is good, up to 0.7 usable,
-    above 0.7 its posterior is not trustworthy. The estimate is noisy near the
+    above 0.7 its posterior is not trustworthy. Constant weights (q equal to p up to
+    rounding) have no tail: k-hat is -inf, read ``"good"`` (a Pareto fit to them returns
+    inf). The estimate is noisy near the
     thresholds: on a 10-D funnel fitted by ``AutoNormal`` it scatters from 0.6 to 1.1
     over seeds at 2000 samples; use ten thousand or more to compare guides. ArviZ is
     imported on the first call.
@@ -162,8 +192,9 @@ def psis_khat(
     Args:
         model: The Pyro model; ``*args`` and ``**kwargs`` are passed to it and the guide.
         guide: A fitted guide with static structure, vectorizable over draws.
-        num_samples: Draws from the guide, all at once.
-        max_plate_nesting: Plates nested in the model; guessed by running it if ``None``.
+        num_samples: Draws from the guide, all at once: an integer >= 10.
+        max_plate_nesting: Plates nested in the model (an integer >= 0); guessed by
+            running it if ``None``.
 
     Returns:
         The k-hat as a :class:`KHat`, a ``float`` with ``.reading`` and ``.trustworthy``.
@@ -178,15 +209,18 @@ def psis_khat(
     """
     import arviz as az
 
-    if num_samples < 10:
-        raise ValueError(f"num_samples must be at least 10, got {num_samples}")
+    num_samples = check_int("num_samples", num_samples, 10)
+    max_plate_nesting = _check_nesting(max_plate_nesting)
     _ensure_setup(guide, args, kwargs)
     _refuse_packed_subsample(guide, "psis_khat")
     with full_data_plates():
         nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
         log_weights, *traces = _log_weights(model, guide, args, kwargs, num_samples, nesting)
     _refuse_subsample_left(traces, "psis_khat")
-    _, khat = az.psislw(log_weights.detach().double().cpu().numpy())
+    log_weights = log_weights.detach()
+    if _equal_up_to_rounding(log_weights):
+        return KHat(float("-inf"))
+    _, khat = az.psislw(log_weights.double().cpu().numpy())
     return KHat(khat)
 
 
@@ -259,8 +293,9 @@ def to_inference_data(
     Args:
         model: The Pyro model; ``*args`` and ``**kwargs`` are passed to it and the guide.
         guide: A fitted guide with static structure, vectorizable over draws.
-        num_samples: Draws from the guide.
-        max_plate_nesting: Plates nested in the model; guessed by running it if ``None``.
+        num_samples: Draws from the guide, an integer >= 1.
+        max_plate_nesting: Plates nested in the model (an integer >= 0); guessed by
+            running it if ``None``.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -275,8 +310,8 @@ def to_inference_data(
     """
     import arviz as az
 
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    num_samples = check_int("num_samples", num_samples, 1)
+    max_plate_nesting = _check_nesting(max_plate_nesting)
     _ensure_setup(guide, args, kwargs)
     log_weights, model_trace, predictive_trace, one_draw = _full_data_traces(
         model, guide, args, kwargs, num_samples, max_plate_nesting

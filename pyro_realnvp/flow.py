@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
 from .coupling import MaskedAffineCoupling
-from .masks import coupling_masks
+from .masks import check_int, coupling_masks
 from .one_pass import OnePassLogDet
 
 __all__ = ["RealNVP", "realnvp"]
@@ -56,6 +57,8 @@ class RealNVP(OnePassLogDet, TransformModule):
         super().__init__(cache_size=1)
         if "net" in coupling_options or "mask" in coupling_options:
             raise TypeError("RealNVP builds each coupling's mask and net; use from_couplings")
+        input_dim = check_int("input_dim", input_dim, 1)
+        num_layers = check_int("num_layers", num_layers, 1)
         layers = [
             MaskedAffineCoupling(mask, hidden_dims, **coupling_options)
             for mask in coupling_masks(input_dim, num_layers)
@@ -92,8 +95,18 @@ class RealNVP(OnePassLogDet, TransformModule):
         self.context_dim = couplings[0].context_dim
         self.layers = nn.ModuleList(couplings)
 
+    def _check_event(self, x: Tensor) -> None:
+        """Refuse an input whose last dimension is not ``input_dim``: a static shape test,
+        no device sync, where a wrong width would otherwise fail deep in ``index_select``."""
+        if not torch.jit.is_tracing() and x.shape[-1:] != (self.input_dim,):
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of shape (..., {self.input_dim}), "
+                f"got {tuple(x.shape)}"
+            )
+
     def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(f(x), log|det|)`` in one pass; ``context`` only for a conditional flow."""
+        self._check_event(x)
         log_det = x.new_zeros(x.shape[:-1])
         for layer in self.layers:
             x, log_scale = layer._forward(x, context)
@@ -107,6 +120,7 @@ class RealNVP(OnePassLogDet, TransformModule):
 
         With ``detach`` every parameter is a constant: gradients reach only ``y``.
         """
+        self._check_event(y)
         log_det = y.new_zeros(y.shape[:-1])
         for layer in reversed(self.layers):
             y, log_scale = layer._backward(y, context, detach)

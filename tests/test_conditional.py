@@ -1,3 +1,4 @@
+import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
@@ -160,3 +161,40 @@ def test_conditional_coupling_without_context_is_rejected():
     layer = MaskedAffineCoupling(alternating_mask(D), (8,), context_dim=C)
     with pytest.raises(ValueError, match="needs a context"):
         layer(torch.randn(2, D))
+
+
+BAD_SIZES = {
+    "context_dim-float": ({"context_dim": 2.5}, TypeError, "context_dim must be an integer >= 1"),
+    "context_dim-0": (
+        {"context_dim": 0},
+        ValueError,
+        "context_dim must be an integer >= 1, got 0",
+    ),
+    "context_dim-none": ({"context_dim": None}, TypeError, "context_dim must be an integer >= 1"),
+    "input_dim-float": ({"input_dim": 2.5}, TypeError, "input_dim must be an integer >= 1"),
+    "input_dim-0": ({"input_dim": 0}, ValueError, "input_dim must be an integer >= 1, got 0"),
+    "embedding_dim-float": (
+        {"embedding": nn.Linear(C, 4), "embedding_dim": 4.5},
+        TypeError,
+        "embedding_dim must be an integer >= 1",
+    ),
+}
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_SIZES.values(), ids=BAD_SIZES)
+def test_bad_sizes_are_named(kwargs, error, message):
+    kwargs = {"input_dim": D, "context_dim": C, **kwargs}
+    with pytest.raises(error, match=message):
+        ConditionalRealNVP(**kwargs)
+
+
+def test_numpy_integer_sizes_are_accepted():
+    flow = ConditionalRealNVP(np.int64(D), np.int64(C), num_layers=2)
+    assert (flow.input_dim, flow.context_dim) == (D, C)
+    assert type(flow.context_dim) is int
+
+
+def test_input_of_the_wrong_width_is_named_through_a_context():
+    transform = make_flow().condition(torch.randn(C))
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(\.\.\., 3\), got \(4, 2\)"):
+        transform(torch.randn(4, 2))

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -57,3 +59,25 @@ def test_non_positive_scale_bound_is_rejected(bound):
 def test_bad_mask_is_rejected_by_the_layer():
     with pytest.raises(ValueError, match="binary"):
         MaskedAffineCoupling(torch.tensor([2.0, 0.0]))
+
+
+WRONG_WIDTH = {
+    "forward": lambda layer, x: layer(x),
+    "inverse": lambda layer, x: layer.inv(x),
+    "log-det": lambda layer, x: layer.log_abs_det_jacobian(x, x.clone()),
+}
+
+
+@pytest.mark.parametrize("call", WRONG_WIDTH.values(), ids=WRONG_WIDTH)
+def test_input_of_the_wrong_width_is_named_by_the_layer(call):
+    expected = re.escape("MaskedAffineCoupling expects inputs of shape (..., 4), got (3, 5)")
+    with pytest.raises(ValueError, match=expected):
+        call(masked_affine_coupling(4, (8,)), torch.randn(3, 5))
+
+
+@pytest.mark.parametrize(
+    ("context_dim", "error"), [(-1, ValueError), (1.5, TypeError)], ids=["negative", "float"]
+)
+def test_bad_context_dim_is_named_by_the_layer(context_dim, error):
+    with pytest.raises(error, match="context_dim must be an integer >= 0"):
+        masked_affine_coupling(4, (8,), context_dim=context_dim)

@@ -1,5 +1,7 @@
 import math
+import re
 
+import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
@@ -221,3 +223,119 @@ def test_fit_trains_a_flow_used_through_its_inverse():
     density = flow_distribution(flow.inv, input_dim=2)
     fit_density(density, torch.randn(16, 2) + 3.0, num_steps=3, progress=False)
     assert not all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
+
+
+def unchanged(flow, before):
+    return all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
+
+
+BAD_FIT_ARGS = {
+    "valid_every-0": (
+        {"valid_every": 0},
+        ValueError,
+        "valid_every must be an integer >= 1, got 0",
+    ),
+    "valid_every-negative": ({"valid_every": -1}, ValueError, "valid_every must be an integer"),
+    "valid_every-float": ({"valid_every": 2.5}, TypeError, "valid_every must be an integer >= 1"),
+    "batch_size-float": ({"batch_size": 2.5}, TypeError, "batch_size must be an integer >= 1"),
+    "batch_size-0": ({"batch_size": 0}, ValueError, "batch_size must be an integer >= 1, got 0"),
+    "batch_size-none": ({"batch_size": None}, TypeError, "batch_size must be an integer >= 1"),
+}
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_FIT_ARGS.values(), ids=BAD_FIT_ARGS)
+def test_bad_fit_arguments_are_refused_before_any_step(kwargs, error, message):
+    flow = RealNVP(2, num_layers=2)
+    before = [p.clone() for p in flow.parameters()]
+    data, valid = torch.randn(8, 2), torch.randn(4, 2)
+    with pytest.raises(error, match=message):
+        fit_density(flow, data, valid_data=valid, num_steps=3, progress=False, **kwargs)
+    assert unchanged(flow, before)
+
+
+def test_numpy_integer_batch_size_and_valid_every_are_accepted():
+    flow, data = RealNVP(2, num_layers=2), torch.randn(8, 2)
+    options = {"batch_size": np.int64(4), "valid_every": np.int64(1), "progress": False}
+    assert len(fit_density(flow, data, valid_data=data, num_steps=2, **options)) == 2
+
+
+NOT_DATA = {
+    "none": (None, "data must be a tensor, a numpy array or a nested list of numbers, got None"),
+    "str": ("abc", "data must be a tensor, a numpy array or a nested list of numbers, got str"),
+    "strings": ([["a", "b"]], "data must be a tensor.*converting it failed"),
+    "ragged": ([[0.5, 0.1], [0.2]], "data must be a tensor.*converting it failed"),
+}
+
+
+@pytest.mark.parametrize("function", [fit_density, anomaly_scores], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(("data", "message"), NOT_DATA.values(), ids=NOT_DATA)
+def test_data_that_is_not_numbers_is_a_type_error_naming_data(function, data, message):
+    with pytest.raises(TypeError, match=message):
+        function(RealNVP(2, num_layers=2), data)
+
+
+@pytest.mark.parametrize(
+    "data", [np.array([[0.5, 0.1], [0.3, -0.2]]), [[0.5, 0.1], [0.3, -0.2]]], ids=["numpy", "list"]
+)
+def test_numpy_arrays_and_nested_lists_are_data(data):
+    scores = anomaly_scores(RealNVP(2, num_layers=2), data)
+    assert scores.shape == (2,)
+
+
+def test_a_context_that_is_not_numbers_is_named():
+    flow = ConditionalRealNVP(2, 1, num_layers=2)
+    with pytest.raises(TypeError, match="context must be a tensor"):
+        anomaly_scores(flow, torch.randn(3, 2), context="abc")
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "error"), [(2.5, TypeError), (None, TypeError), (0, ValueError)]
+)
+def test_anomaly_scores_names_a_bad_batch_size(batch_size, error):
+    with pytest.raises(error, match="batch_size must be an integer >= 1"):
+        anomaly_scores(RealNVP(2, num_layers=2), torch.randn(3, 2), batch_size=batch_size)
+
+
+def test_a_density_with_only_frozen_parameters_is_refused_before_any_step():
+    flow = RealNVP(2, num_layers=2).requires_grad_(False)
+    expected = re.escape(
+        "the density has no trainable parameters (every parameter has requires_grad=False)"
+    )
+    with pytest.raises(ValueError, match=expected):
+        fit_density(flow, torch.randn(8, 2), num_steps=2, progress=False)
+
+
+def test_frozen_layers_stay_put_while_the_others_train():
+    flow = RealNVP(2, num_layers=2)
+    flow.layers[0].requires_grad_(False)
+    frozen = [p.clone() for p in flow.layers[0].parameters()]
+    fit_density(flow, torch.randn(16, 2) + 3.0, num_steps=3, progress=False)
+    assert unchanged(flow.layers[0], frozen)
+
+
+BAD_LEVELS = {
+    "zero": (0, ValueError, "num_levels must be an integer >= 2, got 0"),
+    "one": (1, ValueError, "num_levels must be an integer >= 2, got 1"),
+    "float": (2.5, TypeError, "num_levels must be an integer >= 2, got 2.5"),
+}
+
+
+@pytest.mark.parametrize(("num_levels", "error", "message"), BAD_LEVELS.values(), ids=BAD_LEVELS)
+def test_dequantize_names_a_bad_num_levels(num_levels, error, message):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        dequantize(torch.zeros(2, 2, dtype=torch.long), num_levels=num_levels)
+
+
+BAD_BITS = {
+    "dim-0": ({"dim": 0}, ValueError, "dim must be an integer >= 1, got 0"),
+    "dim-float": ({"dim": 2.5}, TypeError, "dim must be an integer >= 1, got 2.5"),
+    "levels-1": ({"num_levels": 1}, ValueError, "num_levels must be an integer >= 2, got 1"),
+    "levels-float": ({"num_levels": 2.5}, TypeError, "num_levels must be an integer >= 2"),
+}
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_BITS.values(), ids=BAD_BITS)
+def test_bits_per_dim_names_a_bad_dim_or_num_levels(kwargs, error, message):
+    kwargs = {"dim": 4, "num_levels": 256, **kwargs}
+    with pytest.raises(error, match=f"^{re.escape(message)}"):
+        bits_per_dim(torch.tensor(0.0), **kwargs)

@@ -1,6 +1,7 @@
 """PSIS k-hat on real fits, and the ArviZ export of a guide's draws."""
 
 import math
+import re
 
 import arviz as az
 import numpy as np
@@ -52,8 +53,16 @@ def idata():
 
 @pytest.mark.parametrize(
     ("khat", "reading"),
-    [(-0.1, "good"), (0.49, "good"), (0.5, "ok"), (0.7, "ok"), (0.71, "bad"), (math.inf, "bad")],
-    ids=["negative", "below-half", "half", "point-seven", "above", "infinite"],
+    [
+        (-0.1, "good"),
+        (0.49, "good"),
+        (0.5, "ok"),
+        (0.7, "ok"),
+        (0.71, "bad"),
+        (math.inf, "bad"),
+        (-math.inf, "good"),
+    ],
+    ids=["negative", "below-half", "half", "point-seven", "above", "infinite", "minus-infinite"],
 )
 def test_khat_reading(khat, reading):
     assert khat_reading(khat) == reading == KHat(khat).reading
@@ -259,3 +268,72 @@ def test_log_weights_agree_with_the_full_data_potential():
         expected = potential.log_joint(u[:, None]) - guide.get_posterior().log_prob(u)
     actual = torch.as_tensor(data.sample_stats["log_weight"].values[0])
     assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-3)
+
+
+BAD_NUM_SAMPLES = {
+    "psis_khat-float": (psis_khat, 20.5, TypeError, "num_samples must be an integer >= 10"),
+    "psis_khat-str": (psis_khat, "100", TypeError, "num_samples must be an integer >= 10"),
+    "psis_khat-none": (psis_khat, None, TypeError, "num_samples must be an integer >= 10"),
+    "to_inference_data-float": (
+        to_inference_data,
+        2.5,
+        TypeError,
+        "num_samples must be an integer >= 1, got 2.5",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("function", "num_samples", "error", "message"),
+    BAD_NUM_SAMPLES.values(),
+    ids=BAD_NUM_SAMPLES,
+)
+def test_a_non_integer_num_samples_is_named(function, num_samples, error, message):
+    with pytest.raises(error, match=message):
+        function(funnel, AutoNormal(funnel), num_samples=num_samples)
+
+
+@pytest.mark.parametrize("function", [psis_khat, to_inference_data], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    ("nesting", "error"), [(-1, ValueError), (1.5, TypeError)], ids=["negative", "float"]
+)
+def test_a_bad_max_plate_nesting_is_named(function, nesting, error):
+    expected = f"max_plate_nesting must be None or an integer >= 0, got {nesting}"
+    with pytest.raises(error, match=f"^{re.escape(expected)}$"):
+        function(funnel, AutoNormal(funnel), num_samples=20, max_plate_nesting=nesting)
+
+
+def test_numpy_integer_num_samples_is_accepted():
+    pyro.set_rng_seed(0)
+    guide = AutoNormal(funnel)
+    assert math.isfinite(psis_khat(funnel, guide, num_samples=np.int64(50)))
+
+
+def conjugate(y):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+@pytest.mark.parametrize("num_samples", [50, 200])
+@pytest.mark.parametrize("seed", range(4))
+def test_a_guide_equal_to_the_posterior_reads_good(seed, num_samples):
+    # The Laplace start of an untrained AutoRealNVP is exact on a conjugate Normal: the
+    # log-weights are log p(y) up to rounding, which a Pareto fit used to call inf.
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    khat = psis_khat(conjugate, AutoRealNVP(conjugate), torch.tensor(0.7), num_samples=num_samples)
+    assert khat.reading == "good", khat
+
+
+def cauchy():
+    pyro.sample("x", dist.Cauchy(0.0, 1.0))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_guide_with_too_light_tails_still_gets_a_finite_high_khat(seed):
+    # Regression guard for the constant-weights shortcut: real spread is still fitted.
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    khat = psis_khat(cauchy, AutoNormal(cauchy, init_scale=1.0), num_samples=200)
+    assert math.isfinite(khat), khat
+    assert khat > 0.7, khat

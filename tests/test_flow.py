@@ -1,5 +1,7 @@
 import copy
+import re
 
+import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
@@ -63,3 +65,59 @@ def test_deep_copy_after_a_call_with_gradients_has_an_empty_cache():
     assert clone._cached_x_y == (None, None)
     assert flow._cached_x_y[1] is y
     assert torch.equal(clone(x.clone()), y)
+
+
+BAD_ARGS = {
+    "input_dim-0": ({"input_dim": 0}, ValueError, "input_dim must be an integer >= 1, got 0"),
+    "input_dim-negative": ({"input_dim": -1}, ValueError, "input_dim must be an integer >= 1"),
+    "input_dim-float": ({"input_dim": 2.5}, TypeError, "input_dim must be an integer >= 1"),
+    "num_layers-0": (
+        {"input_dim": 2, "num_layers": 0},
+        ValueError,
+        "num_layers must be an integer >= 1, got 0",
+    ),
+    "num_layers-float": ({"input_dim": 2, "num_layers": 2.5}, TypeError, "num_layers must be"),
+    "hidden-zero": (
+        {"input_dim": 2, "hidden_dims": (0,)},
+        ValueError,
+        r"hidden_dims must be a sequence of integers >= 1, got \(0,\)",
+    ),
+    "hidden-float": ({"input_dim": 2, "hidden_dims": (8.5,)}, TypeError, "hidden_dims must be"),
+    "hidden-int": ({"input_dim": 2, "hidden_dims": 16}, TypeError, "hidden_dims must be"),
+}
+
+
+@pytest.mark.parametrize("make", [RealNVP, realnvp], ids=["class", "factory"])
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_ARGS.values(), ids=BAD_ARGS)
+def test_bad_constructor_arguments_are_named(make, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make(**kwargs)
+
+
+def test_numpy_integer_sizes_are_accepted():
+    flow = RealNVP(np.int64(3), num_layers=np.int32(2), hidden_dims=(np.int64(4),))
+    assert flow.input_dim == 3
+    assert len(flow.layers) == 2
+
+
+def test_no_hidden_layer_is_an_invertible_flow():
+    flow = randomize_(RealNVP(3, num_layers=4, hidden_dims=()))
+    x = torch.randn(5, 3)
+    y = flow(x)
+    assert not torch.allclose(y, x)
+    assert torch.allclose(flow.inv(y.clone()), x, atol=1e-5)
+
+
+WRONG_WIDTH = {
+    "forward": lambda flow, x: flow(x),
+    "inverse": lambda flow, x: flow.inv(x),
+    "log-det": lambda flow, x: flow.log_abs_det_jacobian(x, x.clone()),
+}
+
+
+@pytest.mark.parametrize("call", WRONG_WIDTH.values(), ids=WRONG_WIDTH)
+@pytest.mark.parametrize("shape", [(4, 2), (4, 4), ()], ids=["narrow", "wide", "scalar"])
+def test_input_of_the_wrong_width_is_named(call, shape):
+    expected = re.escape(f"RealNVP expects inputs of shape (..., 3), got {shape}")
+    with pytest.raises(ValueError, match=expected):
+        call(RealNVP(3, num_layers=2), torch.randn(shape))

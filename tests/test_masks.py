@@ -1,9 +1,13 @@
+import re
+
+import numpy as np
 import pytest
 import torch
 
 from pyro_realnvp.masks import (
     alternating_mask,
     bit_mask,
+    check_int,
     check_mask,
     coupling_masks,
     half_mask,
@@ -68,5 +72,29 @@ def test_check_mask_accepts_integer_and_bool():
 
 @pytest.mark.parametrize(("dim", "num_layers"), [(0, 2), (3, 0)], ids=["dim", "layers"])
 def test_coupling_masks_rejects_empty(dim, num_layers):
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="must be an integer >= 1, got 0"):
         coupling_masks(dim, num_layers)
+
+
+@pytest.mark.parametrize(
+    "value", [3, np.int64(3), torch.tensor(3).item()], ids=["int", "numpy", "item"]
+)
+def test_check_int_accepts_integers_of_any_integral_type(value):
+    assert check_int("n", value, 1) == 3
+    assert type(check_int("n", value, 1)) is int
+
+
+BAD_INTS = {
+    "float": (2.5, TypeError, "n must be an integer >= 1, got 2.5"),
+    "whole-float": (3.0, TypeError, "n must be an integer >= 1, got 3.0"),
+    "bool": (True, TypeError, "n must be an integer >= 1, got True"),
+    "str": ("3", TypeError, "n must be an integer >= 1, got '3'"),
+    "none": (None, TypeError, "n must be an integer >= 1, got None"),
+    "too-small": (0, ValueError, "n must be an integer >= 1, got 0"),
+}
+
+
+@pytest.mark.parametrize(("value", "error", "message"), BAD_INTS.values(), ids=BAD_INTS)
+def test_check_int_names_the_argument_and_the_value(value, error, message):
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        check_int("n", value, 1)
