@@ -344,7 +344,7 @@ class FastStep:
                 reason = explain_non_finite(replay.model, self.elbo.guide, *replay.args,
                                             **replay.kwargs)  # fmt: skip
             said = f"; re-run through Pyro, {reason}" if reason else ""
-            usable = usability(self.elbo.parameters(), reason)
+            usable = usability(self.elbo.parameters(), reason, self.elbo.guide)
             raise NonFiniteLossError(f"{error}{said}; {usable}") from error
         self.decay.step()
         return value

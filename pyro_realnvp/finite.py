@@ -32,6 +32,9 @@ def _sites_not_finite(trace: poutine.Trace) -> list[str]:
     ]
 
 
+_REJECTIONS = ("Expected parameter", "Expected value")
+
+
 @contextlib.contextmanager
 def _rejected_draws_are_non_finite():
     """Turn draws the model cannot score into :class:`NonFiniteLossError`.
@@ -52,7 +55,12 @@ def _rejected_draws_are_non_finite():
         # computing log_prob at site ...", which is the observed data's fault (a NaN in
         # the data, say), not the draw's, and redrawing cannot help.
         message = str(error)
-        if not message.startswith(("Expected parameter", "Expected value")):
+        # A guide site's score (Pyro: "Error while computing score_parts at site ...")
+        # fails when the guide's own draw overflowed: as non-finite as an inf loss.
+        guide_side = message.startswith("Error while computing score_parts") and any(
+            line.startswith(_REJECTIONS) for line in message.splitlines()
+        )
+        if not (message.startswith(_REJECTIONS) or guide_side):
             raise
         raise NonFiniteLossError(
             f"the model rejected the guide's draw: {message.splitlines()[0]}"
@@ -76,22 +84,42 @@ def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             bad_guide = _sites_not_finite(guide_trace)
         except (ValueError, RuntimeError) as error:
+            if getattr(guide, "prototype_trace", False) is None:  # an autoguide setting up
+                return f"the model raised while the guide set itself up on it: {error}"
             return f"the guide raised while re-running it: {error}"
         if bad_guide:
             return f"the guide's log-density is not finite at site(s) {bad_guide}"
+        tracer = poutine.trace(poutine.replay(model, trace=guide_trace))
         try:
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                *args, **kwargs
-            )
+            model_trace = tracer.get_trace(*args, **kwargs)
             bad_model = _sites_not_finite(model_trace)
         except (ValueError, RuntimeError) as error:
-            return f"the model raised at the guide's draw: {error}"
+            return f"the model raised{_where(tracer.msngr.trace)} at the guide's draw: {error}"
     if bad_model:
         return (
             f"the model's log-density is not finite at site(s) {bad_model} "
             "(the guide's draws and log-density were finite)"
         )
     return "a fresh draw gave a finite loss, so the failure depends on the random draw"
+
+
+def _where(partial: poutine.Trace) -> str:
+    """Where a model stopped: after its last sample site, which names the failing spot."""
+    sites = [name for name, site in partial.nodes.items() if site["type"] == "sample"]
+    return f" after site '{sites[-1]}' (the last sample site it reached)" if sites else ""
+
+
+def _median_finite(guide: Callable | None) -> bool:
+    """Whether an autoguide's median is finite on every site (True if it has none)."""
+    median = getattr(guide, "median", None)
+    if median is None or getattr(guide, "prototype_trace", None) is None:
+        return True
+    try:
+        with torch.no_grad(), poutine.block():
+            values = median()
+    except (ValueError, RuntimeError, TypeError):  # e.g. a guide needing model arguments
+        return True
+    return all(bool(torch.isfinite(torch.as_tensor(v)).all()) for v in values.values())
 
 
 class FiniteELBO(ELBO):
@@ -162,11 +190,11 @@ class FiniteELBO(ELBO):
         reason = explain_non_finite(model, guide, *args, **kwargs)
         head = loss if isinstance(loss, str) else f"ELBO loss is {loss}{what}"
         raise NonFiniteLossError(
-            f"{head}: {reason}. No parameter was updated; " + usability(params, reason)
+            f"{head}: {reason}. No parameter was updated; " + usability(params, reason, guide)
         )
 
 
-def usability(params, reason: str = "") -> str:
+def usability(params, reason: str = "", guide: Callable | None = None) -> str:
     """Say the guide is still usable only when it is: every parameter finite, and its
     own draws and log-density finite (``reason`` from :func:`explain_non_finite`).
 
@@ -182,7 +210,7 @@ def usability(params, reason: str = "") -> str:
             f"but {bad} parameter tensor(s) were already non-finite before this step, so the "
             "guide is not usable: start again with a smaller lr."
         )
-    if reason.startswith("the guide"):
+    if reason.startswith("the guide") or not _median_finite(guide):
         return (
             "but the guide itself is not finite (its parameters are, its draws are not), so "
             "it is not usable: start again with a smaller lr."

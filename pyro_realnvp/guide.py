@@ -199,6 +199,16 @@ class AutoRealNVP(AutoContinuous):
         except NotImplementedError as error:
             _name_unsupported_site(self.prototype_trace, error)
             raise
+        except (ValueError, TypeError) as error:
+            if self._find_mode:  # our own init: the model's failure is its own
+                raise
+            raise ValueError(
+                "the model failed at init_loc_fn's values while the guide set itself up "
+                f"({str(error).splitlines()[0]}): give each site a value of its shape, "
+                "inside its support"
+            ) from error
+        if not self._find_mode:
+            _check_init_values(self.prototype_trace)
         self._check_one_device_and_dtype()
         init_loc = self._init_loc()
         self._check_finite(init_loc)
@@ -538,6 +548,18 @@ class AutoRealNVP(AutoContinuous):
 
 def _positive_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _check_init_values(trace) -> None:
+    """Refuse an initial value outside its site's support: ``biject_to`` would silently
+    clamp or project it, and the guide would start elsewhere than it was told."""
+    for name, site in trace.iter_stochastic_nodes():
+        inside = site["fn"].support.check(site["value"])
+        if not bool(torch.as_tensor(inside).all()):
+            raise ValueError(
+                f"init_loc_fn gave site '{name}' a value outside its support "
+                f"{site['fn'].support}: {site['value']}"
+            )
 
 
 def _name_unsupported_site(trace, error: NotImplementedError) -> None:

@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 from pyro.distributions.transforms import LowerCholeskyAffine
 from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO, TraceEnum_ELBO
-from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide import AutoNormal, init_to_value
 
 from pyro_realnvp import AutoRealNVP, RealNVP, fit
 
@@ -642,3 +642,24 @@ def test_more_options_out_of_range_are_refused(option, value):
 
     with pytest.raises((ValueError, TypeError), match=f"^{option} must be"):
         AutoRealNVP(model, **{option: value})
+
+
+def beta_and_scale_model():
+    s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+    pyro.sample("p", dist.Beta(2.0, 2.0))
+    pyro.sample("y", dist.Normal(0.0, s), obs=torch.tensor(0.0))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"p": 1.5}, "init_loc_fn gave site 'p' a value outside its support"),
+        ({"s": -1.0}, "the model failed at init_loc_fn's values"),
+        ({"s": float("nan")}, "the model failed at init_loc_fn's values"),
+    ],
+)
+def test_initial_values_the_model_cannot_take_are_refused_naming_init_loc_fn(values, message):
+    values = {name: torch.tensor(value) for name, value in values.items()}
+    guide = AutoRealNVP(beta_and_scale_model, init_loc_fn=init_to_value(values=values))
+    with pytest.raises(ValueError, match=message):
+        guide()

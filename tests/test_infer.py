@@ -8,6 +8,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_median
 
 from pyro_realnvp import AutoRealNVP, FastPathError, FiniteELBO, NonFiniteLossError, fit
+from pyro_realnvp.finite import explain_non_finite
 
 SMALL = {"num_layers": 2, "hidden_dims": (8,)}
 
@@ -293,8 +294,21 @@ def test_a_model_that_fails_at_every_draw_falls_back_and_raises_non_finite():
         x = pyro.sample("x", dist.Normal(0.0, 1.0))
         pyro.sample("y", dist.Normal(torch.sqrt(x - 10.0), 1.0), obs=torch.tensor(0.0))
 
-    guide = AutoRealNVP(model, init_loc_fn=init_to_median, **SMALL)
+    guide = AutoRealNVP(model, **SMALL)
     with pytest.raises(NonFiniteLossError, match="rejected the guide's draw") as error:
         fit(model, guide, num_steps=2, progress=False, max_redraws=1)
     assert all(torch.isfinite(p).all() for p in guide.parameters())
     assert error.value.history == []
+    # Told to start where the model fails, the guide says so at set-up, naming init_loc_fn.
+    with pytest.raises(ValueError, match="the model failed at init_loc_fn's values"):
+        fit(model, AutoRealNVP(model, init_loc_fn=init_to_median, **SMALL), num_steps=2)
+
+
+def test_a_model_that_raises_is_located_after_its_last_site():
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(torch.sqrt(x - 10.0), 1.0), obs=torch.tensor(0.0))
+
+    guide = AutoNormal(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+    guide()
+    assert explain_non_finite(model, guide).startswith("the model raised after site 'x'")
