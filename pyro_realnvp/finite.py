@@ -110,16 +110,20 @@ def _where(partial: poutine.Trace) -> str:
 
 
 def _median_finite(guide: Callable | None) -> bool:
-    """Whether an autoguide's median is finite on every site (True if it has none)."""
+    """Whether an autoguide's median (and an AutoRealNVP's fixed-seed draws of the packed
+    latent) are finite (True for a guide without a median)."""
     median = getattr(guide, "median", None)
     if median is None or getattr(guide, "prototype_trace", None) is None:
         return True
     try:
         with torch.no_grad(), poutine.block():
-            values = median()
+            values = list(median().values())
+            draws = getattr(guide, "_latent_draws", None)  # AutoRealNVP: its tails too
+            if draws is not None:
+                values.append(draws(256, seed=0))
     except (ValueError, RuntimeError, TypeError):  # e.g. a guide needing model arguments
         return True
-    return all(bool(torch.isfinite(torch.as_tensor(v)).all()) for v in values.values())
+    return all(bool(torch.isfinite(torch.as_tensor(v)).all()) for v in values)
 
 
 class FiniteELBO(ELBO):
@@ -214,5 +218,10 @@ def usability(params, reason: str = "", guide: Callable | None = None) -> str:
         return (
             "but the guide itself is not finite (its parameters are, its draws are not), so "
             "it is not usable: start again with a smaller lr."
+        )
+    if guide is not None and getattr(guide, "_latent_draws", None) is not None:
+        return (
+            "its parameters, median and 256 fixed-seed draws are finite, so the guide is "
+            "still usable (a far-tail draw may still overflow: that is what redraws are for)."
         )
     return "the guide is still usable."
