@@ -433,8 +433,9 @@ def render(
         "```",
         "",
         f"- Finished {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"{seconds / 60:.1f} min wall on {args.workers} worker process(es), "
-        "one torch thread each",
+        f"{seconds / 60:.1f} min wall"
+        + (" for the timing and the figure" if args.from_results else "")
+        + f" on {args.workers} worker process(es), one torch thread each",
         *env,
         "",
         "## What was run",
@@ -531,6 +532,7 @@ def readme_funnel(readme: Path, num_steps: int) -> str:
     """Redraw the README's funnel figure with ``examples/funnel.py`` (seed 0) and write its
     caption, with the figures that run printed, between the README's caption markers."""
     root = Path(__file__).resolve().parents[1]
+    pyro.clear_param_store()  # the example names its guides as the timing's guides are named
     example = runpy.run_path(str(root / "examples" / "funnel.py"), run_name="funnel_example")
     options = ["--num-steps", str(num_steps), "--out-dir", str(root / "docs" / "img")]
     rows = example["main"](example["parse_args"]([*options, "--no-progress"]))
@@ -568,6 +570,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--plain-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--readme", type=Path, default=None, help="redraw its funnel figure")
+    parser.add_argument(
+        "--from-results",
+        type=Path,
+        default=None,
+        help="read the fits' results (JSON lines, as printed) instead of running them",
+    )
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--exact", nargs="+", default=list(EXACT_TARGETS))
@@ -611,15 +619,15 @@ def _jobs(args: argparse.Namespace) -> list[dict]:
     )
 
 
-def main(args: argparse.Namespace) -> str:
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    if ZUKO_GUIDE not in GUIDES:
-        print(f"zuko is not installed: the {ZUKO_GUIDE!r} column is left out", file=sys.stderr)
-    env = _environment()  # the commit the run started from
-    jobs = _jobs(args)
+def _read_results(path: Path) -> list[dict]:
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith('{"target"')]
+
+
+def _run_jobs(args: argparse.Namespace) -> list[dict]:
     results = []
     log = None if args.results is None else args.results.open("w")
+    jobs = _jobs(args)
     if args.workers > 1:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             for result in pool.imap_unordered(run_job, jobs):
@@ -633,6 +641,22 @@ def main(args: argparse.Namespace) -> str:
             print(json.dumps(results[-1]), flush=True)
             if log is not None:
                 print(json.dumps(results[-1]), file=log, flush=True)
+    if log is not None:
+        log.close()
+    return results
+
+
+def main(args: argparse.Namespace) -> str:
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    if ZUKO_GUIDE not in GUIDES:
+        print(f"zuko is not installed: the {ZUKO_GUIDE!r} column is left out", file=sys.stderr)
+    env = _environment()  # the commit the run started from
+    if args.from_results is not None:
+        results = _read_results(args.from_results)
+        env.append(f"- fits read from {args.from_results.name} (an earlier run of the same jobs)")
+    else:
+        results = _run_jobs(args)
     timing = {
         name: interleaved_timing(name, args.timing_steps, args.timing_rounds, args.draws)
         for name in TIMING_TARGETS
@@ -643,9 +667,9 @@ def main(args: argparse.Namespace) -> str:
     if caption is not None:
         text += f"\n## The README's figure, from this run\n\n{caption}\n"
     print(text)
-    if log is not None:
-        print(json.dumps({"timing": timing}), file=log, flush=True)
-        log.close()
+    if args.results is not None:
+        with args.results.open("a") as log:
+            print(json.dumps({"timing": timing}), file=log, flush=True)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
