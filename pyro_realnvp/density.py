@@ -240,6 +240,8 @@ def fit_density(
     modules = list(_modules(density.transforms))
     params = _trainable_parameters(modules)
     schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
     step = _LikelihoodStep(density, params, data, context, batch_size, generator)
     step.optimizer, step.decay = schedule.torch_optimizer(params, weight_decay=weight_decay)
     step.clip = schedule.clip

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.elbo import ELBO
 
 from ._compat import elbo_traces
@@ -85,7 +86,8 @@ def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str
             bad_guide = _sites_not_finite(guide_trace)
         except (ValueError, RuntimeError) as error:
             if getattr(guide, "prototype_trace", False) is None:  # an autoguide setting up
-                return f"the model raised while the guide set itself up on it: {error}"
+                where = _where(_partial_trace(model, guide, args, kwargs))
+                return f"the model raised{where} while the guide set itself up on it: {error}"
             return f"the guide raised while re-running it: {error}"
         if bad_guide:
             return f"the guide's log-density is not finite at site(s) {bad_guide}"
@@ -101,6 +103,17 @@ def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str
             "(the guide's draws and log-density were finite)"
         )
     return "a fresh draw gave a finite loss, so the failure depends on the random draw"
+
+
+def _partial_trace(model: Callable, guide: Callable, args, kwargs) -> poutine.Trace:
+    """The model's sites up to where it fails, run at the guide's initial values."""
+    init = getattr(guide, "init_loc_fn", None)
+    tracer = poutine.trace(model if init is None else InitMessenger(init)(model))
+    try:
+        tracer.get_trace(*args, **kwargs)
+    except (ValueError, RuntimeError):
+        pass
+    return tracer.msngr.trace
 
 
 def _where(partial: poutine.Trace) -> str:

@@ -467,7 +467,12 @@ class AutoRealNVP(AutoContinuous):
             with pyro.poutine.block():
                 self(*args, **kwargs)
         loc = self.loc.detach()
-        levels = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
+        try:
+            levels = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"quantiles must be numbers in [0, 1], got {quantiles!r}") from error
+        if levels.numel() == 0:
+            raise ValueError(f"quantiles must hold at least one level, got {quantiles!r}")
         if not bool(((levels >= 0) & (levels <= 1)).all()):
             raise ValueError(f"quantiles must lie in [0, 1], got {quantiles}")
         return levels

@@ -339,3 +339,8 @@ def test_bits_per_dim_names_a_bad_dim_or_num_levels(kwargs, error, message):
     kwargs = {"dim": 4, "num_levels": 256, **kwargs}
     with pytest.raises(error, match=f"^{re.escape(message)}"):
         bits_per_dim(torch.tensor(0.0), **kwargs)
+
+
+def test_a_generator_that_is_not_one_is_refused_by_name():
+    with pytest.raises(TypeError, match="^generator must be a torch.Generator"):
+        fit_density(RealNVP(2, num_layers=2), torch.randn(20, 2), num_steps=2, generator=0)

@@ -663,3 +663,13 @@ def test_initial_values_the_model_cannot_take_are_refused_naming_init_loc_fn(val
     guide = AutoRealNVP(beta_and_scale_model, init_loc_fn=init_to_value(values=values))
     with pytest.raises(ValueError, match=message):
         guide()
+
+
+@pytest.mark.parametrize(
+    ("levels", "error", "message"),
+    [("0.5", TypeError, "^quantiles must be numbers"), ([], ValueError, "at least one level")],
+)
+def test_quantile_levels_that_are_not_levels_are_refused(levels, error, message):
+    guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+    with pytest.raises(error, match=message):
+        guide.quantiles(levels)

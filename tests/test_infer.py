@@ -312,3 +312,13 @@ def test_a_model_that_raises_is_located_after_its_last_site():
     guide = AutoNormal(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
     guide()
     assert explain_non_finite(model, guide).startswith("the model raised after site 'x'")
+
+
+def test_a_model_failing_while_the_guide_sets_up_is_located_too():
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.factor("f", x * torch.nan)
+
+    reason = explain_non_finite(model, AutoRealNVP(model, **SMALL))
+    assert reason.startswith("the model raised after site 'x'")
+    assert "while the guide set itself up" in reason
