@@ -234,7 +234,7 @@ def usability(params, reason: str = "", guide: Callable | None = None) -> str:
         )
     if guide is not None and getattr(guide, "_latent_draws", None) is not None:
         return (
-            "its parameters, median and 256 fixed-seed draws are finite, so the guide is "
-            "still usable (a far-tail draw may still overflow: that is what redraws are for)."
+            "its parameters, median and 256 fixed-seed draws are finite: the guide is still "
+            "usable."
         )
     return "the guide is still usable."
