@@ -267,7 +267,7 @@ def train(
                 if (index + 1) % every == 0 or index + 1 == num_steps:
                     bar.set_postfix(loss=f"{loss:.4g}", **extra, refresh=False)
                     bar.update(index + 1 - bar.n)
-                if interrupted() and index + 1 < num_steps:
+                if interrupted():  # pressed during this step: it finished, now stop
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
             step.clear_grads()
