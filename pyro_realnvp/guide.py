@@ -258,7 +258,7 @@ class AutoRealNVP(AutoContinuous):
             f"{sites}; their coordinates start uncorrelated, at the diagonal curvature's "
             "scale (or 1 where that is not positive)",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
     @property
@@ -310,6 +310,8 @@ class AutoRealNVP(AutoContinuous):
     @staticmethod
     def _check_stored_shape(full_name: str, param: Tensor) -> None:
         store = pyro.get_param_store()
+        if torch.jit.is_tracing():  # shapes are fixed by then; comparing them would warn
+            return
         if full_name in store and store[full_name].shape != param.shape:
             raise ValueError(
                 f"the param store holds '{full_name}' with shape "
