@@ -9,9 +9,9 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import Tensor, nn
 from torch.distributions.transforms import Transform
 
+from ._checks import check_int
 from .coupling import default_hidden_dims
 from .flow import RealNVP
-from .masks import check_int
 from .one_pass import OnePassLogDet
 
 __all__ = ["ConditionalRealNVP", "ConditionedRealNVP", "conditional_realnvp"]

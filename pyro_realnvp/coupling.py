@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
-from .masks import alternating_mask, check_int, check_mask
+from ._checks import check_hidden_dims, check_int
+from .masks import alternating_mask, check_mask
 from .nn import conditioner, detached_call, soft_clamp
 from .one_pass import OnePassLogDet
 
@@ -25,28 +25,6 @@ def default_hidden_dims(input_dim: int) -> tuple[int, int]:
     """
     width = min(max(4 * input_dim, 32), 256)
     return (width, width)
-
-
-def check_hidden_dims(hidden_dims) -> tuple[int, ...]:
-    """``hidden_dims`` as a tuple of ints, each ``>= 1``; ``()`` (no hidden layer) is fine.
-
-    Example:
-        >>> check_hidden_dims([16, 8])
-        (16, 8)
-    """
-    message = f"hidden_dims must be a sequence of integers >= 1, got {hidden_dims!r}"
-    if isinstance(hidden_dims, str) or not isinstance(hidden_dims, Iterable):
-        raise TypeError(message)
-    widths = tuple(hidden_dims)
-    if not all(_is_int(width) for width in widths):
-        raise TypeError(message)
-    if not all(width >= 1 for width in widths):
-        raise ValueError(message)
-    return tuple(int(width) for width in widths)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class MaskedAffineCoupling(OnePassLogDet, TransformModule):

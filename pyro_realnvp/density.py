@@ -14,8 +14,8 @@ from pyro.distributions.conditional import (
 from torch import Tensor, nn
 from torch.distributions.transforms import Transform
 
+from ._checks import check_int
 from .conditional import ConditionalRealNVP
-from .masks import check_int
 from .train import History, NonFiniteLossError, Schedule, check_training_args, train
 
 __all__ = [

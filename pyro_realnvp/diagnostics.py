@@ -19,8 +19,8 @@ from pyro.infer.autoguide import AutoContinuous, AutoGuideList
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.util import site_is_subsample
 
+from ._checks import check_int
 from ._compat import full_data_plates, is_deterministic_site
-from .masks import check_int
 from .potential import subsampled_sites
 
 if TYPE_CHECKING:

@@ -8,8 +8,9 @@ import torch
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .coupling import MaskedAffineCoupling
-from .masks import check_int, coupling_masks
+from .masks import coupling_masks
 from .one_pass import OnePassLogDet
 
 __all__ = ["RealNVP", "realnvp"]

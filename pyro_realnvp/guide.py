@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import IndependentTransform, Transform
 
+from ._checks import check_hidden_dims, is_int
 from ._compat import prototype_hide_fn, unpack_latent
 from .flow import RealNVP
 from .laplace import GaussianStart, laplace_start, local_start
@@ -554,7 +555,7 @@ class AutoRealNVP(AutoContinuous):
 
 
 def _positive_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+    return is_int(value) and value >= 1
 
 
 def _check_init_values(trace) -> None:
@@ -593,10 +594,8 @@ def _check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, 
             f"num_layers must be an integer >= 2 (one coupling leaves half the coordinates "
             f"unchanged), got {num_layers!r}"
         )
-    if hidden_dims is not None and not (
-        isinstance(hidden_dims, Sequence) and all(_positive_int(h) for h in hidden_dims)
-    ):
-        raise ValueError(f"hidden_dims must be a sequence of integers >= 1, got {hidden_dims!r}")
+    if hidden_dims is not None:
+        check_hidden_dims(hidden_dims)
     numeric_scale = isinstance(init_scale, numbers.Real) and not isinstance(init_scale, bool)
     if init_scale != "auto" and not (numeric_scale and 0 < init_scale < math.inf):
         raise ValueError(f"init_scale must be 'auto' or a finite number > 0, got {init_scale!r}")

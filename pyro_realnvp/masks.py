@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import Tensor
 
+from ._checks import check_int
+
 __all__ = ["alternating_mask", "half_mask", "bit_mask", "coupling_masks", "check_mask"]
-
-
-def check_int(name: str, value, minimum: int) -> int:
-    """``value`` as an ``int`` if it is an integer ``>= minimum``, else an error naming ``name``.
-
-    numpy and other ``numbers.Integral`` scalars are accepted, ``bool`` is not. A value of
-    the wrong type raises ``TypeError``, an integer below ``minimum`` ``ValueError``.
-
-    Example:
-        >>> check_int("num_layers", 2.5, 1)
-        Traceback (most recent call last):
-        ...
-        TypeError: num_layers must be an integer >= 1, got 2.5
-    """
-    message = f"{name} must be an integer >= {minimum}, got {value!r}"
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(message)
-    if value < minimum:
-        raise ValueError(message)
-    return int(value)
 
 
 def alternating_mask(

@@ -27,6 +27,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ExponentialLR
 from tqdm.auto import tqdm
 
+from ._checks import is_int
+
 __all__ = [
     "History",
     "NonFiniteLossError",
@@ -143,10 +145,6 @@ class Step(Protocol):
     def clear_grads(self) -> None: ...
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
 
@@ -167,15 +165,15 @@ def check_training_args(
         ValueError: lr must be a finite number > 0, got nan
     """
     checks = [
-        ("num_steps", num_steps, _is_int(num_steps) and num_steps >= 1, "an integer >= 1"),
+        ("num_steps", num_steps, is_int(num_steps) and num_steps >= 1, "an integer >= 1"),
         ("lr", lr, _finite(lr) and lr > 0, "a finite number > 0"),
-        ("num_particles", num_particles, _is_int(num_particles) and num_particles >= 1,
+        ("num_particles", num_particles, is_int(num_particles) and num_particles >= 1,
          "an integer >= 1"),
         ("lr_decay", lr_decay, _finite(lr_decay) and 0 < lr_decay <= 1,
          "a number in (0, 1] (the final lr is lr * lr_decay)"),
         ("clip_norm", clip_norm, _real(clip_norm) and clip_norm > 0,
          "a number > 0 (math.inf for no clipping)"),
-        ("max_redraws", max_redraws, _is_int(max_redraws) and max_redraws >= 0,
+        ("max_redraws", max_redraws, is_int(max_redraws) and max_redraws >= 0,
          "an integer >= 0"),
     ]  # fmt: skip
     for name, value, ok, accepted in checks:
