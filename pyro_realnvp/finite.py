@@ -133,7 +133,7 @@ def _median_finite(guide: Callable | None) -> bool:
             values = list(median().values())
             draws = getattr(guide, "_latent_draws", None)  # AutoRealNVP: its tails too
             if draws is not None:
-                values.append(draws(256, seed=0))
+                values.append(draws(4096, seed=0))
     except (ValueError, RuntimeError, TypeError):  # e.g. a guide needing model arguments
         return True
     return all(bool(torch.isfinite(torch.as_tensor(v)).all()) for v in values)
@@ -234,7 +234,7 @@ def usability(params, reason: str = "", guide: Callable | None = None) -> str:
         )
     if guide is not None and getattr(guide, "_latent_draws", None) is not None:
         return (
-            "its parameters, median and 256 fixed-seed draws are finite: the guide is still "
+            "its parameters, median and 4096 fixed-seed draws are finite: the guide is still "
             "usable."
         )
     return "the guide is still usable."
