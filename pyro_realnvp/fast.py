@@ -338,13 +338,13 @@ class FastStep:
         try:
             value = self.elbo.step(self.optimizer, clip_norm=self.schedule.clip_norm)
         except NonFiniteLossError as error:
-            reason = ""
+            reason, replay = "", self.elbo._replay
             if "gradients not" not in str(error):
-                replay = self.elbo._replay
                 reason = explain_non_finite(replay.model, self.elbo.guide, *replay.args,
                                             **replay.kwargs)  # fmt: skip
             said = f"; re-run through Pyro, {reason}" if reason else ""
-            usable = usability(self.elbo.parameters(), reason, self.elbo.guide)
+            usable = usability(self.elbo.parameters(), reason, self.elbo.guide, replay.args,
+                               replay.kwargs)  # fmt: skip
             raise NonFiniteLossError(f"{error}{said}; {usable}") from error
         self.decay.step()
         return value

@@ -12,8 +12,9 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.elbo import ELBO
+from torch.distributions import biject_to
 
-from ._compat import elbo_traces
+from ._compat import elbo_traces, unpack_latent
 from .train import NonFiniteLossError
 
 __all__ = ["FiniteELBO", "explain_non_finite", "usability"]
@@ -122,19 +123,25 @@ def _where(partial: poutine.Trace) -> str:
     return f" after site '{sites[-1]}' (the last sample site it reached)" if sites else ""
 
 
-def _median_finite(guide: Callable | None) -> bool:
-    """Whether an autoguide's median (and an AutoRealNVP's fixed-seed draws of the packed
-    latent) are finite (True for a guide without a median)."""
-    median = getattr(guide, "median", None)
+def _guide_finite(guide: Callable | None, args: tuple = (), kwargs: dict | None = None) -> bool:
+    """Whether an autoguide's median and draws are finite on every site: 4096 fixed-seed
+    draws of an AutoRealNVP mapped to each support (``exp(u)`` overflows before ``u``
+    does), 16 fresh draws of another autoguide. True for a guide without a median."""
+    median, kwargs = getattr(guide, "median", None), kwargs or {}
     if median is None or getattr(guide, "prototype_trace", None) is None:
         return True
     try:
         with torch.no_grad(), poutine.block():
-            values = list(median().values())
-            draws = getattr(guide, "_latent_draws", None)  # AutoRealNVP: its tails too
+            values = list(median(*args, **kwargs).values())
+            draws = getattr(guide, "_latent_draws", None)
             if draws is not None:
-                values.append(draws(4096, seed=0))
-    except (ValueError, RuntimeError, TypeError):  # e.g. a guide needing model arguments
+                values += [
+                    biject_to(site["fn"].support)(value)
+                    for site, value in unpack_latent(guide, draws(4096, seed=0))
+                ]
+            else:
+                values += [v for _ in range(16) for v in guide(*args, **kwargs).values()]
+    except (ValueError, RuntimeError, TypeError, AttributeError):  # not an autoguide's shape
         return True
     return all(bool(torch.isfinite(torch.as_tensor(v)).all()) for v in values)
 
@@ -207,11 +214,14 @@ class FiniteELBO(ELBO):
         reason = explain_non_finite(model, guide, *args, **kwargs)
         head = loss if isinstance(loss, str) else f"ELBO loss is {loss}{what}"
         raise NonFiniteLossError(
-            f"{head}: {reason}. No parameter was updated; " + usability(params, reason, guide)
+            f"{head}: {reason}. No parameter was updated; "
+            + usability(params, reason, guide, args, kwargs)
         )
 
 
-def usability(params, reason: str = "", guide: Callable | None = None) -> str:
+def usability(
+    params, reason: str = "", guide: Callable | None = None, args: tuple = (), kwargs=None
+) -> str:
     """Say the guide is still usable only when it is: every parameter finite, and its
     own draws and log-density finite (``reason`` from :func:`explain_non_finite`).
 
@@ -227,7 +237,7 @@ def usability(params, reason: str = "", guide: Callable | None = None) -> str:
             f"but {bad} parameter tensor(s) were already non-finite before this step, so the "
             "guide is not usable: start again with a smaller lr."
         )
-    if reason.startswith("the guide") or not _median_finite(guide):
+    if reason.startswith("the guide") or not _guide_finite(guide, args, kwargs):
         return (
             "but the guide itself is not finite (its parameters are, its draws are not), so "
             "it is not usable: start again with a smaller lr."
