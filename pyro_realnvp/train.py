@@ -95,7 +95,8 @@ class Schedule:
     step ``num_steps``, each gradient entry clipped to ``[-clip_norm, clip_norm]`` first.
 
     That is Pyro's ``ClippedAdam`` (whose ``clip_norm`` clips entries, not the norm); for
-    steps outside Pyro it is torch's fused ``Adam`` with the same decay.
+    steps outside Pyro it is torch's fused ``Adam`` with the same decay. ``fit_density``
+    keeps the decay but clips the gradients' total norm (its examples diverge otherwise).
 
     Example:
         >>> Schedule(lr=0.01, lr_decay=0.1, clip_norm=10.0, num_steps=2).pyro_args()["lrd"]
