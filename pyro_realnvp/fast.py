@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn.utils import clip_grad_value_, get_total_norm
 
 from ._compat import capture_graph, check_site_shape
-from .finite import explain_non_finite, usability
+from .finite import _rejected_draws_are_non_finite, explain_non_finite, usability
 from .guide import AutoRealNVP
 from .potential import Potential
 from .train import NonFiniteLossError, Schedule
@@ -100,16 +100,14 @@ def _check_trace(trace: poutine.Trace, guide: AutoRealNVP, max_plate_nesting: in
 
 
 def _set_up(guide: AutoRealNVP, args: tuple, kwargs: dict) -> None:
-    """Set the guide up; a model that fails at its initial values is Pyro's ELBO's case."""
+    """Set the guide up; a model that rejects its initial values is Pyro's ELBO's case."""
     try:
-        with torch.no_grad(), poutine.block():
+        with torch.no_grad(), poutine.block(), _rejected_draws_are_non_finite():
             guide(*args, **kwargs)
-    except ValueError as error:
-        if not str(error).startswith(("Expected parameter", "Expected value")):
-            raise
+    except NonFiniteLossError as error:
         raise FastPathError(
-            f"the model rejected the guide's initial values ({str(error).splitlines()[0]}): "
-            "fit with fast=False, whose redraws and diagnosis handle it"
+            f"at the guide's initial values, {error}: fit with fast=False, whose redraws and "
+            "diagnosis handle it"
         ) from error
 
 
