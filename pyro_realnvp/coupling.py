@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ._checks import check_hidden_dims, check_int
 from .masks import alternating_mask, check_mask
-from .nn import conditioner, detached_call, soft_clamp
+from .nn import conditioner, is_plain_mlp, mlp_call
 from .one_pass import OnePassLogDet
 
 __all__ = ["MaskedAffineCoupling", "masked_affine_coupling", "default_hidden_dims"]
@@ -94,8 +94,15 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         # masking instead would carry zero columns and rows, twice the work at large D.
         self.register_buffer("kept", torch.nonzero(mask).squeeze(-1).to(device))
         self.register_buffer("free", torch.nonzero(mask == 0).squeeze(-1).to(device))
+        # Where each coordinate of cat([kept, free]) belongs; derived, so not saved.
+        order = torch.cat([self.kept, self.free]).argsort()
+        self.register_buffer("unsplit", order, persistent=False)
         self.scale_bound = float(scale_bound)
         self.output_gain = float(output_gain)
+        # One product applies the output gain to s and t and 1 / scale_bound to s.
+        factor = [self.output_gain / self.scale_bound] * len(self.free)
+        factor = torch.tensor(factor + [self.output_gain] * len(self.free), dtype=dtype)
+        self.register_buffer("factor", factor.to(device), persistent=False)
         self.context_dim = int(context_dim)
         if net is None:
             net = conditioner(
@@ -110,14 +117,13 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         self.net = net
 
     def _scale_shift(
-        self, x: Tensor, context: Tensor | None = None, detach: bool = False
+        self, h: Tensor, context: Tensor | None = None, detach: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """``(s, t)`` of the free coordinates only, from the kept ones (and the context).
+        """``(s, t)`` of the free coordinates from the kept ones ``h`` (and the context).
 
         The only place the conditioner, its split and the scale bound live. With
         ``detach`` the conditioner's parameters are constants (the path gradient).
         """
-        h = x.index_select(-1, self.kept)
         if context is not None:
             # Batch shapes of x and context broadcast, so one context serves many x.
             batch = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
@@ -127,29 +133,47 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
                 f"this coupling has context_dim={self.context_dim} and needs a context; "
                 "use it through ConditionalRealNVP(...).condition(context)"
             )
-        out = detached_call(self.net, h) if detach else self.net(h)
-        s, t = (out * self.output_gain).chunk(2, dim=-1)
-        return soft_clamp(s, self.scale_bound), t
+        out = mlp_call(self.net, h, detach, self._net_is_plain())
+        # soft_clamp(output_gain * out_s, scale_bound), with one product for s and t.
+        s, t = (out * self.factor).chunk(2, dim=-1)
+        return self.scale_bound * torch.tanh(s), t
 
-    def _update_free(self, x: Tensor, s: Tensor, t: Tensor, sign: int) -> Tensor:
-        """``x`` with its free coordinates ``x_f`` replaced by ``x_f e^s + t`` (sign +1)
-        or ``(x_f - t) e^{-s}`` (sign -1); the kept ones are copied unchanged."""
-        x = x.expand(s.shape[:-1] + x.shape[-1:])  # a broadcast context widens the batch
-        free = x.index_select(-1, self.free)
-        moved = free * torch.exp(s) + t if sign > 0 else (free - t) * torch.exp(-s)
-        return x.index_copy(-1, self.free, moved)
+    def _net_is_plain(self) -> bool:
+        """Whether the conditioner is a plain MLP, checked once per net it is given."""
+        if self.__dict__.get("_plain_for") is not self.net:
+            self.__dict__["_plain"] = is_plain_mlp(self.net)
+            self.__dict__["_plain_for"] = self.net
+        return self.__dict__["_plain"]
+
+    @staticmethod
+    def _move(free: Tensor, s: Tensor, t: Tensor, sign: int) -> Tensor:
+        """``x_f e^s + t`` (sign +1) or its inverse ``(x_f - t) e^{-s}`` (sign -1)."""
+        return free * torch.exp(s) + t if sign > 0 else (free - t) * torch.exp(-s)
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x_kept, x_free)``."""
+        return x.index_select(-1, self.kept), x.index_select(-1, self.free)
+
+    def _merge(self, kept: Tensor, free: Tensor) -> Tensor:
+        """The inverse of :meth:`_split`; a broadcast context may have widened ``free``."""
+        if kept.shape[:-1] != free.shape[:-1]:
+            batch = torch.broadcast_shapes(kept.shape[:-1], free.shape[:-1])
+            kept, free = kept.expand(*batch, -1), free.expand(*batch, -1)
+        return torch.cat([kept, free], dim=-1).index_select(-1, self.unsplit)
 
     def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(y, s)``: the output and the log-scales of the free coordinates."""
-        s, t = self._scale_shift(x, context)
-        return self._update_free(x, s, t, +1), s
+        kept, free = self._split(x)
+        s, t = self._scale_shift(kept, context)
+        return self._merge(kept, self._move(free, s, t, +1)), s
 
     def _backward(
         self, y: Tensor, context: Tensor | None = None, detach: bool = False
     ) -> tuple[Tensor, Tensor]:
         """``(x, s)``: kept coordinates of ``y`` equal those of ``x``, so ``s`` is the same."""
-        s, t = self._scale_shift(y, context, detach)
-        return self._update_free(y, s, t, -1), s
+        kept, free = self._split(y)
+        s, t = self._scale_shift(kept, context, detach)
+        return self._merge(kept, self._move(free, s, t, -1)), s
 
     def _check_event(self, x: Tensor) -> None:
         """Refuse an input whose last dimension is not the mask's (a static shape test)."""

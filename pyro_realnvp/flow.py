@@ -95,6 +95,8 @@ class RealNVP(OnePassLogDet, TransformModule):
         self.input_dim = couplings[0].mask.numel()
         self.context_dim = couplings[0].context_dim
         self.layers = nn.ModuleList(couplings)
+        # Found once here: comparing index buffers at every pass would sync a GPU.
+        self._groups = _complementary_groups(couplings)
 
     def _check_event(self, x: Tensor) -> None:
         """Refuse an input whose last dimension is not ``input_dim``: a static shape test,
@@ -108,11 +110,7 @@ class RealNVP(OnePassLogDet, TransformModule):
     def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(f(x), log|det|)`` in one pass; ``context`` only for a conditional flow."""
         self._check_event(x)
-        log_det = x.new_zeros(x.shape[:-1])
-        for layer in self.layers:
-            x, log_scale = layer._forward(x, context)
-            log_det = log_det + log_scale.sum(-1)
-        return x, log_det
+        return self._run(x, self._groups, context, False, +1)
 
     def _backward(
         self, y: Tensor, context: Tensor | None = None, detach: bool = False
@@ -122,11 +120,28 @@ class RealNVP(OnePassLogDet, TransformModule):
         With ``detach`` every parameter is a constant: gradients reach only ``y``.
         """
         self._check_event(y)
-        log_det = y.new_zeros(y.shape[:-1])
-        for layer in reversed(self.layers):
-            y, log_scale = layer._backward(y, context, detach)
-            log_det = log_det + log_scale.sum(-1)
-        return y, log_det
+        groups = [group[::-1] for group in self._groups[::-1]]
+        return self._run(y, groups, context, detach, -1)
+
+    @staticmethod
+    def _run(
+        x: Tensor, groups: list[list], context: Tensor | None, detach: bool, sign: int
+    ) -> tuple[Tensor, Tensor]:
+        """Apply the grouped layers in order (``sign`` -1: their inverses), with the summed
+        log-scales. Within a group each layer keeps what the one before moved, so the
+        kept and moved halves pass straight on: a pair ``b, 1 - b`` splits and merges the
+        coordinates once, rather than each layer gathering and scattering them."""
+        log_scales = []
+        for group in groups:
+            kept, free = group[0]._split(x)
+            for layer in group:
+                s, t = layer._scale_shift(kept, context, detach)
+                kept, free = layer._move(free, s, t, sign), kept
+                log_scales.append(s)
+            if len(group) % 2:
+                kept, free = free, kept
+            x = group[0]._merge(kept, free)
+        return x, torch.cat(log_scales, dim=-1).sum(-1)
 
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._forward(x)
@@ -143,3 +158,15 @@ def realnvp(input_dim: int, num_layers: int = 8, **kwargs) -> RealNVP:
         4
     """
     return RealNVP(input_dim, num_layers, **kwargs)
+
+
+def _complementary_groups(layers: list[MaskedAffineCoupling]) -> list[list[MaskedAffineCoupling]]:
+    """``layers`` cut into runs in which each layer keeps what the one before moved."""
+    groups: list[list[MaskedAffineCoupling]] = []
+    for layer in layers:
+        last = groups[-1][-1] if groups else None
+        if last is not None and torch.equal(layer.mask, 1 - last.mask):
+            groups[-1].append(layer)
+        else:
+            groups.append([layer])
+    return groups

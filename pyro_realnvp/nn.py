@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ScaledLinear", "conditioner", "detached_call", "soft_clamp"]
+__all__ = ["ScaledLinear", "conditioner", "mlp_call", "soft_clamp"]
 
 
 def soft_clamp(s: Tensor, bound: float) -> Tensor:
@@ -54,7 +54,7 @@ class ScaledLinear(nn.Linear):
         return self.weight * self.gain
 
     def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(x, self.effective_weight(), self.bias)
+        return _linear(x, self.weight, self.bias, self.gain)
 
 
 def conditioner(
@@ -96,34 +96,52 @@ def conditioner(
     return nn.Sequential(*layers, last)
 
 
-def detached_call(net: nn.Module, x: Tensor) -> Tensor:
-    """``net(x)`` with the parameters of its linear layers detached: ``x`` keeps its gradient.
+def is_plain_mlp(net: nn.Module) -> bool:
+    """Linear layers between parameter-free modules, as :func:`conditioner` builds."""
+    return isinstance(net, nn.Sequential) and all(
+        isinstance(layer, nn.Linear) or not any(True for _ in layer.parameters()) for layer in net
+    )
 
-    The path-gradient estimator needs the flow with constant parameters. Where ``net`` is
-    a :func:`conditioner` (linear layers between parameter-free activations) this is a
-    plain forward pass with ``.detach()``-ed weights, which also runs under
+
+def mlp_call(net: nn.Module, x: Tensor, detach: bool = False, plain: bool | None = None) -> Tensor:
+    """``net(x)``; with ``detach`` its parameters are constants while ``x`` keeps its gradient.
+
+    A :func:`conditioner` runs as plain functional calls: its modules' ``__call__``
+    machinery is most of a small layer's cost, paid at every coupling of every step.
+    With ``detach`` (the path-gradient estimator) this also runs under
     ``torch.jit.trace`` (Pyro's JIT ELBOs); any other network goes through
-    ``torch.func.functional_call`` on detached copies of its parameters.
+    ``torch.func.functional_call`` on detached copies of its parameters. ``plain`` is
+    whether ``net`` is such a conditioner, if the caller knows (checking costs a walk
+    over its layers).
 
     Example:
         >>> net = conditioner(2, 2, (4,))
         >>> x = torch.randn(3, 2, requires_grad=True)
-        >>> out = detached_call(net, x)
+        >>> out = mlp_call(net, x, detach=True)
         >>> torch.equal(out, net(x)), out.requires_grad
         (True, True)
     """
-    if isinstance(net, nn.Sequential) and all(
-        isinstance(layer, nn.Linear) or not any(True for _ in layer.parameters()) for layer in net
-    ):
-        for layer in net:
-            if isinstance(layer, nn.Linear):
-                weight = (
-                    layer.effective_weight() if isinstance(layer, ScaledLinear) else layer.weight
-                )
-                bias = None if layer.bias is None else layer.bias.detach()
-                x = nn.functional.linear(x, weight.detach(), bias)
-            else:
-                x = layer(x)
-        return x
-    params = {name: p.detach() for name, p in net.named_parameters()}
-    return torch.func.functional_call(net, params, (x,))
+    if not (is_plain_mlp(net) if plain is None else plain):
+        if not detach:
+            return net(x)
+        params = {name: p.detach() for name, p in net.named_parameters()}
+        return torch.func.functional_call(net, params, (x,))
+    for layer in net:
+        if isinstance(layer, nn.Linear):
+            weight, bias = layer.weight, layer.bias
+            if detach:
+                weight, bias = weight.detach(), None if bias is None else bias.detach()
+            x = _linear(x, weight, bias, getattr(layer, "gain", 1.0))
+        else:
+            x = layer(x)
+    return x
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, gain: float) -> Tensor:
+    """``x (gain W)^T + b``; with a bias, one ``addmm`` scales the product by the gain
+    instead of multiplying the weight at every call."""
+    if bias is None or x.dim() < 2:
+        return nn.functional.linear(x, weight * gain if gain != 1.0 else weight, bias)
+    flat = x.flatten(0, -2) if x.dim() > 2 else x
+    out = torch.addmm(bias, flat, weight.t(), alpha=gain)
+    return out.reshape(*x.shape[:-1], weight.shape[0]) if x.dim() > 2 else out

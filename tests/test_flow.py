@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import randomize_
-from pyro_realnvp import RealNVP, realnvp
+from pyro_realnvp import MaskedAffineCoupling, RealNVP, realnvp
 
 
 @pytest.mark.parametrize("dim", [2, 3, 8])
@@ -121,3 +121,33 @@ def test_input_of_the_wrong_width_is_named(call, shape):
     expected = re.escape(f"RealNVP expects inputs of shape (..., 3), got {shape}")
     with pytest.raises(ValueError, match=expected):
         call(RealNVP(3, num_layers=2), torch.randn(shape))
+
+
+@pytest.mark.parametrize(
+    "masks",
+    [
+        [[1, 0, 1, 0, 1], [0, 1, 0, 1, 0], [1, 1, 0, 0, 1], [0, 0, 1, 1, 0]],  # two pairs
+        [[1, 0, 1, 0, 1], [1, 1, 0, 0, 0], [0, 1, 1, 0, 1]],  # no complementary neighbours
+        [[1, 0, 0, 1, 0], [0, 1, 1, 0, 1], [1, 0, 0, 1, 0]],  # a run of three
+    ],
+    ids=["pairs", "unpaired", "run-of-three"],
+)
+def test_grouped_passes_equal_the_layers_applied_one_by_one(masks):
+    # The flow hands the kept and moved halves from one layer to its complement instead
+    # of merging after each layer; that must not change the map or its log-det.
+    torch.manual_seed(0)
+    layers = [MaskedAffineCoupling(torch.tensor(m), (8,)) for m in masks]
+    for layer in layers:
+        torch.nn.init.normal_(layer.net[-1].weight, std=0.5)
+    flow = RealNVP.from_couplings(layers)
+    x = torch.randn(6, 5, dtype=torch.float32)
+    expected, expected_log_det = x, torch.zeros(6)
+    for layer in layers:
+        expected, s = layer._forward(expected)
+        expected_log_det = expected_log_det + s.sum(-1)
+    y, log_det = flow._forward(x)
+    assert torch.allclose(y, expected, atol=1e-6)
+    assert torch.allclose(log_det, expected_log_det, atol=1e-6)
+    x_back, inverse_log_det = flow._backward(y, detach=True)
+    assert torch.allclose(x_back, x, atol=1e-5)
+    assert torch.allclose(inverse_log_det, log_det, atol=1e-5)

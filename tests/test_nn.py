@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyro_realnvp.nn import ScaledLinear, conditioner, soft_clamp
+from pyro_realnvp.nn import ScaledLinear, conditioner, mlp_call, soft_clamp
 
 
 def test_soft_clamp_is_bounded_and_identity_near_zero():
@@ -53,3 +53,20 @@ def test_one_adam_step_moves_a_scaled_wide_layer_root_width_times_less():
     plain, scaled = adam_step_change(512, False), adam_step_change(512, True)
     assert plain > 0.3  # a sizeable fraction of lr * width
     assert scaled < plain / 10  # sqrt(512) = 22.6
+
+
+@pytest.mark.parametrize("fan_in_scaling", [False, True], ids=["linear", "scaled"])
+@pytest.mark.parametrize("batch", [(7,), (2, 3), ()], ids=["rows", "grid", "single"])
+def test_mlp_call_is_the_network_and_detach_keeps_only_the_input_gradient(fan_in_scaling, batch):
+    torch.manual_seed(0)
+    net = conditioner(3, 4, (8, 8), fan_in_scaling=fan_in_scaling)
+    torch.nn.init.normal_(net[-1].weight)
+    x = torch.randn(*batch, 3, requires_grad=True)
+    assert torch.allclose(mlp_call(net, x), net(x), atol=1e-6)
+    out = mlp_call(net, x, detach=True)
+    (grad_x,) = torch.autograd.grad(out.sum(), x)
+    (expected,) = torch.autograd.grad(net(x).sum(), x)
+    assert torch.allclose(grad_x, expected, atol=1e-6)
+    out = mlp_call(net, x, detach=True)
+    out.sum().backward()
+    assert all(p.grad is None for p in net.parameters())
