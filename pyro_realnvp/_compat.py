@@ -29,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "capture_graph",
     "check_site_shape",
+    "count_elements",
     "elbo_traces",
     "full_data_plates",
     "is_deterministic_site",
@@ -178,3 +179,27 @@ def capture_graph(function: Callable[..., Tensor], *example: Tensor) -> torch.fx
     from torch.fx.experimental.proxy_tensor import make_fx
 
     return make_fx(function)(*example)
+
+
+def count_elements(function: Callable[..., object], *args: object) -> int:
+    """Run ``function(*args)`` and return how many tensor elements its operations produced
+    (torch's private ``TorchDispatchMode``, which sees every operation, in C++ kernels too).
+
+    Example:
+        >>> count_elements(lambda x: (x * 2).sum(), torch.ones(3))
+        4
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Count(TorchDispatchMode):
+        elements = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.elements += sum(t.numel() for t in tree_leaves(out) if isinstance(t, Tensor))
+            return out
+
+    with Count() as count:
+        function(*args)
+    return count.elements

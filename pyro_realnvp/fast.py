@@ -23,13 +23,19 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.nn.utils import clip_grad_value_, get_total_norm
 
-from ._compat import capture_graph, check_site_shape
+from ._compat import capture_graph, check_site_shape, count_elements
 from .finite import _rejected_draws_are_non_finite, explain_non_finite, usability
 from .guide import AutoRealNVP
 from .potential import Potential
 from .train import NonFiniteLossError, Schedule
 
-__all__ = ["FastELBO", "FastPathError", "FastStep"]
+__all__ = ["FastELBO", "FastPathError", "FastStep", "particles_for"]
+
+#: Most particles per step the fast path chooses by itself, and the elements the model's
+#: log-density may compute per step before more particles cost more than the flow's own
+#: per-step overhead (docs/tuning.md): a step is overhead-bound below it.
+MAX_PARTICLES = 32
+PARTICLE_BUDGET = 2**21
 
 
 class FastPathError(ValueError):
@@ -99,6 +105,18 @@ def _check_trace(trace: poutine.Trace, guide: AutoRealNVP, max_plate_nesting: in
             )
 
 
+def particles_for(elements_per_particle: float, most: int = MAX_PARTICLES) -> int:
+    """Particles per step: the largest power of two up to ``most`` whose log-density
+    work, ``N * elements_per_particle``, stays within ``PARTICLE_BUDGET``; at least one.
+
+    Example:
+        >>> particles_for(200), particles_for(200_000), particles_for(5e6)
+        (32, 8, 1)
+    """
+    affordable = min(most, PARTICLE_BUDGET / max(float(elements_per_particle), 1.0))
+    return 2 ** int(math.floor(math.log2(max(affordable, 1.0))))
+
+
 def _set_up(guide: AutoRealNVP, args: tuple, kwargs: dict) -> None:
     """Set the guide up; a model that rejects its initial values is Pyro's ELBO's case."""
     try:
@@ -127,7 +145,10 @@ class FastELBO:
         model: A Pyro model with continuous latents only.
         guide: An :class:`~pyro_realnvp.AutoRealNVP` of ``model``.
         *args, **kwargs: The model's arguments, fixed for every step.
-        num_particles: Particles :math:`N` per step, drawn in one batched call.
+        num_particles: Particles :math:`N` per step, drawn in one batched call. ``None``
+            chooses them from the model's work (:func:`particles_for`): up to
+            ``MAX_PARTICLES`` where a step costs its fixed overhead whatever :math:`N`,
+            fewer where the model's own arithmetic grows with them.
         compile: Also ``torch.compile`` the loss and its backward pass, paying a one-off
             compile time (a minute or more on CPU) for a faster step. ``True`` picks mode
             ``"reduce-overhead"`` (CUDA graphs: shapes here are static) on a GPU and
@@ -148,13 +169,15 @@ class FastELBO:
         model: Callable,
         guide: AutoRealNVP,
         *args,
-        num_particles: int = 1,
+        num_particles: int | None = 1,
         compile: bool | str = False,
         **kwargs,
     ) -> None:
         if not isinstance(guide, AutoRealNVP):
             raise TypeError(f"guide must be an AutoRealNVP, got {type(guide).__name__}")
-        if not (isinstance(num_particles, int) and num_particles >= 1):
+        if num_particles is not None and not (
+            isinstance(num_particles, int) and num_particles >= 1
+        ):
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         if guide.prototype_trace is None:
             _set_up(guide, args, kwargs)
@@ -194,6 +217,8 @@ class FastELBO:
                 "the model's sites or shapes change with the latent values, so no single "
                 "graph replays it: fit with fast=False"
             )
+        if self.num_particles is None:
+            self.num_particles = particles_for(self._elements_per_particle())
         example = self._draws(self.num_particles, seed=3)
         try:
             # Validation checks read tensor values; the eager runs above already did them.
@@ -215,6 +240,16 @@ class FastELBO:
                 "data-dependent behaviour): fit with fast=False"
             )
         return graph
+
+    def _elements_per_particle(self) -> int:
+        """What one more particle adds to the log-density's work, in tensor elements
+        (the difference between two particles and one cancels particle-free work)."""
+        counts = []
+        for num_particles in (1, 2):
+            draws = self._draws(num_particles, seed=5)
+            with pyro.validation_enabled(False), torch.no_grad():
+                counts.append(count_elements(self._replay.log_joint, draws))
+        return max(counts[1] - counts[0], 1)
 
     def _draws(self, num_particles: int, seed: int) -> Tensor:
         """Fixed-seed guide draws of shape ``latent_shape(num_particles)``, for set-up checks."""

@@ -11,7 +11,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.optim import ClippedAdam, PyroOptim
 
-from .fast import FastPathError, FastStep
+from .fast import MAX_PARTICLES, FastPathError, FastStep
 from .finite import FiniteELBO, explain_non_finite
 from .guide import AutoRealNVP
 from .train import History, NonFiniteLossError, Schedule, check_training_args, train
@@ -54,9 +54,10 @@ class SVIStep:
             param.grad = None
 
 
-#: Particles per step on the fast path when ``fit`` is not told, chosen by measurement
+#: Most particles per step on the fast path when ``fit`` is not told, chosen by measurement
 #: (docs/tuning.md): near the cost of one (a step is overhead-bound) at a fraction of its KL.
-FAST_PARTICLES = 32
+#: Fewer where the model's arithmetic grows with them (:func:`~pyro_realnvp.fast.particles_for`).
+FAST_PARTICLES = MAX_PARTICLES
 
 
 def fit(
@@ -82,7 +83,9 @@ def fit(
     gradient entry clipped to ``[-clip_norm, clip_norm]`` (Pyro's ``ClippedAdam``).
     Particles are vectorized. For an :class:`~pyro_realnvp.AutoRealNVP` with no ``loss``
     or ``optim`` given, each step is the captured :class:`~pyro_realnvp.FastELBO` step
-    with ``FAST_PARTICLES`` particles (32) unless told otherwise; where the model does not
+    with up to ``FAST_PARTICLES`` particles (32; fewer where the model's own arithmetic
+    grows with them, see :func:`~pyro_realnvp.fast.particles_for`) unless told otherwise;
+    where the model does not
     allow it (subsampling, ``pyro.param`` sites, discrete latents, data-dependent
     structure) it falls back to Pyro's ``Trace_ELBO`` with 1 particle, and
     ``history.note`` and a log line on the ``pyro_realnvp.infer`` logger say why.
@@ -128,9 +131,8 @@ def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, h
     """The fast step where asked or possible, else Pyro's; and why not fast, if not."""
     schedule, compile = how
     if fast is not False and isinstance(guide, AutoRealNVP) and loss is None and optim is None:
-        particles = FAST_PARTICLES if num_particles is None else num_particles
         try:
-            step = FastStep.build(model, guide, args, kwargs, particles, schedule, compile)
+            step = FastStep.build(model, guide, args, kwargs, num_particles, schedule, compile)
             return step, ""
         except FastPathError as error:
             if fast:

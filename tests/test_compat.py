@@ -15,6 +15,7 @@ from pyro.infer.autoguide import AutoDiagonalNormal, init_to_value
 from pyro_realnvp._compat import (
     capture_graph,
     check_site_shape,
+    count_elements,
     elbo_traces,
     full_data_plates,
     is_deterministic_site,
@@ -217,3 +218,10 @@ def test_get_checked_instance_gives_an_uninitialised_subclass_for_expand():
     expanded = dist.Normal.expand(normal, (3,), _instance=new)
     assert expanded is new
     assert expanded.batch_shape == (3,)
+
+
+def test_count_elements_sees_every_operation_and_its_output_size():
+    x = torch.ones(3, 4)
+    # x * 2 makes 12 elements, .sum(-1) 3, .exp() 3.
+    assert count_elements(lambda t: (t * 2).sum(-1).exp(), x) == 18
+    assert count_elements(lambda t: t, x) == 0

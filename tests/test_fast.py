@@ -10,7 +10,13 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from conftest import randomize_
 from pyro_realnvp import AutoRealNVP, NonFiniteLossError, fit_fast
-from pyro_realnvp.fast import FastELBO, FastPathError
+from pyro_realnvp.fast import (
+    MAX_PARTICLES,
+    PARTICLE_BUDGET,
+    FastELBO,
+    FastPathError,
+    particles_for,
+)
 
 SMALL = {"num_layers": 4, "hidden_dims": (8,)}
 F64 = {"dtype": torch.float64}
@@ -239,6 +245,36 @@ def test_noise_of_the_wrong_shape_is_refused():
     elbo = FastELBO(plated_model, AutoRealNVP(plated_model, **SMALL), num_particles=3)
     with pytest.raises(ValueError, match=r"eps must have shape \(3, 4\), got \(2, 4\)"):
         elbo.loss(torch.zeros(2, 4, **F64))
+
+
+def rows_model(num_rows):
+    def model():
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", num_rows):
+            pyro.sample("y", dist.Normal(w, 1.0), obs=torch.zeros(num_rows))
+
+    return model
+
+
+@pytest.mark.parametrize(
+    "num_rows, expected", [(10, MAX_PARTICLES), (10_000, 8), (400_000, 1)]
+)
+def test_unset_particles_shrink_as_the_models_work_per_particle_grows(num_rows, expected):
+    # Normal(w, 1).log_prob and its sum make about 14 row-sized tensors per particle:
+    # 1.4e5 elements fit 8 particles in the budget of 2**21, 5.6e6 not even one.
+    model = rows_model(num_rows)
+    elbo = FastELBO(model, AutoRealNVP(model, **SMALL), num_particles=None)
+    assert elbo.num_particles == expected
+    assert elbo.sample_noise().shape == (expected, 1)
+    assert elbo._log_joint(elbo._draws(expected, seed=0)).shape == (expected,)
+
+
+def test_particles_for_picks_powers_of_two_within_the_budget():
+    assert particles_for(1) == MAX_PARTICLES
+    assert particles_for(PARTICLE_BUDGET / 4) == 4
+    assert particles_for(PARTICLE_BUDGET / 4 + 1) == 2
+    assert particles_for(10 * PARTICLE_BUDGET) == 1
+    assert particles_for(1, most=5) == 4
 
 
 @pytest.mark.slow
