@@ -257,7 +257,7 @@ def rows_model(num_rows):
 
 
 @pytest.mark.parametrize(
-    "num_rows, expected", [(10, MAX_PARTICLES), (10_000, 8), (400_000, 1)]
+    ("num_rows", "expected"), [(10, MAX_PARTICLES), (10_000, 8), (400_000, 1)]
 )
 def test_unset_particles_shrink_as_the_models_work_per_particle_grows(num_rows, expected):
     # Normal(w, 1).log_prob and its sum make about 14 row-sized tensors per particle:
