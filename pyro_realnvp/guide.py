@@ -23,6 +23,7 @@ from pyro.infer.autoguide.initialization import init_to_median
 from pyro.nn import PyroParam
 from pyro.params.param_store import param_with_module_name
 from pyro.poutine.runtime import effectful
+from pyro.util import get_rng_state, set_rng_state
 from torch import Tensor, nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import IndependentTransform, Transform
@@ -30,6 +31,7 @@ from torch.distributions.transforms import IndependentTransform, Transform
 from ._checks import check_hidden_dims, is_int
 from ._compat import prototype_hide_fn, unpack_latent
 from .flow import RealNVP
+from .init_checks import check_init_values, init_values_error
 from .laplace import GaussianStart, laplace_start, local_start
 from .potential import Potential, subsampled_sites
 
@@ -195,21 +197,7 @@ class AutoRealNVP(AutoContinuous):
             raise
 
     def _build(self, *args, **kwargs) -> None:
-        try:
-            super()._setup_prototype(*args, **kwargs)
-        except NotImplementedError as error:
-            _name_unsupported_site(self.prototype_trace, error)
-            raise
-        except (ValueError, TypeError) as error:
-            if self._find_mode:  # our own init: the model's failure is its own
-                raise
-            raise ValueError(
-                "the model failed at init_loc_fn's values while the guide set itself up "
-                f"({str(error).splitlines()[0]}): give each site a value of its shape, "
-                "inside its support"
-            ) from error
-        if not self._find_mode:
-            _check_init_values(self.prototype_trace)
+        self._trace_prototype(*args, **kwargs)
         self._check_one_device_and_dtype()
         init_loc = self._init_loc()
         self._check_finite(init_loc)
@@ -227,6 +215,22 @@ class AutoRealNVP(AutoContinuous):
             self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
         self.flow = RealNVP(self.latent_dim, **self._flow_options, **factory)
         self._register_flow()
+
+    def _trace_prototype(self, *args, **kwargs) -> None:
+        """Pyro's prototype trace at ``init_loc_fn``'s values, its failures named by site."""
+        rng = get_rng_state()
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except NotImplementedError as error:
+            _name_unsupported_site(self.prototype_trace, error)
+            raise
+        except (ValueError, TypeError) as error:
+            if self._find_mode:  # our own init: the model's failure is its own
+                raise
+            set_rng_state(rng)  # init_to_median draws: re-run at the same values
+            raise init_values_error(self.model, error, args, kwargs) from error
+        if not self._find_mode:
+            check_init_values(self.prototype_trace)
 
     def _potential(self, *args, **kwargs) -> Potential:
         """The model's full-data potential (see :class:`~pyro_realnvp.potential.Potential`)."""
@@ -556,18 +560,6 @@ class AutoRealNVP(AutoContinuous):
 
 def _positive_int(value) -> bool:
     return is_int(value) and value >= 1
-
-
-def _check_init_values(trace) -> None:
-    """Refuse an initial value outside its site's support: ``biject_to`` would silently
-    clamp or project it, and the guide would start elsewhere than it was told."""
-    for name, site in trace.iter_stochastic_nodes():
-        inside = site["fn"].support.check(site["value"])
-        if not bool(torch.as_tensor(inside).all()):
-            raise ValueError(
-                f"init_loc_fn gave site '{name}' a value outside its support "
-                f"{site['fn'].support}: {site['value']}"
-            )
 
 
 def _name_unsupported_site(trace, error: NotImplementedError) -> None:

@@ -647,8 +647,8 @@ def beta_and_scale_model():
     ("values", "message"),
     [
         ({"p": 1.5}, "init_loc_fn gave site 'p' a value outside its support"),
-        ({"s": -1.0}, "the model failed at init_loc_fn's values"),
-        ({"s": float("nan")}, "the model failed at init_loc_fn's values"),
+        ({"s": -1.0}, "init_loc_fn gave site 's' a value outside its support"),
+        ({"s": float("nan")}, "init_loc_fn gave site 's' a non-finite value"),
     ],
 )
 def test_initial_values_the_model_cannot_take_are_refused_naming_init_loc_fn(values, message):

@@ -1,0 +1,101 @@
+"""An autoguide's initial values, checked at set-up so that a failure names the site.
+
+Pyro's autoguides run the model once at ``init_loc_fn``'s values to learn its sites; a
+value the model cannot take fails there, deep in a distribution's constructor, with a
+message that names neither the site nor the value. These helpers re-run the model up to
+the failure and say which site's initial value is wrong, or where the model failed and
+at which values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+
+from .finite import first_line, model_raised
+
+__all__ = [
+    "check_init_values",
+    "format_values",
+    "init_values_error",
+    "partial_trace",
+]
+
+#: Sites listed by :func:`format_values` before it says how many more there are.
+MAX_LISTED_SITES = 8
+
+
+def partial_trace(model: Callable, args: tuple = (), kwargs: dict | None = None):
+    """The model's trace up to where it fails (all of it if it does not)."""
+    tracer = poutine.trace(model)
+    try:
+        with torch.no_grad(), poutine.block():
+            tracer.get_trace(*args, **(kwargs or {}))
+    except (ValueError, RuntimeError, TypeError, NotImplementedError):
+        pass  # the sites before the failure are what is wanted
+    return tracer.msngr.trace
+
+
+def _latent_sites(trace) -> list[tuple[str, dict]]:
+    return [
+        (name, site)
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+    ]
+
+
+def check_init_values(trace, shapes: bool = False) -> None:
+    """Refuse an initial value that is not finite or lies outside its site's support
+    (``biject_to`` would silently clamp or project it, and the guide start elsewhere than
+    it was told), and with ``shapes`` one whose shape is not its site's."""
+    for name, site in _latent_sites(trace):
+        value, fn = site["value"], site["fn"]
+        if not torch.is_tensor(value):
+            continue  # Pyro's own checks say what is wrong with a value that is no tensor
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"init_loc_fn gave site '{name}' a non-finite value: {value}")
+        if shapes and value.shape != fn.shape():
+            raise ValueError(
+                f"init_loc_fn gave site '{name}' a value of shape {tuple(value.shape)}, but "
+                f"the site's shape is {tuple(fn.shape())}"
+            )
+        if not bool(torch.as_tensor(fn.support.check(value)).all()):
+            raise ValueError(
+                f"init_loc_fn gave site '{name}' a value outside its support {fn.support}: {value}"
+            )
+
+
+def _short(value) -> str:
+    if not torch.is_tensor(value):
+        return repr(value)[:40]
+    value = value.detach()
+    if value.numel() == 1:
+        return f"{value.item():.4g}"
+    if value.numel() <= 4:
+        return "[" + ", ".join(f"{v:.4g}" for v in value.flatten().tolist()) + "]"
+    return f"<tensor of shape {tuple(value.shape)}>"
+
+
+def format_values(trace) -> str:
+    """``"mu=0.5, s=1"``: each latent site's value, up to ``MAX_LISTED_SITES`` sites."""
+    sites = _latent_sites(trace)
+    text = ", ".join(f"{name}={_short(site['value'])}" for name, site in sites[:MAX_LISTED_SITES])
+    if len(sites) > MAX_LISTED_SITES:
+        text += f", ... ({len(sites) - MAX_LISTED_SITES} more)"
+    return text or "(none: it failed before its first latent site)"
+
+
+def init_values_error(model: Callable, error: BaseException, args: tuple, kwargs: dict):
+    """The error to raise where ``model`` (wrapped in its ``InitMessenger``) failed while
+    an autoguide set itself up: a bad initial value by its site's name if one is bad,
+    else where the model failed and at which values."""
+    trace = partial_trace(model, args, kwargs)
+    check_init_values(trace, shapes=True)
+    return ValueError(
+        f"{model_raised(error, trace)}, at init_loc_fn's values ({format_values(trace)}), "
+        f"while the guide set itself up: {first_line(error)}. Check that each value has its "
+        "site's shape and lies inside its support, and that the model is finite there"
+    )
