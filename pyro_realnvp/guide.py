@@ -31,7 +31,12 @@ from torch.distributions.transforms import IndependentTransform, Transform
 from ._checks import check_hidden_dims, is_int
 from ._compat import prototype_hide_fn, unpack_latent
 from .flow import RealNVP
-from .init_checks import check_init_values, init_values_error
+from .init_checks import (
+    check_init_values,
+    init_values_error,
+    raised_by_init_strategy,
+    unsampleable_error,
+)
 from .laplace import GaussianStart, laplace_start, local_start
 from .potential import Potential, subsampled_sites
 
@@ -223,6 +228,8 @@ class AutoRealNVP(AutoContinuous):
             super()._setup_prototype(*args, **kwargs)
         except NotImplementedError as error:
             _name_unsupported_site(self.prototype_trace, error)
+            if raised_by_init_strategy(error):  # a site that cannot be sampled
+                raise unsampleable_error(error, self._find_mode) from error
             raise
         except (ValueError, TypeError) as error:
             if self._find_mode:  # our own init: the model's failure is its own

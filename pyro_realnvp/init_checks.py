@@ -9,12 +9,15 @@ at which values.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import initialization
 from pyro.poutine.util import site_is_subsample
 
+from ._locate import raised_at
 from .finite import first_line, model_raised
 
 __all__ = [
@@ -22,6 +25,8 @@ __all__ = [
     "format_values",
     "init_values_error",
     "partial_trace",
+    "raised_by_init_strategy",
+    "unsampleable_error",
 ]
 
 #: Sites listed by :func:`format_values` before it says how many more there are.
@@ -98,4 +103,28 @@ def init_values_error(model: Callable, error: BaseException, args: tuple, kwargs
         f"{model_raised(error, trace)}, at init_loc_fn's values ({format_values(trace)}), "
         f"while the guide set itself up: {first_line(error)}. Check that each value has its "
         "site's shape and lies inside its support, and that the model is finite there"
+    )
+
+
+def raised_by_init_strategy(error: BaseException) -> bool:
+    """Whether ``error`` was raised while Pyro's initialisation (``InitMessenger`` and its
+    ``init_to_*`` strategies) ran, rather than by the model itself."""
+    module = os.path.realpath(initialization.__file__)
+    tb = error.__traceback__
+    while tb is not None:
+        if os.path.realpath(tb.tb_frame.f_code.co_filename) == module:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def unsampleable_error(error: NotImplementedError, default_init: bool) -> ValueError:
+    """A site whose distribution cannot be sampled (``ImproperUniform``), which
+    ``init_to_median`` (and ``init_to_sample``) need: name it and what to pass instead."""
+    told = "the default init_to_median" if default_init else "init_loc_fn"
+    return ValueError(
+        f"{told} could not give the model a value{raised_at(error)}: {error}. An initial "
+        "value that does not sample the site is needed: pass "
+        "init_loc_fn=pyro.infer.autoguide.init_to_feasible, or init_to_value(values=...) "
+        "with a value for that site"
     )

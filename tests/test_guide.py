@@ -666,3 +666,15 @@ def test_quantile_levels_that_are_not_levels_are_refused(levels, error, message)
     guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
     with pytest.raises(error, match=message):
         guide.quantiles(levels)
+
+
+def test_a_site_that_cannot_be_sampled_by_the_default_init_is_named():
+    def model():
+        o = pyro.sample("o", dist.ImproperUniform(dist.constraints.ordered_vector, (), (3,)))
+        pyro.sample("obs", dist.Normal(o, 1.0).to_event(1), obs=torch.tensor([-1.0, 0.0, 1.0]))
+
+    with pytest.raises(ValueError, match="the default init_to_median .* at site 'o'") as error:
+        AutoRealNVP(model, **SMALL)()
+    assert "init_loc_fn=pyro.infer.autoguide.init_to_feasible" in str(error.value)
+    start = init_to_value(values={"o": torch.tensor([-1.0, 0.0, 1.0])})
+    assert AutoRealNVP(model, init_loc_fn=start, **SMALL)()["o"].shape == (3,)
