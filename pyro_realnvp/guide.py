@@ -32,7 +32,9 @@ from ._checks import check_hidden_dims, is_int
 from ._compat import prototype_hide_fn, unpack_latent
 from .flow import RealNVP
 from .init_checks import (
+    check_init_value_names,
     check_init_values,
+    init_value_names,
     init_values_error,
     raised_by_init_strategy,
     unsampleable_error,
@@ -121,7 +123,9 @@ class AutoRealNVP(AutoContinuous):
             kept within ``[32, 256]``.
         init_loc_fn: ``None`` (the default) for the Laplace start above; a per-site
             initialisation, as for Pyro's autoguides, to start at its point instead
-            (no mode search; scale from the curvature there, capped at 1).
+            (no mode search; scale from the curvature there, capped at 1). A value
+            outside its site's support, and a name in ``init_to_value(values=...)``
+            that is no site of the model (Pyro ignores it), are refused at set-up.
         init_scale: ``"auto"`` (the default) takes the start's scale and correlations;
             a number sets every coordinate's :math:`\sigma` (and :math:`U = I`).
         scale_bound: Bound on each coupling's log-scale.
@@ -179,6 +183,7 @@ class AutoRealNVP(AutoContinuous):
         }
         self._init_scale = init_scale if init_scale == "auto" else float(init_scale)
         self._find_mode = init_loc_fn is None
+        self._init_value_names = init_value_names(init_loc_fn)
         self._affine = affine
         self.estimator = estimator
         self.num_quantile_samples = num_quantile_samples
@@ -238,6 +243,9 @@ class AutoRealNVP(AutoContinuous):
             raise init_values_error(self.model, error, args, kwargs) from error
         if not self._find_mode:
             check_init_values(self.prototype_trace)
+        if self._init_value_names:
+            latents = [name for name, _ in self.prototype_trace.iter_stochastic_nodes()]
+            check_init_value_names(self._init_value_names, self.model, latents, args, kwargs)
 
     def _potential(self, *args, **kwargs) -> Potential:
         """The model's full-data potential (see :class:`~pyro_realnvp.potential.Potential`)."""

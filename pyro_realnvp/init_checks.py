@@ -9,20 +9,24 @@ at which values.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import initialization
+from pyro.infer.autoguide.initialization import init_to_value
 from pyro.poutine.util import site_is_subsample
 
 from ._locate import raised_at
 from .finite import first_line, model_raised
 
 __all__ = [
+    "check_init_value_names",
     "check_init_values",
     "format_values",
+    "init_value_names",
     "init_values_error",
     "partial_trace",
     "raised_by_init_strategy",
@@ -128,3 +132,26 @@ def unsampleable_error(error: NotImplementedError, default_init: bool) -> ValueE
         "init_loc_fn=pyro.infer.autoguide.init_to_feasible, or init_to_value(values=...) "
         "with a value for that site"
     )
+
+
+def init_value_names(init_loc_fn: Callable | None) -> frozenset[str]:
+    """The site names of an ``init_to_value(values=...)``; empty for other strategies."""
+    if not (isinstance(init_loc_fn, functools.partial) and init_loc_fn.func is init_to_value):
+        return frozenset()
+    values = init_loc_fn.keywords.get("values") or {}
+    return frozenset(values) if isinstance(values, dict) else frozenset()
+
+
+def check_init_value_names(names: Iterable[str], model: Callable, latents, args, kwargs):
+    """Refuse ``init_to_value`` names that are no site of the model: Pyro ignores them, so
+    a misspelt name silently leaves its site at the fallback's value."""
+    unknown = set(names) - set(latents)
+    if not unknown:
+        return
+    every_site = set(partial_trace(model, args, kwargs).nodes)  # observed and hidden too
+    unknown -= every_site
+    if unknown:
+        raise ValueError(
+            f"init_to_value got values for {sorted(unknown)}, which are not sites of the "
+            f"model; its latent sites are {sorted(latents)}"
+        )

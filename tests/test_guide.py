@@ -678,3 +678,17 @@ def test_a_site_that_cannot_be_sampled_by_the_default_init_is_named():
     assert "init_loc_fn=pyro.infer.autoguide.init_to_feasible" in str(error.value)
     start = init_to_value(values={"o": torch.tensor([-1.0, 0.0, 1.0])})
     assert AutoRealNVP(model, init_loc_fn=start, **SMALL)()["o"].shape == (3,)
+
+
+def test_a_misspelt_init_to_value_name_is_refused():
+    start = init_to_value(values={"muu": torch.tensor(5.0)})
+    with pytest.raises(ValueError, match=r"values for \['muu'\], which are not sites") as error:
+        AutoRealNVP(beta_and_scale_model, init_loc_fn=start, **SMALL)()
+    assert "its latent sites are ['p', 's']" in str(error.value)
+
+
+def test_init_to_value_may_name_any_site_of_the_model():
+    # An observed site is a site (Pyro ignores its value there): not a misspelling.
+    start = init_to_value(values={"s": torch.tensor(2.0), "y": torch.tensor(0.0)})
+    guide = AutoRealNVP(beta_and_scale_model, init_loc_fn=start, **SMALL)
+    assert guide.median()["s"] == pytest.approx(2.0)

@@ -12,6 +12,7 @@ from pyro_realnvp.init_checks import (
     MAX_LISTED_SITES,
     check_init_values,
     format_values,
+    init_value_names,
     partial_trace,
 )
 
@@ -94,6 +95,12 @@ def test_a_random_initialisation_is_reported_at_the_values_it_failed_at():
     with pytest.raises(ValueError, match="at init_loc_fn's values") as error:
         guide()
     assert f"(x={median.item():.4g})" in str(error.value)
+
+
+def test_only_init_to_value_has_names():
+    assert init_value_names(init_to_value(values={"a": torch.zeros(())})) == {"a"}
+    assert init_value_names(init_to_median) == frozenset()
+    assert init_value_names(None) == frozenset()
 
 
 def test_an_unknown_support_is_not_what_is_checked():
