@@ -106,6 +106,9 @@ class AutoRealNVP(AutoContinuous):
     latent values in the prototype trace, so a CUDA (or float64) model trains with no
     global default device and no ``.to()``. Sites marked for enumeration
     (``infer={"enumerate": ...}``, e.g. by ``config_enumerate``) are left to the ELBO.
+    A latent inside a subsampling plate is refused at set-up: packed into one vector it
+    would have the minibatch's size (Pyro's ``AutoContinuous`` trains it so, silently);
+    guide such local sites with ``AutoNormal`` beside this guide in an ``AutoGuideList``.
 
     As in every Pyro autoguide, the parameters live in Pyro's global param store under
     the guide's name (``AutoRealNVP.loc``, ``AutoRealNVP.flow$$$layers.0...``), and at
@@ -241,6 +244,7 @@ class AutoRealNVP(AutoContinuous):
                 raise
             set_rng_state(rng)  # init_to_median draws: re-run at the same values
             raise init_values_error(self.model, error, args, kwargs) from error
+        _refuse_local_subsampled(self.prototype_trace)
         if not self._find_mode:
             check_init_values(self.prototype_trace)
         if self._init_value_names:
@@ -248,12 +252,9 @@ class AutoRealNVP(AutoContinuous):
             check_init_value_names(self._init_value_names, self.model, latents, args, kwargs)
 
     def _potential(self, *args, **kwargs) -> Potential:
-        """The model's full-data potential (see :class:`~pyro_realnvp.potential.Potential`)."""
-        latents = {name for name, _ in self.prototype_trace.iter_stochastic_nodes()}
-        subsampled = subsampled_sites(self.prototype_trace)
-        local_subsampled = any(name in latents for name, _ in subsampled)
-        # A latent inside a subsampled plate has the minibatch's shape: keep the minibatch.
-        return Potential(self.model, self, args, kwargs, full_data=not local_subsampled)
+        """The model's full-data potential (see :class:`~pyro_realnvp.potential.Potential`);
+        set-up has refused latents in subsampling plates, which would need the minibatch."""
+        return Potential(self.model, self, args, kwargs, full_data=True)
 
     def _gaussian_start(self, init_loc: Tensor, *args, **kwargs) -> GaussianStart:
         """Where the affine starts: the Laplace start, or a local one at ``init_loc``."""
@@ -575,6 +576,24 @@ class AutoRealNVP(AutoContinuous):
 
 def _positive_int(value) -> bool:
     return is_int(value) and value >= 1
+
+
+def _refuse_local_subsampled(trace) -> None:
+    """Refuse a latent inside a subsampling plate: packed into the one vector that
+    AutoRealNVP learns, it would have the minibatch's size, so each of its coordinates
+    would stand for whichever row lands in that slot (Pyro's ``AutoContinuous`` trains
+    it so, silently)."""
+    latents = {name for name, _ in trace.iter_stochastic_nodes()}
+    for name, plate in subsampled_sites(trace):
+        if name in latents:
+            raise ValueError(
+                f"latent site '{name}' is in subsampling plate '{plate.name}' ({plate.size} "
+                f"of {plate.full_size}): AutoRealNVP packs every latent into one vector, so "
+                "it would learn one value per minibatch slot, not per row. Guide the local "
+                "sites per row with AutoNormal, e.g. AutoGuideList with "
+                f"AutoRealNVP(poutine.block(model, hide=['{name}'])) and "
+                f"AutoNormal(poutine.block(model, expose=['{name}']))"
+            )
 
 
 def _name_unsupported_site(trace, error: NotImplementedError) -> None:

@@ -692,3 +692,19 @@ def test_init_to_value_may_name_any_site_of_the_model():
     start = init_to_value(values={"s": torch.tensor(2.0), "y": torch.tensor(0.0)})
     guide = AutoRealNVP(beta_and_scale_model, init_loc_fn=start, **SMALL)
     assert guide.median()["s"] == pytest.approx(2.0)
+
+
+def test_a_local_latent_in_a_subsampling_plate_is_refused_at_set_up():
+    data = torch.randn(100)
+
+    def model():
+        v = pyro.sample("v", dist.Normal(0.0, 3.0))
+        with pyro.plate("data", len(data), subsample_size=10) as index:
+            z = pyro.sample("z", dist.Normal(v, 1.0))
+            pyro.sample("y", dist.Normal(z, 1.0), obs=data[index])
+
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.raises(ValueError, match="site 'z' is in subsampling plate 'data'") as error:
+        guide()
+    assert "AutoNormal(poutine.block(model, expose=['z']))" in str(error.value)
+    assert guide.prototype_trace is None  # refused, not half built
