@@ -484,11 +484,38 @@ class AutoRealNVP(AutoContinuous):
             for site, value in self._site_values(draws)
         }
 
+    def _take_stored_params(self) -> None:
+        """Take what the param store holds under this guide's names, as a call does, so
+        that :meth:`median` and :meth:`quantiles` agree before and after one (a loaded
+        guide's own values give way to the store's, see the class docstring)."""
+        with pyro.poutine.block(), self._pyro_context:
+            for name in self._pyro_params:
+                getattr(self, name)  # PyroModule syncs a parameter with the store on access
+            self._register_flow()
+
+    def _check_finite_params(self) -> None:
+        """Refuse to summarise a guide whose parameters are not finite: every quantile
+        would be NaN, which says nothing of which parameter (or why)."""
+        params = {name: getattr(self, name) for name in self._pyro_params}
+        params.update({f"flow.{n}": p for n, p in self.flow.named_parameters()})
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in params.values()])
+        if bool(finite.all()):
+            return
+        bad = [name for name, ok in zip(params, finite.tolist(), strict=True) if not ok]
+        raise ValueError(
+            f"the guide's parameter(s) {bad} hold NaN or infinite values, so its median and "
+            "quantiles would be NaN: fit it again from a fresh guide (and "
+            "pyro.clear_param_store()), or load a saved one"
+        )
+
     def _levels(self, quantiles: Sequence[float] | Tensor, *args, **kwargs) -> Tensor:
         """``quantiles`` as a tensor like ``loc``, checked; sets the guide up if need be."""
         if self.prototype_trace is None:
             with pyro.poutine.block():
                 self(*args, **kwargs)
+        else:
+            self._take_stored_params()
+        self._check_finite_params()
         loc = self.loc.detach()
         try:
             levels = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
