@@ -19,7 +19,7 @@ from pyro.distributions.transforms import (
     LowerCholeskyAffine,
 )
 from pyro.infer.autoguide import AutoContinuous
-from pyro.infer.autoguide.initialization import init_to_median
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
 from pyro.nn import PyroParam
 from pyro.params.param_store import param_with_module_name
 from pyro.poutine.runtime import effectful
@@ -117,7 +117,12 @@ class AutoRealNVP(AutoContinuous):
     independent until then. Give one another name before its first call
     (``guide._pyro_name = "second"``, or make the guides submodules of a ``PyroModule``
     such as ``AutoGuideList``), or use ``pyro.settings.set(module_local_params=True)``.
-    A guide frozen by ``requires_grad_(False)`` calls without warnings and is not trained.
+    A guide saved whole (``torch.save``, ``pickle``) shares its parameters with the store
+    in the same way once loaded: :meth:`median`, :meth:`quantiles` and calls take what the
+    store holds under its name, so clear the store before loading to use the file's
+    values. As in Pyro, the model is not saved: set ``guide.model = model`` to re-attach
+    it (docs/index.md, "Saving and loading"). A guide frozen by ``requires_grad_(False)``,
+    before or after its first call, calls without warnings and is not trained.
 
     Args:
         model: A Pyro model with continuous latent sites.
@@ -191,7 +196,9 @@ class AutoRealNVP(AutoContinuous):
         self.estimator = estimator
         self.num_quantile_samples = num_quantile_samples
         self.start: GaussianStart | None = None
-        super().__init__(model, init_loc_fn=init_to_median if init_loc_fn is None else init_loc_fn)
+        self._requires_grad = True
+        self._init_loc_fn = init_to_median if init_loc_fn is None else init_loc_fn
+        super().__init__(model, init_loc_fn=self._init_loc_fn)
 
     @property
     def _dense(self) -> bool:
@@ -227,6 +234,8 @@ class AutoRealNVP(AutoContinuous):
                 unit = torch.eye(self.latent_dim, **factory)
             self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
         self.flow = RealNVP(self.latent_dim, **self._flow_options, **factory)
+        if not self._requires_grad:  # frozen before set-up: before the store sees them
+            nn.Module.requires_grad_(self, False)
         self._register_flow()
 
     def _trace_prototype(self, *args, **kwargs) -> None:
@@ -341,12 +350,37 @@ class AutoRealNVP(AutoContinuous):
                 "guide's model a different latent layout"
             )
 
+    def requires_grad_(self, requires_grad: bool = True) -> AutoRealNVP:
+        """``nn.Module.requires_grad_``, remembered for the parameters set-up creates:
+        before the first call there are none to freeze, and the request would be lost."""
+        self._requires_grad = bool(requires_grad)
+        return super().requires_grad_(requires_grad)
+
+    @property
+    def model(self) -> Callable:
+        """The model, as given (wrapped to start at ``init_loc_fn``'s values)."""
+        if self._model is None:
+            raise RuntimeError(
+                "this guide was loaded (unpickled) without its model: Pyro's autoguides do "
+                "not save the model with the guide (it is often an unpicklable closure). "
+                "Re-attach it with guide.model = model; median(), quantiles() and calls "
+                "of the set-up guide work without it"
+            )
+        return self._model[0]
+
+    @model.setter
+    def model(self, model: Callable) -> None:
+        # As AutoContinuous.__init__ does: the model starts at init_loc_fn's values (a
+        # loaded guide's were not saved; it is set up, so they matter only to a new set-up).
+        self._model = (InitMessenger(self._init_loc_fn or init_to_median)(model),)
+
     def __getstate__(self) -> dict:
         # Pyro's AutoGuide.__getstate__ drops the model (often an unpicklable closure) from
         # the state by deleting it from the guide itself: give it back to the original.
         model, master = self._model, self.master
         state = dict(super().__getstate__())
         self._model, self.master = model, master
+        state["_init_loc_fn"] = None  # as unpicklable as the model can be; it set up already
         return state
 
     def __deepcopy__(self, memo: dict) -> AutoRealNVP:
@@ -354,7 +388,7 @@ class AutoRealNVP(AutoContinuous):
         copied = type(self).__new__(type(self))
         memo[id(self)] = copied
         copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
-        copied._model = self._model
+        copied._model, copied._init_loc_fn = self._model, self._init_loc_fn
         return copied
 
     def _check_one_device_and_dtype(self) -> None:
