@@ -49,6 +49,14 @@ _ESTIMATORS = ("path", "total")
 _log = logging.getLogger(__name__)
 #: Up to this latent size, ``affine="auto"`` learns a dense lower-triangular scale.
 AUTO_LOWER_MAX_DIM = 256
+#: The largest ``init_scale``: a standard deviation in the unconstrained space, where a
+#: positive or bounded site is ``exp`` or ``sigmoid`` of its coordinate, so a few tens
+#: already overflow its draws (``exp(89)`` is inf in float32); a real site whose
+#: posterior is wider than this calls for rescaling the model instead.
+MAX_INIT_SCALE = 1e6
+#: The fewest ``num_quantile_samples``: with fewer, a 5% or 95% quantile rests on under
+#: five draws (with one draw every quantile is the same number).
+MIN_QUANTILE_SAMPLES = 100
 
 
 def _hide_enumerated(msg: dict) -> bool:
@@ -135,7 +143,8 @@ class AutoRealNVP(AutoContinuous):
             outside its site's support, and a name in ``init_to_value(values=...)``
             that is no site of the model (Pyro ignores it), are refused at set-up.
         init_scale: ``"auto"`` (the default) takes the start's scale and correlations;
-            a number sets every coordinate's :math:`\sigma` (and :math:`U = I`).
+            a number in :math:`(0, 10^6]` (``MAX_INIT_SCALE``) sets every coordinate's
+            :math:`\sigma` (and :math:`U = I`).
         scale_bound: Bound on each coupling's log-scale.
         activation: Hidden activation of the conditioners.
         affine: ``"auto"``, ``"lower"`` or ``"diagonal"`` (see above).
@@ -143,9 +152,10 @@ class AutoRealNVP(AutoContinuous):
             :math:`\log q` evaluated through the inverse pass with detached parameters
             (:meth:`log_density_detached`); ``"total"``: Pyro's total gradient. The loss
             value is the same; use ``"total"`` with ``RenyiELBO``.
-        num_quantile_samples: Fixed-seed draws behind :meth:`quantiles` and
-            :meth:`median` once the flow has left the identity (before that they are
-            exact), and behind the quantiles of supports that are not elementwise.
+        num_quantile_samples: Fixed-seed draws (at least ``MIN_QUANTILE_SAMPLES``, 100)
+            behind :meth:`quantiles` and :meth:`median` once the flow has left the
+            identity (before that they are exact), and behind the quantiles of supports
+            that are not elementwise.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -684,8 +694,11 @@ def _check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, 
     if hidden_dims is not None:
         check_hidden_dims(hidden_dims)
     numeric_scale = isinstance(init_scale, numbers.Real) and not isinstance(init_scale, bool)
-    if init_scale != "auto" and not (numeric_scale and 0 < init_scale < math.inf):
-        raise ValueError(f"init_scale must be 'auto' or a finite number > 0, got {init_scale!r}")
+    if init_scale != "auto" and not (numeric_scale and 0 < init_scale <= MAX_INIT_SCALE):
+        raise ValueError(
+            f"init_scale must be 'auto' or a number in (0, {MAX_INIT_SCALE:g}] (a standard "
+            f"deviation in the unconstrained space), got {init_scale!r}"
+        )
     if isinstance(scale_bound, bool) or not (
         isinstance(scale_bound, numbers.Real) and 0 < scale_bound < math.inf
     ):
@@ -694,9 +707,10 @@ def _check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, 
         raise ValueError(f"affine must be one of {_AFFINE_CHOICES}, got {affine!r}")
     if estimator not in _ESTIMATORS:
         raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
-    if not _positive_int(num_quantile_samples):
+    if not (_positive_int(num_quantile_samples) and num_quantile_samples >= MIN_QUANTILE_SAMPLES):
         raise ValueError(
-            f"num_quantile_samples must be a positive int, got {num_quantile_samples!r}"
+            f"num_quantile_samples must be an integer >= {MIN_QUANTILE_SAMPLES} (fewer draws "
+            f"cannot tell a 5% quantile from a 95% one), got {num_quantile_samples!r}"
         )
     if num_layers % 2:
         warnings.warn(

@@ -576,12 +576,14 @@ def test_path_gradient_is_zero_for_every_draw_at_the_exact_posterior(make_elbo):
         ("init_scale", float("nan")),
         ("init_scale", float("inf")),
         ("init_scale", "big"),
+        ("init_scale", 1e30),
         ("scale_bound", -1.0),
         ("scale_bound", True),
         ("activation", "relu"),
         ("affine", "full"),
         ("estimator", "score"),
         ("num_quantile_samples", 0),
+        ("num_quantile_samples", 1),
     ],
 )
 def test_an_option_out_of_range_is_refused_naming_it(option, value):
