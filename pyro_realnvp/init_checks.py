@@ -38,7 +38,16 @@ MAX_LISTED_SITES = 8
 
 
 def partial_trace(model: Callable, args: tuple = (), kwargs: dict | None = None):
-    """The model's trace up to where it fails (all of it if it does not)."""
+    """The model's trace up to where it fails (all of it if it does not).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(0.0, -1.0))  # raises
+        >>> [name for name, site in partial_trace(model).nodes.items() if site["type"] == "sample"]
+        ['x']
+    """
     tracer = poutine.trace(model)
     try:
         with torch.no_grad(), poutine.block():
@@ -59,7 +68,19 @@ def _latent_sites(trace) -> list[tuple[str, dict]]:
 def check_init_values(trace, shapes: bool = False) -> None:
     """Refuse an initial value that is not finite or lies outside its site's support
     (``biject_to`` would silently clamp or project it, and the guide start elsewhere than
-    it was told), and with ``shapes`` one whose shape is not its site's."""
+    it was told), and with ``shapes`` one whose shape is not its site's.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> model = lambda: pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        >>> trace = poutine.trace(poutine.condition(model, {"s": torch.tensor(-1.0)})).get_trace()
+        >>> trace.nodes["s"]["is_observed"] = False  # as the initial value of a latent site
+        >>> try:
+        ...     check_init_values(trace)
+        ... except ValueError as error:
+        ...     print(str(error)[:51])
+        init_loc_fn gave site 's' a value outside its suppo
+    """
     for name, site in _latent_sites(trace):
         value, fn = site["value"], site["fn"]
         if not torch.is_tensor(value):
@@ -89,7 +110,16 @@ def _short(value) -> str:
 
 
 def format_values(trace) -> str:
-    """``"mu=0.5, s=1"``: each latent site's value, up to ``MAX_LISTED_SITES`` sites."""
+    """``"mu=0.5, s=1"``: each latent site's value, up to ``MAX_LISTED_SITES`` sites.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("w", dist.Normal(torch.zeros(9), 1.0).to_event(1))
+        >>> format_values(poutine.trace(model).get_trace()).split(", ")[1]
+        'w=<tensor of shape (9,)>'
+    """
     sites = _latent_sites(trace)
     text = ", ".join(f"{name}={_short(site['value'])}" for name, site in sites[:MAX_LISTED_SITES])
     if len(sites) > MAX_LISTED_SITES:
@@ -100,7 +130,22 @@ def format_values(trace) -> str:
 def init_values_error(model: Callable, error: BaseException, args: tuple, kwargs: dict):
     """The error to raise where ``model`` (wrapped in its ``InitMessenger``) failed while
     an autoguide set itself up: a bad initial value by its site's name if one is bad,
-    else where the model failed and at which values."""
+    else where the model failed and at which values.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide.initialization import InitMessenger
+        >>> def model():
+        ...     v = pyro.sample("v", dist.Normal(0.0, 1.0))
+        ...     pyro.factor("bad", v * torch.nan)
+        >>> started = InitMessenger(init_to_value(values={"v": torch.tensor(0.5)}))(model)
+        >>> try:
+        ...     started()
+        ... except ValueError as error:
+        ...     message = str(init_values_error(started, error, (), {}))
+        >>> message[:31], "(v=0.5)" in message
+        ("the model raised at site 'bad' ", True)
+    """
     trace = partial_trace(model, args, kwargs)
     check_init_values(trace, shapes=True)
     return ValueError(
@@ -112,7 +157,18 @@ def init_values_error(model: Callable, error: BaseException, args: tuple, kwargs
 
 def raised_by_init_strategy(error: BaseException) -> bool:
     """Whether ``error`` was raised while Pyro's initialisation (``InitMessenger`` and its
-    ``init_to_*`` strategies) ran, rather than by the model itself."""
+    ``init_to_*`` strategies) ran, rather than by the model itself.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro.infer.autoguide import init_to_median
+        >>> flat = dist.ImproperUniform(dist.constraints.real, (), ())
+        >>> try:
+        ...     init_to_median({"name": "o", "fn": flat, "value": None})
+        ... except NotImplementedError as error:
+        ...     print(raised_by_init_strategy(error))
+        True
+    """
     module = os.path.realpath(initialization.__file__)
     tb = error.__traceback__
     while tb is not None:
@@ -124,7 +180,12 @@ def raised_by_init_strategy(error: BaseException) -> bool:
 
 def unsampleable_error(error: NotImplementedError, default_init: bool) -> ValueError:
     """A site whose distribution cannot be sampled (``ImproperUniform``), which
-    ``init_to_median`` (and ``init_to_sample``) need: name it and what to pass instead."""
+    ``init_to_median`` (and ``init_to_sample``) need: name it and what to pass instead.
+
+    Example:
+        >>> str(unsampleable_error(NotImplementedError("no sampling"), True))[:50]
+        'the default init_to_median could not give the mode'
+    """
     told = "the default init_to_median" if default_init else "init_loc_fn"
     return ValueError(
         f"{told} could not give the model a value{raised_at(error)}: {error}. An initial "
@@ -135,7 +196,12 @@ def unsampleable_error(error: NotImplementedError, default_init: bool) -> ValueE
 
 
 def init_value_names(init_loc_fn: Callable | None) -> frozenset[str]:
-    """The site names of an ``init_to_value(values=...)``; empty for other strategies."""
+    """The site names of an ``init_to_value(values=...)``; empty for other strategies.
+
+    Example:
+        >>> sorted(init_value_names(init_to_value(values={"b": 1.0, "a": 2.0})))
+        ['a', 'b']
+    """
     if not (isinstance(init_loc_fn, functools.partial) and init_loc_fn.func is init_to_value):
         return frozenset()
     values = init_loc_fn.keywords.get("values") or {}
@@ -144,7 +210,17 @@ def init_value_names(init_loc_fn: Callable | None) -> frozenset[str]:
 
 def check_init_value_names(names: Iterable[str], model: Callable, latents, args, kwargs):
     """Refuse ``init_to_value`` names that are no site of the model: Pyro ignores them, so
-    a misspelt name silently leaves its site at the fallback's value."""
+    a misspelt name silently leaves its site at the fallback's value.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> model = lambda: pyro.sample("mu", dist.Normal(0.0, 1.0))
+        >>> try:
+        ...     check_init_value_names({"muu"}, model, ["mu"], (), {})
+        ... except ValueError as error:
+        ...     print(str(error)[:40])
+        init_to_value got values for ['muu'], wh
+    """
     unknown = set(names) - set(latents)
     if not unknown:
         return
