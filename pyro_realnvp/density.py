@@ -117,12 +117,23 @@ def _check_data(data, event_dim: int, name: str, *, allow_integer_values: bool) 
             f"first at row(s) {rows[:5].tolist()}"
         )
     if not allow_integer_values and bool((data == data.round()).all()):
-        raise ValueError(
-            f"{name} holds only whole numbers (integer images?): a continuous density on "
-            "them is unbounded; dequantize first, e.g. dequantize(data, num_levels), or "
-            "pass allow_integer_values=True if the data are really continuous"
-        )
+        raise ValueError(f"{name} holds only whole numbers {_why_whole(data)}")
     return data
+
+
+def _why_whole(data: Tensor) -> str:
+    """Integer data, or continuous data so large that its dtype holds only whole numbers."""
+    largest = data.abs().max().item()
+    if largest >= 1 / torch.finfo(data.dtype).eps:  # the spacing of floats there is >= 1
+        return (
+            f"because its values reach {largest:.3g}, where every {data.dtype} is a whole "
+            "number: standardize it first, e.g. (data - data.mean(0)) / data.std(0)"
+        )
+    return (
+        "(integer images?): a continuous density on them is unbounded; dequantize first, "
+        "e.g. dequantize(data, num_levels), or pass allow_integer_values=True if the data "
+        "are really continuous"
+    )
 
 
 def _event_dim(density: Density, context: Tensor | None) -> int:
@@ -280,6 +291,11 @@ def _trainable_parameters(modules: list[nn.Module]) -> list[Tensor]:
     return params
 
 
+#: Data beyond this absolute value are named as the likely cause of a non-finite
+#: likelihood: a fresh flow's density there is a standard normal's, exp(-x**2 / 2).
+UNIT_SCALE_LIMIT = 1e4
+
+
 class _LikelihoodStep:
     """One Adam step on a mini-batch's mean negative log-likelihood."""
 
@@ -293,6 +309,14 @@ class _LikelihoodStep:
         self.density, self.params, self.data, self.context = density, params, data, context
         self.batches = _minibatches(data.shape[0], batch_size, generator)
         self.device, self.dtype = params[0].device, params[0].dtype
+        largest = data.abs().max().item()
+        # A fresh flow is near a standard normal: data far from unit scale overflow it.
+        self._scale = (
+            f". The data reach |x| = {largest:.3g}: standardize them first, e.g. "
+            "(data - data.mean(0)) / data.std(0)"
+            if largest > UNIT_SCALE_LIMIT
+            else ""
+        )
 
     def __call__(self) -> float:
         index = next(self.batches)
@@ -307,7 +331,7 @@ class _LikelihoodStep:
         if not math.isfinite(value):
             self.clear_grads()
             raise NonFiniteLossError(
-                f"negative log-likelihood is {value}; no parameter was updated"
+                f"negative log-likelihood is {value}; no parameter was updated{self._scale}"
             )
         self.clip(self.params)
         self.optimizer.step()

@@ -9,6 +9,7 @@ stands in for the model; where that cannot be done they refuse, naming the plate
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -94,6 +95,30 @@ def _plate_nesting(model: Callable, args: tuple, kwargs: dict, given: int | None
         if frame.vectorized
     ]
     return max(dims, default=0)
+
+
+@contextlib.contextmanager
+def _blame_small_nesting(model: Callable, args: tuple, kwargs: dict, given: int | None):
+    """Where a ``max_plate_nesting`` the user gave is less than the model's plates, name
+    it: Pyro's error (a shape that does not broadcast) says nothing of it."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as error:
+        if given is None:
+            raise
+        try:
+            needed = _plate_nesting(model, args, kwargs, None)
+        except (ValueError, RuntimeError):
+            needed = given  # the model cannot be measured either: its own error stands
+        if needed <= given:
+            raise
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
+        first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # Pyro's prefix
+        raise ValueError(
+            f"max_plate_nesting={given} is less than the {needed} plate(s) the model nests, "
+            f"so its draws could not be vectorized ({first}): pass max_plate_nesting="
+            f"{needed}, or leave it None to have it measured"
+        ) from error
 
 
 def _refuse_packed_subsample(guide: Callable, caller: str) -> None:
@@ -213,7 +238,7 @@ def psis_khat(
     max_plate_nesting = _check_nesting(max_plate_nesting)
     _ensure_setup(guide, args, kwargs)
     _refuse_packed_subsample(guide, "psis_khat")
-    with full_data_plates():
+    with full_data_plates(), _blame_small_nesting(model, args, kwargs, max_plate_nesting):
         nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
         log_weights, *traces = _log_weights(model, guide, args, kwargs, num_samples, nesting)
     _refuse_subsample_left(traces, "psis_khat")
@@ -242,7 +267,7 @@ def _full_data_traces(model, guide, args, kwargs, num_samples, max_plate_nesting
     """Log-weights, the vectorized model trace, its resampled observations and one draw's
     trace, all on the full data."""
     _refuse_packed_subsample(guide, "to_inference_data")
-    with full_data_plates():
+    with full_data_plates(), _blame_small_nesting(model, args, kwargs, max_plate_nesting):
         nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
         log_weights, model_trace, guide_trace = _log_weights(
             model, guide, args, kwargs, num_samples, nesting

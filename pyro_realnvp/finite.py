@@ -12,9 +12,11 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.elbo import ELBO
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from ._compat import elbo_traces, unpack_latent
+from ._locate import raised_at
 from .train import NonFiniteLossError
 
 __all__ = ["FiniteELBO", "explain_non_finite", "usability"]
@@ -35,6 +37,15 @@ def _sites_not_finite(trace: poutine.Trace) -> list[str]:
 
 
 _REJECTIONS = ("Expected parameter", "Expected value")
+#: How a draw the model cannot score starts its message (see below).
+REJECTED = "the model rejected the guide's draw"
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line without a trailing colon: Pyro appends the offending values
+    and a table of trace shapes on the lines after it, too long for a one-line reason."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0].rstrip(":") if lines else type(error).__name__
 
 
 @contextlib.contextmanager
@@ -64,9 +75,9 @@ def _rejected_draws_are_non_finite():
         )
         if not (message.startswith(_REJECTIONS) or guide_side):
             raise
-        raise NonFiniteLossError(
-            f"the model rejected the guide's draw: {message.splitlines()[0]}"
-        ) from error
+        # The model's own statement, when it is the model that rejected the draw.
+        where = "" if guide_side else raised_at(error)
+        raise NonFiniteLossError(f"{REJECTED}{where}: {first_line(error)}") from error
 
 
 def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str:
@@ -87,9 +98,12 @@ def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str
             bad_guide = _sites_not_finite(guide_trace)
         except (ValueError, RuntimeError) as error:
             if getattr(guide, "prototype_trace", False) is None:  # an autoguide setting up
-                where = _where(_partial_trace(model, guide, args, kwargs))
-                return f"the model raised{where} while the guide set itself up on it: {error}"
-            return f"the guide raised while re-running it: {error}"
+                partial = _partial_trace(model, guide, args, kwargs)
+                return (
+                    f"{model_raised(error, partial)}, while the guide set itself up on it: "
+                    f"{first_line(error)}"
+                )
+            return f"the guide raised while re-running it: {first_line(error)}"
         if bad_guide:
             return f"the guide's log-density is not finite at site(s) {bad_guide}"
         tracer = poutine.trace(poutine.replay(model, trace=guide_trace))
@@ -97,7 +111,8 @@ def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str
             model_trace = tracer.get_trace(*args, **kwargs)
             bad_model = _sites_not_finite(model_trace)
         except (ValueError, RuntimeError) as error:
-            return f"the model raised{_where(tracer.msngr.trace)} at the guide's draw: {error}"
+            raised = model_raised(error, tracer.msngr.trace)
+            return f"{raised}, at the guide's draw: {first_line(error)}"
     if bad_model:
         return (
             f"the model's log-density is not finite at site(s) {bad_model} "
@@ -117,10 +132,20 @@ def _partial_trace(model: Callable, guide: Callable, args, kwargs) -> poutine.Tr
     return tracer.msngr.trace
 
 
-def _where(partial: poutine.Trace) -> str:
-    """Where a model stopped: after its last sample site, which names the failing spot."""
-    sites = [name for name, site in partial.nodes.items() if site["type"] == "sample"]
-    return f" after site '{sites[-1]}' (the last sample site it reached)" if sites else ""
+def model_raised(error: BaseException, partial: poutine.Trace) -> str:
+    """Say where the model raised, as in ``the model raised at site 'y' (model.py:12 in
+    model: `...`), after site 'x' (the last sample site it reached)``: the statement that
+    raised, read from the traceback, and the last site of ``partial``, the model's trace
+    up to the failure."""
+    sites = [
+        name
+        for name, site in partial.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)  # not a plate's indices
+    ]
+    parts = [raised_at(error).strip()]
+    if sites:
+        parts.append(f"after site '{sites[-1]}' (the last sample site it reached)")
+    return " ".join(["the model raised", ", ".join(part for part in parts if part)]).strip()
 
 
 def _guide_finite(guide: Callable | None, args: tuple = (), kwargs: dict | None = None) -> bool:
@@ -175,7 +200,7 @@ class FiniteELBO(ELBO):
             with _rejected_draws_are_non_finite():
                 loss = self.elbo.loss(model, guide, *args, **kwargs)
         except NonFiniteLossError as error:
-            self._raise(str(error), "", model, guide, args, kwargs)
+            self._raise(error, "", model, guide, args, kwargs)
         if not math.isfinite(loss):
             self._raise(loss, "", model, guide, args, kwargs)
         return loss
@@ -189,7 +214,7 @@ class FiniteELBO(ELBO):
             params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
             for param in params:
                 param.grad = None
-            self._raise(str(error), "", model, guide, args, kwargs, params)
+            self._raise(error, "", model, guide, args, kwargs, params)
         params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
         grads = [p.grad for p in params if p.grad is not None]
         grads_finite = not grads or bool(
@@ -210,9 +235,20 @@ class FiniteELBO(ELBO):
 
     @staticmethod
     def _raise(loss, what, model, guide, args, kwargs, params=()):
-        """``loss`` is the non-finite value, or the message of a draw the model rejected."""
+        """``loss`` is the non-finite value, or the error of a draw the model rejected."""
         reason = explain_non_finite(model, guide, *args, **kwargs)
-        head = loss if isinstance(loss, str) else f"ELBO loss is {loss}{what}"
+        head = f"ELBO loss is {loss}{what}"
+        if isinstance(loss, NonFiniteLossError):
+            cause = loss.__cause__
+            # Where the re-run failed the same way its reason says all the rejection did,
+            # and where (the site, the last site before it): say the error once.
+            repeated = (
+                str(loss).startswith(REJECTED)
+                and cause is not None
+                and reason.startswith("the model raised")
+                and reason.endswith(first_line(cause))
+            )
+            head = REJECTED if repeated else str(loss)
         raise NonFiniteLossError(
             f"{head}: {reason}. No parameter was updated; "
             + usability(params, reason, guide, args, kwargs)

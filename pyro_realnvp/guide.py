@@ -19,10 +19,11 @@ from pyro.distributions.transforms import (
     LowerCholeskyAffine,
 )
 from pyro.infer.autoguide import AutoContinuous
-from pyro.infer.autoguide.initialization import init_to_median
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
 from pyro.nn import PyroParam
 from pyro.params.param_store import param_with_module_name
 from pyro.poutine.runtime import effectful
+from pyro.util import get_rng_state, set_rng_state
 from torch import Tensor, nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import IndependentTransform, Transform
@@ -30,6 +31,14 @@ from torch.distributions.transforms import IndependentTransform, Transform
 from ._checks import check_hidden_dims, is_int
 from ._compat import prototype_hide_fn, unpack_latent
 from .flow import RealNVP
+from .init_checks import (
+    check_init_value_names,
+    check_init_values,
+    init_value_names,
+    init_values_error,
+    raised_by_init_strategy,
+    unsampleable_error,
+)
 from .laplace import GaussianStart, laplace_start, local_start
 from .potential import Potential, subsampled_sites
 
@@ -40,6 +49,14 @@ _ESTIMATORS = ("path", "total")
 _log = logging.getLogger(__name__)
 #: Up to this latent size, ``affine="auto"`` learns a dense lower-triangular scale.
 AUTO_LOWER_MAX_DIM = 256
+#: The largest ``init_scale``: a standard deviation in the unconstrained space, where a
+#: positive or bounded site is ``exp`` or ``sigmoid`` of its coordinate, so a few tens
+#: already overflow its draws (``exp(89)`` is inf in float32); a real site whose
+#: posterior is wider than this calls for rescaling the model instead.
+MAX_INIT_SCALE = 1e6
+#: The fewest ``num_quantile_samples``: with fewer, a 5% or 95% quantile rests on under
+#: five draws (with one draw every quantile is the same number).
+MIN_QUANTILE_SAMPLES = 100
 
 
 def _hide_enumerated(msg: dict) -> bool:
@@ -97,6 +114,9 @@ class AutoRealNVP(AutoContinuous):
     latent values in the prototype trace, so a CUDA (or float64) model trains with no
     global default device and no ``.to()``. Sites marked for enumeration
     (``infer={"enumerate": ...}``, e.g. by ``config_enumerate``) are left to the ELBO.
+    A latent inside a subsampling plate is refused at set-up: packed into one vector it
+    would have the minibatch's size (Pyro's ``AutoContinuous`` trains it so, silently);
+    guide such local sites with ``AutoNormal`` beside this guide in an ``AutoGuideList``.
 
     As in every Pyro autoguide, the parameters live in Pyro's global param store under
     the guide's name (``AutoRealNVP.loc``, ``AutoRealNVP.flow$$$layers.0...``), and at
@@ -105,7 +125,12 @@ class AutoRealNVP(AutoContinuous):
     independent until then. Give one another name before its first call
     (``guide._pyro_name = "second"``, or make the guides submodules of a ``PyroModule``
     such as ``AutoGuideList``), or use ``pyro.settings.set(module_local_params=True)``.
-    A guide frozen by ``requires_grad_(False)`` calls without warnings and is not trained.
+    A guide saved whole (``torch.save``, ``pickle``) shares its parameters with the store
+    in the same way once loaded: :meth:`median`, :meth:`quantiles` and calls take what the
+    store holds under its name, so clear the store before loading to use the file's
+    values. As in Pyro, the model is not saved: set ``guide.model = model`` to re-attach
+    it (docs/index.md, "Saving and loading"). A guide frozen by ``requires_grad_(False)``,
+    before or after its first call, calls without warnings and is not trained.
 
     Args:
         model: A Pyro model with continuous latent sites.
@@ -114,9 +139,12 @@ class AutoRealNVP(AutoContinuous):
             kept within ``[32, 256]``.
         init_loc_fn: ``None`` (the default) for the Laplace start above; a per-site
             initialisation, as for Pyro's autoguides, to start at its point instead
-            (no mode search; scale from the curvature there, capped at 1).
+            (no mode search; scale from the curvature there, capped at 1). A value
+            outside its site's support, and a name in ``init_to_value(values=...)``
+            that is no site of the model (Pyro ignores it), are refused at set-up.
         init_scale: ``"auto"`` (the default) takes the start's scale and correlations;
-            a number sets every coordinate's :math:`\sigma` (and :math:`U = I`).
+            a number in :math:`(0, 10^6]` (``MAX_INIT_SCALE``) sets every coordinate's
+            :math:`\sigma` (and :math:`U = I`).
         scale_bound: Bound on each coupling's log-scale.
         activation: Hidden activation of the conditioners.
         affine: ``"auto"``, ``"lower"`` or ``"diagonal"`` (see above).
@@ -124,9 +152,10 @@ class AutoRealNVP(AutoContinuous):
             :math:`\log q` evaluated through the inverse pass with detached parameters
             (:meth:`log_density_detached`); ``"total"``: Pyro's total gradient. The loss
             value is the same; use ``"total"`` with ``RenyiELBO``.
-        num_quantile_samples: Fixed-seed draws behind :meth:`quantiles` and
-            :meth:`median` once the flow has left the identity (before that they are
-            exact), and behind the quantiles of supports that are not elementwise.
+        num_quantile_samples: Fixed-seed draws (at least ``MIN_QUANTILE_SAMPLES``, 100)
+            behind :meth:`quantiles` and :meth:`median` once the flow has left the
+            identity (before that they are exact), and behind the quantiles of supports
+            that are not elementwise.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -172,11 +201,14 @@ class AutoRealNVP(AutoContinuous):
         }
         self._init_scale = init_scale if init_scale == "auto" else float(init_scale)
         self._find_mode = init_loc_fn is None
+        self._init_value_names = init_value_names(init_loc_fn)
         self._affine = affine
         self.estimator = estimator
         self.num_quantile_samples = num_quantile_samples
         self.start: GaussianStart | None = None
-        super().__init__(model, init_loc_fn=init_to_median if init_loc_fn is None else init_loc_fn)
+        self._requires_grad = True
+        self._init_loc_fn = init_to_median if init_loc_fn is None else init_loc_fn
+        super().__init__(model, init_loc_fn=self._init_loc_fn)
 
     @property
     def _dense(self) -> bool:
@@ -195,21 +227,7 @@ class AutoRealNVP(AutoContinuous):
             raise
 
     def _build(self, *args, **kwargs) -> None:
-        try:
-            super()._setup_prototype(*args, **kwargs)
-        except NotImplementedError as error:
-            _name_unsupported_site(self.prototype_trace, error)
-            raise
-        except (ValueError, TypeError) as error:
-            if self._find_mode:  # our own init: the model's failure is its own
-                raise
-            raise ValueError(
-                "the model failed at init_loc_fn's values while the guide set itself up "
-                f"({str(error).splitlines()[0]}): give each site a value of its shape, "
-                "inside its support"
-            ) from error
-        if not self._find_mode:
-            _check_init_values(self.prototype_trace)
+        self._trace_prototype(*args, **kwargs)
         self._check_one_device_and_dtype()
         init_loc = self._init_loc()
         self._check_finite(init_loc)
@@ -226,15 +244,36 @@ class AutoRealNVP(AutoContinuous):
                 unit = torch.eye(self.latent_dim, **factory)
             self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
         self.flow = RealNVP(self.latent_dim, **self._flow_options, **factory)
+        if not self._requires_grad:  # frozen before set-up: before the store sees them
+            nn.Module.requires_grad_(self, False)
         self._register_flow()
 
+    def _trace_prototype(self, *args, **kwargs) -> None:
+        """Pyro's prototype trace at ``init_loc_fn``'s values, its failures named by site."""
+        rng = get_rng_state()
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except NotImplementedError as error:
+            _name_unsupported_site(self.prototype_trace, error)
+            if raised_by_init_strategy(error):  # a site that cannot be sampled
+                raise unsampleable_error(error, self._find_mode) from error
+            raise
+        except (ValueError, TypeError) as error:
+            if self._find_mode:  # our own init: the model's failure is its own
+                raise
+            set_rng_state(rng)  # init_to_median draws: re-run at the same values
+            raise init_values_error(self.model, error, args, kwargs) from error
+        _refuse_local_subsampled(self.prototype_trace)
+        if not self._find_mode:
+            check_init_values(self.prototype_trace)
+        if self._init_value_names:
+            latents = [name for name, _ in self.prototype_trace.iter_stochastic_nodes()]
+            check_init_value_names(self._init_value_names, self.model, latents, args, kwargs)
+
     def _potential(self, *args, **kwargs) -> Potential:
-        """The model's full-data potential (see :class:`~pyro_realnvp.potential.Potential`)."""
-        latents = {name for name, _ in self.prototype_trace.iter_stochastic_nodes()}
-        subsampled = subsampled_sites(self.prototype_trace)
-        local_subsampled = any(name in latents for name, _ in subsampled)
-        # A latent inside a subsampled plate has the minibatch's shape: keep the minibatch.
-        return Potential(self.model, self, args, kwargs, full_data=not local_subsampled)
+        """The model's full-data potential (see :class:`~pyro_realnvp.potential.Potential`);
+        set-up has refused latents in subsampling plates, which would need the minibatch."""
+        return Potential(self.model, self, args, kwargs, full_data=True)
 
     def _gaussian_start(self, init_loc: Tensor, *args, **kwargs) -> GaussianStart:
         """Where the affine starts: the Laplace start, or a local one at ``init_loc``."""
@@ -321,12 +360,37 @@ class AutoRealNVP(AutoContinuous):
                 "guide's model a different latent layout"
             )
 
+    def requires_grad_(self, requires_grad: bool = True) -> AutoRealNVP:
+        """``nn.Module.requires_grad_``, remembered for the parameters set-up creates:
+        before the first call there are none to freeze, and the request would be lost."""
+        self._requires_grad = bool(requires_grad)
+        return super().requires_grad_(requires_grad)
+
+    @property
+    def model(self) -> Callable:
+        """The model, as given (wrapped to start at ``init_loc_fn``'s values)."""
+        if self._model is None:
+            raise RuntimeError(
+                "this guide was loaded (unpickled) without its model: Pyro's autoguides do "
+                "not save the model with the guide (it is often an unpicklable closure). "
+                "Re-attach it with guide.model = model; median(), quantiles() and calls "
+                "of the set-up guide work without it"
+            )
+        return self._model[0]
+
+    @model.setter
+    def model(self, model: Callable) -> None:
+        # As AutoContinuous.__init__ does: the model starts at init_loc_fn's values (a
+        # loaded guide's were not saved; it is set up, so they matter only to a new set-up).
+        self._model = (InitMessenger(self._init_loc_fn or init_to_median)(model),)
+
     def __getstate__(self) -> dict:
         # Pyro's AutoGuide.__getstate__ drops the model (often an unpicklable closure) from
         # the state by deleting it from the guide itself: give it back to the original.
         model, master = self._model, self.master
         state = dict(super().__getstate__())
         self._model, self.master = model, master
+        state["_init_loc_fn"] = None  # as unpicklable as the model can be; it set up already
         return state
 
     def __deepcopy__(self, memo: dict) -> AutoRealNVP:
@@ -334,7 +398,7 @@ class AutoRealNVP(AutoContinuous):
         copied = type(self).__new__(type(self))
         memo[id(self)] = copied
         copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
-        copied._model = self._model
+        copied._model, copied._init_loc_fn = self._model, self._init_loc_fn
         return copied
 
     def _check_one_device_and_dtype(self) -> None:
@@ -464,11 +528,38 @@ class AutoRealNVP(AutoContinuous):
             for site, value in self._site_values(draws)
         }
 
+    def _take_stored_params(self) -> None:
+        """Take what the param store holds under this guide's names, as a call does, so
+        that :meth:`median` and :meth:`quantiles` agree before and after one (a loaded
+        guide's own values give way to the store's, see the class docstring)."""
+        with pyro.poutine.block(), self._pyro_context:
+            for name in self._pyro_params:
+                getattr(self, name)  # PyroModule syncs a parameter with the store on access
+            self._register_flow()
+
+    def _check_finite_params(self) -> None:
+        """Refuse to summarise a guide whose parameters are not finite: every quantile
+        would be NaN, which says nothing of which parameter (or why)."""
+        params = {name: getattr(self, name) for name in self._pyro_params}
+        params.update({f"flow.{n}": p for n, p in self.flow.named_parameters()})
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in params.values()])
+        if bool(finite.all()):
+            return
+        bad = [name for name, ok in zip(params, finite.tolist(), strict=True) if not ok]
+        raise ValueError(
+            f"the guide's parameter(s) {bad} hold NaN or infinite values, so its median and "
+            "quantiles would be NaN: fit it again from a fresh guide (and "
+            "pyro.clear_param_store()), or load a saved one"
+        )
+
     def _levels(self, quantiles: Sequence[float] | Tensor, *args, **kwargs) -> Tensor:
         """``quantiles`` as a tensor like ``loc``, checked; sets the guide up if need be."""
         if self.prototype_trace is None:
             with pyro.poutine.block():
                 self(*args, **kwargs)
+        else:
+            self._take_stored_params()
+        self._check_finite_params()
         loc = self.loc.detach()
         try:
             levels = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
@@ -564,15 +655,21 @@ def _positive_int(value) -> bool:
     return is_int(value) and value >= 1
 
 
-def _check_init_values(trace) -> None:
-    """Refuse an initial value outside its site's support: ``biject_to`` would silently
-    clamp or project it, and the guide would start elsewhere than it was told."""
-    for name, site in trace.iter_stochastic_nodes():
-        inside = site["fn"].support.check(site["value"])
-        if not bool(torch.as_tensor(inside).all()):
+def _refuse_local_subsampled(trace) -> None:
+    """Refuse a latent inside a subsampling plate: packed into the one vector that
+    AutoRealNVP learns, it would have the minibatch's size, so each of its coordinates
+    would stand for whichever row lands in that slot (Pyro's ``AutoContinuous`` trains
+    it so, silently)."""
+    latents = {name for name, _ in trace.iter_stochastic_nodes()}
+    for name, plate in subsampled_sites(trace):
+        if name in latents:
             raise ValueError(
-                f"init_loc_fn gave site '{name}' a value outside its support "
-                f"{site['fn'].support}: {site['value']}"
+                f"latent site '{name}' is in subsampling plate '{plate.name}' ({plate.size} "
+                f"of {plate.full_size}): AutoRealNVP packs every latent into one vector, so "
+                "it would learn one value per minibatch slot, not per row. Guide the local "
+                "sites per row with AutoNormal, e.g. AutoGuideList with "
+                f"AutoRealNVP(poutine.block(model, hide=['{name}'])) and "
+                f"AutoNormal(poutine.block(model, expose=['{name}']))"
             )
 
 
@@ -603,8 +700,11 @@ def _check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, 
     if hidden_dims is not None:
         check_hidden_dims(hidden_dims)
     numeric_scale = isinstance(init_scale, numbers.Real) and not isinstance(init_scale, bool)
-    if init_scale != "auto" and not (numeric_scale and 0 < init_scale < math.inf):
-        raise ValueError(f"init_scale must be 'auto' or a finite number > 0, got {init_scale!r}")
+    if init_scale != "auto" and not (numeric_scale and 0 < init_scale <= MAX_INIT_SCALE):
+        raise ValueError(
+            f"init_scale must be 'auto' or a number in (0, {MAX_INIT_SCALE:g}] (a standard "
+            f"deviation in the unconstrained space), got {init_scale!r}"
+        )
     if isinstance(scale_bound, bool) or not (
         isinstance(scale_bound, numbers.Real) and 0 < scale_bound < math.inf
     ):
@@ -613,9 +713,10 @@ def _check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, 
         raise ValueError(f"affine must be one of {_AFFINE_CHOICES}, got {affine!r}")
     if estimator not in _ESTIMATORS:
         raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
-    if not _positive_int(num_quantile_samples):
+    if not (_positive_int(num_quantile_samples) and num_quantile_samples >= MIN_QUANTILE_SAMPLES):
         raise ValueError(
-            f"num_quantile_samples must be a positive int, got {num_quantile_samples!r}"
+            f"num_quantile_samples must be an integer >= {MIN_QUANTILE_SAMPLES} (fewer draws "
+            f"cannot tell a 5% quantile from a 95% one), got {num_quantile_samples!r}"
         )
     if num_layers % 2:
         warnings.warn(

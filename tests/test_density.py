@@ -127,11 +127,13 @@ def test_anomaly_scores_are_negative_log_density_in_chunks():
 def test_non_finite_loss_raises_and_updates_nothing():
     flow = random_flow(2)
     before = [p.clone() for p in flow.parameters()]
-    with pytest.raises(NonFiniteLossError, match="no parameter was updated"):
+    with pytest.raises(NonFiniteLossError, match="no parameter was updated") as error:
         fit_density(
             flow, torch.full((8, 2), 1e30), num_steps=3, allow_integer_values=True, progress=False
         )
     assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
+    # The likely cause, data far from a fresh flow's unit scale, is named.
+    assert "The data reach |x| = 1e+30: standardize them first" in str(error.value)
 
 
 BAD_DATA = {
@@ -139,6 +141,12 @@ BAD_DATA = {
     "inf-row": (torch.tensor([[0.5, float("inf")]]), "data has 1 row.*infinite"),
     "integer-dtype": (torch.randint(0, 16, (4, 2)), "integer dtype.*dequantize"),
     "whole-number-floats": (torch.randint(0, 16, (4, 2)).float(), "whole numbers.*dequantize"),
+    # Beyond 2**23 every float32 is whole: continuous data that large need standardizing.
+    "whole-floats-at-1e30": (
+        torch.randn(4, 2) * 1e30,
+        "whole numbers because its values reach .*e"
+        r"\+30, where every torch.float32 is a whole number: standardize",
+    ),
     "wrong-width": (torch.randn(4, 3), r"data must have shape \(N, 2\)"),
     "one-dimensional": (torch.randn(4), r"data must have shape \(N, 2\)"),
     "no-rows": (torch.zeros(0, 2), r"data must have at least one row, got shape \(0, 2\)"),

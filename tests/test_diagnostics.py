@@ -303,6 +303,16 @@ def test_a_bad_max_plate_nesting_is_named(function, nesting, error):
         function(funnel, AutoNormal(funnel), num_samples=20, max_plate_nesting=nesting)
 
 
+@pytest.mark.parametrize("function", [psis_khat, to_inference_data], ids=lambda f: f.__name__)
+def test_a_max_plate_nesting_below_the_models_plates_is_named(function):
+    guide = AutoNormal(subsampled_observations)
+    guide()
+    with pytest.raises(ValueError, match="^max_plate_nesting=0 is less than the 1 plate") as error:
+        function(subsampled_observations, guide, num_samples=20, max_plate_nesting=0)
+    assert "at site 'y': Value is not broadcastable" in str(error.value)
+    assert "leave it None to have it measured" in str(error.value)
+
+
 def test_numpy_integer_num_samples_is_accepted():
     pyro.set_rng_seed(0)
     guide = AutoNormal(funnel)

@@ -576,12 +576,14 @@ def test_path_gradient_is_zero_for_every_draw_at_the_exact_posterior(make_elbo):
         ("init_scale", float("nan")),
         ("init_scale", float("inf")),
         ("init_scale", "big"),
+        ("init_scale", 1e30),
         ("scale_bound", -1.0),
         ("scale_bound", True),
         ("activation", "relu"),
         ("affine", "full"),
         ("estimator", "score"),
         ("num_quantile_samples", 0),
+        ("num_quantile_samples", 1),
     ],
 )
 def test_an_option_out_of_range_is_refused_naming_it(option, value):
@@ -647,8 +649,8 @@ def beta_and_scale_model():
     ("values", "message"),
     [
         ({"p": 1.5}, "init_loc_fn gave site 'p' a value outside its support"),
-        ({"s": -1.0}, "the model failed at init_loc_fn's values"),
-        ({"s": float("nan")}, "the model failed at init_loc_fn's values"),
+        ({"s": -1.0}, "init_loc_fn gave site 's' a value outside its support"),
+        ({"s": float("nan")}, "init_loc_fn gave site 's' a non-finite value"),
     ],
 )
 def test_initial_values_the_model_cannot_take_are_refused_naming_init_loc_fn(values, message):
@@ -666,3 +668,45 @@ def test_quantile_levels_that_are_not_levels_are_refused(levels, error, message)
     guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
     with pytest.raises(error, match=message):
         guide.quantiles(levels)
+
+
+def test_a_site_that_cannot_be_sampled_by_the_default_init_is_named():
+    def model():
+        o = pyro.sample("o", dist.ImproperUniform(dist.constraints.ordered_vector, (), (3,)))
+        pyro.sample("obs", dist.Normal(o, 1.0).to_event(1), obs=torch.tensor([-1.0, 0.0, 1.0]))
+
+    with pytest.raises(ValueError, match="the default init_to_median .* at site 'o'") as error:
+        AutoRealNVP(model, **SMALL)()
+    assert "init_loc_fn=pyro.infer.autoguide.init_to_feasible" in str(error.value)
+    start = init_to_value(values={"o": torch.tensor([-1.0, 0.0, 1.0])})
+    assert AutoRealNVP(model, init_loc_fn=start, **SMALL)()["o"].shape == (3,)
+
+
+def test_a_misspelt_init_to_value_name_is_refused():
+    start = init_to_value(values={"muu": torch.tensor(5.0)})
+    with pytest.raises(ValueError, match=r"values for \['muu'\], which are not sites") as error:
+        AutoRealNVP(beta_and_scale_model, init_loc_fn=start, **SMALL)()
+    assert "its latent sites are ['p', 's']" in str(error.value)
+
+
+def test_init_to_value_may_name_any_site_of_the_model():
+    # An observed site is a site (Pyro ignores its value there): not a misspelling.
+    start = init_to_value(values={"s": torch.tensor(2.0), "y": torch.tensor(0.0)})
+    guide = AutoRealNVP(beta_and_scale_model, init_loc_fn=start, **SMALL)
+    assert guide.median()["s"] == pytest.approx(2.0)
+
+
+def test_a_local_latent_in_a_subsampling_plate_is_refused_at_set_up():
+    data = torch.randn(100)
+
+    def model():
+        v = pyro.sample("v", dist.Normal(0.0, 3.0))
+        with pyro.plate("data", len(data), subsample_size=10) as index:
+            z = pyro.sample("z", dist.Normal(v, 1.0))
+            pyro.sample("y", dist.Normal(z, 1.0), obs=data[index])
+
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.raises(ValueError, match="site 'z' is in subsampling plate 'data'") as error:
+        guide()
+    assert "AutoNormal(poutine.block(model, expose=['z']))" in str(error.value)
+    assert guide.prototype_trace is None  # refused, not half built

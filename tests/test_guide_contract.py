@@ -330,3 +330,58 @@ def test_module_local_params_train_the_flow_without_the_global_store():
             optimizer.step()
     assert any(name.startswith("flow.") for name in changed(before, guide))
     assert len(pyro.get_param_store()) == 0
+
+
+def test_freezing_before_the_first_call_freezes_what_set_up_creates():
+    model = two_site_model(DATA)
+    guide = AutoRealNVP(model, **SMALL)
+    guide.requires_grad_(False)  # no parameter exists yet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        guide()
+    assert list(guide.parameters())
+    assert not any(p.requires_grad for p in guide.parameters())
+    guide.requires_grad_(True)
+    assert all(p.requires_grad for p in guide.parameters())
+
+
+def round_trip(guide):
+    buffer = io.BytesIO()
+    torch.save(guide, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def test_a_loaded_guide_says_its_model_was_not_saved_and_takes_it_back():
+    model, guide = trained()
+    restored = round_trip(guide)
+    with pytest.raises(RuntimeError, match="loaded .* without its model.*guide.model = model"):
+        restored.model  # noqa: B018
+    restored.model = model
+    trace = poutine.trace(restored.model).get_trace()
+    assert {"mu", "scale", "y"} <= set(trace.nodes)
+
+
+def test_a_loaded_guide_has_one_median_before_and_after_a_call():
+    model, guide = trained()
+    restored = round_trip(guide)
+    fit(model, guide, num_steps=5, lr=0.1, progress=False)  # the store moves on
+    current = guide.median()
+    # Same name, so the loaded guide takes the store's values at its first call: its
+    # median says so already before that call.
+    before = restored.median()
+    restored()
+    after = restored.median()
+    for name, value in current.items():
+        assert torch.equal(before[name], value), name
+        assert torch.equal(after[name], value), name
+
+
+def test_a_guide_whose_parameters_went_non_finite_refuses_to_summarise_itself():
+    _, guide = trained()
+    with torch.no_grad():
+        guide.flow.layers[1].net[-1].bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"parameter\(s\) \['flow.layers.1.net.2.bias'\]"):
+        guide.median()
+    with pytest.raises(ValueError, match="hold NaN or infinite values"):
+        guide.quantiles(LEVELS)

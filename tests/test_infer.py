@@ -110,8 +110,11 @@ def test_draw_that_breaks_model_validation_is_a_non_finite_step():
         pyro.sample("y", dist.Normal(0.0, torch.exp(x - 200.0)), obs=torch.tensor(0.0))
 
     guide = AutoRealNVP(model, **SMALL)
-    with pytest.raises(NonFiniteLossError, match="rejected the guide's draw: Expected parameter"):
+    with pytest.raises(NonFiniteLossError, match="rejected the guide's draw") as error:
         fit(model, guide, num_steps=2, max_redraws=1, progress=False, fast=False)
+    # Pyro's message names no site (the constructor raised before pyro.sample): ours does.
+    assert "at site 'y' (test_infer.py:" in str(error.value)
+    assert "Expected parameter scale" in str(error.value)
     assert all(torch.isfinite(p).all() for p in guide.parameters())
 
 
@@ -300,7 +303,7 @@ def test_a_model_that_fails_at_every_draw_falls_back_and_raises_non_finite():
     assert all(torch.isfinite(p).all() for p in guide.parameters())
     assert error.value.history == []
     # Told to start where the model fails, the guide says so at set-up, naming init_loc_fn.
-    with pytest.raises(ValueError, match="the model failed at init_loc_fn's values"):
+    with pytest.raises(ValueError, match=r"at site 'y' .* at init_loc_fn's values \(x="):
         fit(model, AutoRealNVP(model, init_loc_fn=init_to_median, **SMALL), num_steps=2)
 
 
@@ -311,7 +314,10 @@ def test_a_model_that_raises_is_located_after_its_last_site():
 
     guide = AutoNormal(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
     guide()
-    assert explain_non_finite(model, guide).startswith("the model raised after site 'x'")
+    reason = explain_non_finite(model, guide)
+    # The constructor raised before pyro.sample("y", ...) ran: the source line names 'y'.
+    assert reason.startswith("the model raised at site 'y' (test_infer.py:")
+    assert "after site 'x' (the last sample site it reached), at the guide's draw" in reason
 
 
 def test_a_model_failing_while_the_guide_sets_up_is_located_too():
@@ -320,5 +326,28 @@ def test_a_model_failing_while_the_guide_sets_up_is_located_too():
         pyro.factor("f", x * torch.nan)
 
     reason = explain_non_finite(model, AutoRealNVP(model, **SMALL))
-    assert reason.startswith("the model raised after site 'x'")
-    assert "while the guide set itself up" in reason
+    assert reason.startswith("the model raised at site 'f'")
+    assert "after site 'x' (the last sample site it reached), while the guide set itself up" in (
+        reason
+    )
+
+
+def test_a_rejected_draw_names_the_site_and_says_the_error_once():
+    data = torch.zeros(5)
+
+    def model():
+        v = pyro.sample("v", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(data)):
+            pyro.sample("y", dist.Normal(v, 1.0), obs=data)
+        pyro.factor("bad", v * torch.nan)
+
+    guide = AutoNormal(model)
+    with pytest.raises(NonFiniteLossError) as error:
+        fit(model, guide, num_steps=2, progress=False, max_redraws=1)
+    message = str(error.value)
+    assert message.startswith("the model rejected the guide's draw: the model raised at site")
+    assert "at site 'bad' (test_infer.py:" in message
+    # The plate's own index site is no sample site of the user's: the last one was 'y'.
+    assert "after site 'y' (the last sample site it reached)" in message
+    assert message.count("Expected parameter log_factor") == 1
+    assert "Trace Shapes" not in message  # Pyro's shape table is too long for a reason
