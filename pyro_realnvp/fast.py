@@ -117,6 +117,14 @@ def particles_for(elements_per_particle: float, most: int = MAX_PARTICLES) -> in
     return 2 ** int(math.floor(math.log2(max(affordable, 1.0))))
 
 
+def _failed_at_draws(error: Exception) -> FastPathError:
+    return FastPathError(
+        f"the model failed at the guide's draws ({str(error).splitlines()[0]}); the fast "
+        "path needs a model that runs at them and broadcasts over a particle plate left of "
+        "its own plates, as Trace_ELBO(vectorize_particles=True) does: fit with fast=False"
+    )
+
+
 def _set_up(guide: AutoRealNVP, args: tuple, kwargs: dict) -> None:
     """Set the guide up; a model that rejects its initial values is Pyro's ELBO's case."""
     try:
@@ -193,7 +201,7 @@ class FastELBO:
         if not self._params:
             raise ValueError(
                 "the guide has no trainable parameters (every parameter has "
-                "requires_grad=False): nothing to fit"
+                "requires_grad=False, e.g. frozen by requires_grad_(False)): nothing to fit"
             )
 
     def _capture(self) -> Callable[[Tensor], Tensor]:
@@ -204,12 +212,7 @@ class FastELBO:
             with torch.no_grad():
                 traces = [replay.trace(self._draws(2, seed))[0] for seed in (1, 2)]
         except (RuntimeError, ValueError) as error:
-            raise FastPathError(
-                f"the model failed at the guide's draws ({str(error).splitlines()[0]}); the "
-                "fast path needs a model that runs at them and broadcasts over a particle "
-                "plate left of its own plates, as Trace_ELBO(vectorize_particles=True) "
-                "does: fit with fast=False"
-            ) from error
+            raise _failed_at_draws(error) from error
         for trace in traces:
             _check_trace(trace, guide, replay.max_plate_nesting)
         if _structure(traces[0]) != _structure(traces[1]):
@@ -232,8 +235,11 @@ class FastELBO:
                 "flow), which a captured graph cannot replay: fit with fast=False"
             ) from error
         check = self._draws(self.num_particles, seed=4)
-        with torch.no_grad():
-            expected, got = replay.log_joint(check), graph(check)
+        try:
+            with torch.no_grad():
+                expected, got = replay.log_joint(check), graph(check)
+        except (RuntimeError, ValueError) as error:
+            raise _failed_at_draws(error) from error
         if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4, equal_nan=True):
             raise FastPathError(
                 "the captured log-density disagrees with the model at a fresh draw (hidden "

@@ -90,7 +90,7 @@ def conditioner(
         warnings.filterwarnings("ignore", "Initializing zero-element tensors")
         for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
             layers += [linear(width_in, width_out, **factory), activation()]
-    last = linear(widths[-1], out_features, **factory)
+        last = linear(widths[-1], out_features, **factory)
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
     return nn.Sequential(*layers, last)

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -70,3 +72,12 @@ def test_mlp_call_is_the_network_and_detach_keeps_only_the_input_gradient(fan_in
     out = mlp_call(net, x, detach=True)
     out.sum().backward()
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_a_conditioner_without_inputs_or_hidden_layers_builds_without_warnings():
+    # A one-coordinate flow with hidden_dims=() has a last layer with no inputs: torch
+    # warns about initialising its empty weight, which is noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net = conditioner(0, 2, hidden_dims=())
+    assert net(torch.zeros(3, 0)).shape == (3, 2)
