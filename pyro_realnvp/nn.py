@@ -106,13 +106,12 @@ def is_plain_mlp(net: nn.Module) -> bool:
 def mlp_call(net: nn.Module, x: Tensor, detach: bool = False, plain: bool | None = None) -> Tensor:
     """``net(x)``; with ``detach`` its parameters are constants while ``x`` keeps its gradient.
 
-    A :func:`conditioner` runs as plain functional calls: its modules' ``__call__``
-    machinery is most of a small layer's cost, paid at every coupling of every step.
-    With ``detach`` (the path-gradient estimator) this also runs under
-    ``torch.jit.trace`` (Pyro's JIT ELBOs); any other network goes through
-    ``torch.func.functional_call`` on detached copies of its parameters. ``plain`` is
-    whether ``net`` is such a conditioner, if the caller knows (checking costs a walk
-    over its layers).
+    Without ``detach`` this is the module call (its hooks run). With ``detach`` (the
+    path-gradient estimator's inverse pass) a :func:`conditioner` runs as plain calls on
+    detached weights, which also runs under ``torch.jit.trace`` (Pyro's JIT ELBOs); any
+    other network goes through ``torch.func.functional_call`` on detached copies of its
+    parameters. ``plain`` is whether ``net`` is such a conditioner, if the caller knows
+    (checking walks its layers).
 
     Example:
         >>> net = conditioner(2, 2, (4,))
@@ -121,9 +120,9 @@ def mlp_call(net: nn.Module, x: Tensor, detach: bool = False, plain: bool | None
         >>> torch.equal(out, net(x)), out.requires_grad
         (True, True)
     """
+    if not detach:
+        return net(x)
     if not (is_plain_mlp(net) if plain is None else plain):
-        if not detach:
-            return net(x)
         params = {name: p.detach() for name, p in net.named_parameters()}
         return torch.func.functional_call(net, params, (x,))
     for layer in net:

@@ -81,3 +81,12 @@ def test_input_of_the_wrong_width_is_named_by_the_layer(call):
 def test_bad_context_dim_is_named_by_the_layer(context_dim, error):
     with pytest.raises(error, match="context_dim must be an integer >= 0"):
         masked_affine_coupling(4, (8,), context_dim=context_dim)
+
+
+def test_forward_hooks_on_the_conditioner_run_in_the_forward_pass():
+    # Users inspect activations with hooks; the coupling must call its net as a module.
+    layer = MaskedAffineCoupling(torch.tensor([1.0, 0.0, 1.0]), hidden_dims=(4,))
+    seen = []
+    layer.net.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    layer(torch.randn(5, 3))
+    assert seen == [torch.Size([5, 2])]
