@@ -59,6 +59,11 @@ MAX_INIT_SCALE = 1e6
 MIN_QUANTILE_SAMPLES = 100
 
 
+#: Clamp on what AutoRealNVP's conditioners read, in the Laplace start's standardized
+#: units (MaskedAffineCoupling's ``input_bound``).
+INPUT_BOUND = 10.0
+
+
 def _hide_enumerated(msg: dict) -> bool:
     """Hide what the prototype must not see, and sites an ELBO will enumerate."""
     return prototype_hide_fn(msg) or bool(msg.get("infer", {}).get("enumerate"))
@@ -198,6 +203,10 @@ class AutoRealNVP(AutoContinuous):
             # Adam moves each weight by ~lr per step: without this a plain Adam(0.01) loop
             # lets the conditioners grow until the flow overflows (docs/math.md).
             "fan_in_scaling": True,
+            # The flow works in the Laplace start's standardized coordinates, where the
+            # posterior's mass lies within a few units: 10 is the identity there and
+            # stops a far-tail draw feeding ever larger shifts to the next layer.
+            "input_bound": INPUT_BOUND,
         }
         self._init_scale = init_scale if init_scale == "auto" else float(init_scale)
         self._find_mode = init_loc_fn is None

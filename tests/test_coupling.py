@@ -90,3 +90,25 @@ def test_forward_hooks_on_the_conditioner_run_in_the_forward_pass():
     layer.net.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
     layer(torch.randn(5, 3))
     assert seen == [torch.Size([5, 2])]
+
+
+def test_a_bounded_input_makes_the_layer_affine_far_out_and_keeps_it_invertible():
+    torch.manual_seed(0)
+    layer = MaskedAffineCoupling(torch.tensor([1.0, 0.0]), hidden_dims=(8,), input_bound=3.0)
+    torch.nn.init.normal_(layer.net[-1].weight)
+    far = torch.tensor([[50.0, 0.0], [5e6, 0.0]], dtype=torch.float32)
+    s, t = layer._scale_shift(layer._split(far)[0])
+    assert torch.equal(s[0], s[1])  # both inputs read as 3.0
+    assert torch.equal(t[0], t[1])
+    near = torch.tensor([[1.5, 0.0]])
+    unbounded = MaskedAffineCoupling(torch.tensor([1.0, 0.0]), hidden_dims=(8,))
+    unbounded.net.load_state_dict(layer.net.state_dict())
+    assert torch.equal(layer(near), unbounded(near))  # the identity within the bound
+    x = torch.randn(6, 2) * 10
+    assert torch.allclose(layer.inv(layer(x).clone()), x, atol=1e-4)
+
+
+@pytest.mark.parametrize("bound", [0.0, -1.0, float("nan")])
+def test_a_non_positive_input_bound_is_refused(bound):
+    with pytest.raises(ValueError, match="input_bound must be positive"):
+        MaskedAffineCoupling(torch.tensor([1.0, 0.0]), input_bound=bound)

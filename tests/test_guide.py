@@ -710,3 +710,25 @@ def test_a_local_latent_in_a_subsampling_plate_is_refused_at_set_up():
         guide()
     assert "AutoNormal(poutine.block(model, expose=['z']))" in str(error.value)
     assert guide.prototype_trace is None  # refused, not half built
+
+
+def test_the_guides_flow_grows_at_most_linearly_however_far_out_the_draw():
+    # Its conditioners read inputs clamped at INPUT_BOUND, so far out every layer is
+    # affine with bounded scale and shift. Unclamped, this randomized flow sent a draw
+    # at 100 to 3e5: each layer's shift grew with its input and the next read it as a
+    # larger input still.
+    from conftest import randomize_
+    from pyro_realnvp.guide import INPUT_BOUND
+
+    def model():
+        pyro.sample("x", dist.Normal(torch.zeros(4), 1.0).to_event(1))
+
+    guide = AutoRealNVP(model, num_layers=6, hidden_dims=(16, 16))
+    guide()
+    randomize_(guide.flow, std=1.0, seed=1)
+    assert all(layer.input_bound == INPUT_BOUND for layer in guide.flow.layers)
+    direction = torch.tensor([0.6, -0.8, 0.3, 0.5])
+    with torch.no_grad():
+        norms = {k: float(guide.flow(k * direction).norm()) for k in (1e2, 1e3, 1e4, 1e6)}
+    assert all(norm <= 100 * k for k, norm in norms.items())
+    assert 50 < norms[1e6] / norms[1e4] < 200  # linear far out
