@@ -411,9 +411,11 @@ def _particles_prose(particles: int | None) -> str:
     if particles is not None:
         return f"{particles} particle(s) per step for every guide"
     return (
-        f"particles as `fit` chooses them: {FAST_PARTICLES} on the captured fast path, which "
-        "`fit` takes for AutoRealNVP when the model allows it (every target here), 1 for "
-        "the other guides (Pyro's `Trace_ELBO`)"
+        f"particles as `fit` chooses them: up to {FAST_PARTICLES} on the captured fast path "
+        "(fewer where the model's work per particle is large, `pyro_realnvp.fast."
+        "particles_for`: garch11 8, diamonds 16), which `fit` takes for AutoRealNVP when "
+        "the model allows it (every target here), 1 for the other guides (Pyro's "
+        "`Trace_ELBO`)"
     )
 
 
@@ -457,7 +459,7 @@ def render(
         f"{args.seeds}. posteriordb targets: {', '.join(pdb)}; {args.pdb_steps} steps, "
         f"seeds {args.pdb_seeds}.",
         "- Every guide: `pyro_realnvp.fit` at its defaults (Adam, lr 0.01 decayed to 0.001, "
-        "gradient entries clipped at 10), "
+        "the gradients' total norm clipped at 10), "
         + _particles_prose(args.particles)
         + ", guide defaults. ANF = `AutoNormalizingFlow`: `partial(iterated, 4, affine_coupling)` "
         "as Pyro documents it, and `+perm` with a reversal `Permute` between the layers. "

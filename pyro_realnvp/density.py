@@ -200,8 +200,8 @@ def fit_density(
 
     Each step scores a mini-batch drawn without replacement (reshuffled every epoch);
     the learning rate decays geometrically to ``lr * lr_decay`` by the last step and the
-    gradients' total norm is clipped at ``clip_norm`` (``fit`` clips each entry, as Pyro's
-    ``ClippedAdam``; maximum likelihood needs the norm, see the source). Modules are
+    gradients' total norm is clipped at ``clip_norm``, as in ``fit``
+    (:class:`~pyro_realnvp.train.Schedule`). Modules are
     in training mode while fitting (so a ``BatchNorm`` layer uses batch statistics) and in
     evaluation mode afterwards. A non-finite loss raises
     :class:`~pyro_realnvp.NonFiniteLossError` before any parameter is updated; Ctrl-C stops
@@ -256,10 +256,7 @@ def fit_density(
         raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
     step = _LikelihoodStep(density, params, data, context, batch_size, generator)
     step.optimizer, step.decay = schedule.torch_optimizer(params, weight_decay=weight_decay)
-    # The gradients' total norm, not each entry as SVI's ClippedAdam does: with entries
-    # clipped at 10, the two-moons example's likelihood overflowed (inf) and at 1 it
-    # diverged; the total norm at 10 trains it past a 10-component GMM.
-    step.clip = lambda params: nn.utils.clip_grad_norm_(params, clip_norm)
+    step.clip = schedule.clip
     best = [math.inf, None]
 
     def validate(index: int, loss: float) -> dict:

@@ -21,13 +21,13 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-from torch.nn.utils import clip_grad_value_, get_total_norm
+from torch.nn.utils import get_total_norm
 
 from ._compat import capture_graph, check_site_shape, count_elements
 from .finite import _rejected_draws_are_non_finite, explain_non_finite, usability
 from .guide import AutoRealNVP
 from .potential import Potential
-from .train import NonFiniteLossError, Schedule
+from .train import NonFiniteLossError, Schedule, clip_total_norm
 
 __all__ = ["FastELBO", "FastPathError", "FastStep", "particles_for"]
 
@@ -323,7 +323,7 @@ class FastELBO:
     ) -> float:
         """One optimizer step; a non-finite loss or gradient raises and updates nothing.
 
-        Gradients are clipped elementwise to ``[-clip_norm, clip_norm]`` after the check.
+        The gradients' total norm is clipped at ``clip_norm`` after the check.
         The loss and the gradients' total norm are read in one host synchronisation.
         """
         optimizer.zero_grad(set_to_none=True)
@@ -340,8 +340,7 @@ class FastELBO:
             optimizer.zero_grad(set_to_none=True)
             what = "" if not math.isfinite(value) else " (the loss was finite, its gradients not)"
             raise NonFiniteLossError(f"fast ELBO loss is {value}{what}. No parameter was updated")
-        if math.isfinite(clip_norm):
-            clip_grad_value_(trained, clip_norm)
+        clip_total_norm(trained, clip_norm, norm)
         optimizer.step()
         return value
 

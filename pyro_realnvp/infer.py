@@ -9,7 +9,7 @@ import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.elbo import ELBO
-from pyro.optim import ClippedAdam, PyroOptim
+from pyro.optim import PyroOptim
 
 from .fast import MAX_PARTICLES, FastPathError, FastStep
 from .finite import FiniteELBO, explain_non_finite
@@ -79,8 +79,8 @@ def fit(
 ) -> History:
     """Run SVI for ``num_steps`` and return the loss history (negative ELBO per step).
 
-    Adam at ``lr``, decayed geometrically to ``lr * lr_decay`` by the last step, each
-    gradient entry clipped to ``[-clip_norm, clip_norm]`` (Pyro's ``ClippedAdam``).
+    Adam at ``lr``, decayed geometrically to ``lr * lr_decay`` by the last step, the
+    gradients' total norm clipped at ``clip_norm`` (:class:`~pyro_realnvp.train.Schedule`).
     Particles are vectorized. For an :class:`~pyro_realnvp.AutoRealNVP` with no ``loss``
     or ``optim`` given, each step is the captured :class:`~pyro_realnvp.FastELBO` step
     with up to ``FAST_PARTICLES`` particles (32; fewer where the model's own arithmetic
@@ -166,7 +166,7 @@ def _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule) 
     if loss is None:
         loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     if optim is None:
-        optim = ClippedAdam(schedule.pyro_args())
+        optim = schedule.pyro_optim()
     return SVIStep(model, guide, loss, optim, args, kwargs)
 
 

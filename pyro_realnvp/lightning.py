@@ -14,6 +14,7 @@ Needs the ``lightning`` extra: ``pip install "pyro-realnvp[lightning]"``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -31,7 +32,7 @@ from .ddp import (
     _LocalFinite,
     setup_guide,
 )
-from .train import NonFiniteLossError
+from .train import NonFiniteLossError, clip_total_norm
 
 __all__ = ["SVIModule"]
 
@@ -54,11 +55,12 @@ class SVIModule(pl.LightningModule):
     likelihood to the full data with :func:`~pyro_realnvp.distributed.data_plate` (or
     ``pyro.plate(size=N, subsample=...)``): under ``strategy="ddp"`` each rank sees its
     share of every epoch. The optimizer is ``ClippedAdam`` at ``lr``, decayed to
-    ``lr * lr_decay`` by ``Trainer(max_steps=...)``, clipped at ``clip_norm``, as in
-    :func:`~pyro_realnvp.fit`. Optimization is manual: a step whose loss or gradients
-    are not finite on any rank is skipped on every rank (Lightning's own skipping cannot
-    be used under DDP), ``max_redraws`` times in a row at most. ``losses`` holds the
-    rank-averaged loss of each step taken; ``loss`` is logged.
+    ``lr * lr_decay`` by ``Trainer(max_steps=...)``, the gradients' total norm clipped
+    at ``clip_norm``, as in :func:`~pyro_realnvp.fit`. Optimization is manual: a step
+    whose loss or gradients are not finite on any rank is skipped on every rank
+    (Lightning's own skipping cannot be used under DDP), ``max_redraws`` times in a row
+    at most. ``losses`` holds the rank-averaged loss of each step taken; ``loss`` is
+    logged.
 
     Example:
         >>> import logging, pyro, pyro.distributions as dist, torch
@@ -105,7 +107,8 @@ class SVIModule(pl.LightningModule):
     def configure_optimizers(self) -> ClippedAdam:
         steps = self.trainer.max_steps if self.trainer.max_steps > 0 else None
         lrd = self.lr_decay ** (1 / steps) if steps else 1.0
-        return ClippedAdam(self.parameters(), lr=self.lr, lrd=lrd, clip_norm=self.clip_norm)
+        # Entries unclipped here: the step clips the total norm, fit's one rule.
+        return ClippedAdam(self.parameters(), lr=self.lr, lrd=lrd, clip_norm=math.inf)
 
     def on_fit_start(self) -> None:
         """Under DDP, note each rank's own gradient finiteness so errors can name it."""
@@ -140,6 +143,7 @@ class SVIModule(pl.LightningModule):
             return
         self._in_a_row = 0
         optimizer = self.optimizers()
+        clip_total_norm(list(self.parameters()), self.clip_norm)
         optimizer.step()
         optimizer.zero_grad()
         self.losses.append(value)

@@ -20,9 +20,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import pyro
 import torch
+from pyro.optim import PyroOptim
+from pyro.optim.clipped_adam import ClippedAdam as _TorchClippedAdam
 from torch import Tensor
-from torch.nn.utils import clip_grad_value_
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ExponentialLR
 from tqdm.auto import tqdm
@@ -32,10 +35,12 @@ from ._checks import is_int
 __all__ = [
     "History",
     "NonFiniteLossError",
+    "NormClippedAdam",
     "Schedule",
     "Step",
     "TrainingInterrupted",
     "check_training_args",
+    "clip_total_norm",
     "train",
 ]
 
@@ -92,14 +97,15 @@ class TrainingInterrupted(KeyboardInterrupt):
 @dataclass(frozen=True)
 class Schedule:
     """Every fit's optimizer: Adam at ``lr`` decayed geometrically to ``lr * lr_decay`` by
-    step ``num_steps``, each gradient entry clipped to ``[-clip_norm, clip_norm]`` first.
+    step ``num_steps``, the gradients' total norm clipped at ``clip_norm`` first.
 
-    That is Pyro's ``ClippedAdam`` (whose ``clip_norm`` clips entries, not the norm); for
-    steps outside Pyro it is torch's fused ``Adam`` with the same decay. ``fit_density``
-    keeps the decay but clips the gradients' total norm (its examples diverge otherwise).
+    One rule for every loop (``fit``, its fast path, ``fit_density``, Lightning): the
+    total norm keeps each step's direction and only shortens a rare huge one. Clipping
+    each entry instead, as Pyro's ``ClippedAdam`` does, bends the direction: density
+    estimation lost to a 10-component GMM on two moons that way (docs/tuning.md).
 
     Example:
-        >>> Schedule(lr=0.01, lr_decay=0.1, clip_norm=10.0, num_steps=2).pyro_args()["lrd"]
+        >>> Schedule(lr=0.01, lr_decay=0.1, clip_norm=10.0, num_steps=2).gamma
         0.31622776601683794
     """
 
@@ -108,10 +114,14 @@ class Schedule:
     clip_norm: float
     num_steps: int
 
-    def pyro_args(self) -> dict:
-        """``pyro.optim.ClippedAdam``'s arguments."""
-        return {"lr": self.lr, "lrd": self.lr_decay ** (1 / self.num_steps),
-                "clip_norm": self.clip_norm}  # fmt: skip
+    @property
+    def gamma(self) -> float:
+        """The per-step factor of the learning rate."""
+        return self.lr_decay ** (1 / self.num_steps)
+
+    def pyro_optim(self) -> NormClippedAdam:
+        """The schedule as a Pyro optimizer, for ``SVI``."""
+        return NormClippedAdam(self.lr, self.gamma, self.clip_norm)
 
     def torch_optimizer(
         self, params: list[Tensor], weight_decay: float = 0.0
@@ -120,11 +130,57 @@ class Schedule:
         # One fused kernel for all parameters: on the CPU too it was 4-5x faster than the
         # default loop (48 tensors of 40x40: 0.23 against 1.18 ms, one thread).
         optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=weight_decay, fused=True)
-        return optimizer, ExponentialLR(optimizer, gamma=self.lr_decay ** (1 / self.num_steps))
+        return optimizer, ExponentialLR(optimizer, gamma=self.gamma)
 
-    def clip(self, params: list[Tensor]) -> None:
-        if math.isfinite(self.clip_norm):
-            clip_grad_value_([p for p in params if p.grad is not None], self.clip_norm)
+    def clip(self, params: list[Tensor], total_norm: Tensor | None = None) -> None:
+        """Scale the gradients so that their total norm is at most ``clip_norm``
+        (``total_norm``, if already computed, is not computed again)."""
+        clip_total_norm(params, self.clip_norm, total_norm)
+
+
+def clip_total_norm(params, clip_norm: float, total_norm: Tensor | None = None) -> None:
+    """Scale the gradients of ``params`` so that their total norm is at most ``clip_norm``.
+
+    Example:
+        >>> p = torch.zeros(2, requires_grad=True)
+        >>> p.grad = torch.tensor([3.0, 4.0])
+        >>> clip_total_norm([p], 1.0)
+        >>> p.grad
+        tensor([0.6000, 0.8000])
+    """
+    params = [p for p in params if p.grad is not None]
+    if not params or not math.isfinite(clip_norm):
+        return
+    total_norm = get_total_norm([p.grad for p in params]) if total_norm is None else total_norm
+    clip_grads_with_norm_(params, clip_norm, total_norm)
+
+
+class NormClippedAdam(PyroOptim):
+    """Pyro's ``ClippedAdam`` with its learning-rate decay ``lrd``, the gradients' total
+    norm clipped at ``clip_norm`` over all parameters of the step first (not each entry).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer import SVI, Trace_ELBO
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> svi = SVI(model, AutoNormal(model), NormClippedAdam(0.01, 1.0, 10.0), Trace_ELBO())
+        >>> isinstance(svi.step(), float)
+        True
+    """
+
+    def __init__(self, lr: float, lrd: float, clip_norm: float) -> None:
+        super().__init__(_TorchClippedAdam, {"lr": lr, "lrd": lrd, "clip_norm": math.inf})
+        self.clip_norm = clip_norm
+
+    def __call__(self, params, *args, **kwargs) -> None:
+        # SVI passes a set: summed in the store's name order, the norm is the same on
+        # every rank of a data-parallel run, to the last bit.
+        store = pyro.get_param_store()
+        params = sorted(params, key=lambda p: store.param_name(p) or "")
+        clip_total_norm(params, self.clip_norm)
+        super().__call__(params, *args, **kwargs)
 
 
 class Step(Protocol):

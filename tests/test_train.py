@@ -7,6 +7,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 
@@ -113,17 +114,39 @@ def test_monitor_fields_stay_on_the_progress_bar(monkeypatch):
     assert [fields.get("valid") for fields in shown] == ["0", "0", "2", "2"]
 
 
-def test_schedule_decays_lr_to_lr_times_decay_and_clips_entries():
+def test_schedule_decays_lr_to_lr_times_decay_and_clips_the_total_norm():
     param = torch.zeros(3, requires_grad=True)
+    other = torch.zeros(1, requires_grad=True)
     schedule = Schedule(lr=0.1, lr_decay=0.01, clip_norm=2.0, num_steps=10)
-    optimizer, decay = schedule.torch_optimizer([param])
+    optimizer, decay = schedule.torch_optimizer([param, other])
     for _ in range(10):
         optimizer.step()
         decay.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
-    param.grad = torch.tensor([-5.0, 1.0, 7.0])
+    param.grad, other.grad = torch.tensor([-6.0, 0.0, 0.0]), torch.tensor([8.0])
+    schedule.clip([param, other])
+    # Norm 10 over both tensors, scaled to 2: the direction is kept.
+    assert param.grad.tolist() == pytest.approx([-1.2, 0.0, 0.0])
+    assert other.grad.tolist() == pytest.approx([1.6])
+    param.grad = torch.tensor([0.3, 0.4, 0.0])
     schedule.clip([param])
-    assert param.grad.tolist() == [-2.0, 1.0, 2.0]
+    assert param.grad.tolist() == pytest.approx([0.3, 0.4, 0.0])  # within the bound
+
+
+def test_pyros_svi_steps_with_the_same_rule():
+    # NormClippedAdam clips the total norm over all of SVI's parameters, then Adam steps:
+    # a first Adam step moves each entry by lr whatever the gradient's size.
+    x, y = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
+    pyro.clear_param_store()
+    pyro.get_param_store()["x"], pyro.get_param_store()["y"] = x, y
+    x, y = pyro.param("x").unconstrained(), pyro.param("y").unconstrained()
+    x.grad, y.grad = torch.tensor([300.0, 0.0]), torch.tensor([-400.0])
+    optim = Schedule(lr=0.1, lr_decay=1.0, clip_norm=5.0, num_steps=1).pyro_optim()
+    optim([x, y])
+    assert x.grad.tolist() == pytest.approx([3.0, 0.0])  # clipped from norm 500 to 5
+    assert y.grad.tolist() == pytest.approx([-4.0])
+    assert x.tolist() == pytest.approx([-0.1, 0.0], abs=1e-6)
+    assert y.tolist() == pytest.approx([0.1], abs=1e-6)
 
 
 def test_history_is_a_list_with_what_the_run_did():
