@@ -61,7 +61,7 @@ MIN_QUANTILE_SAMPLES = 100
 
 #: Clamp on what AutoRealNVP's conditioners read, in the Laplace start's standardized
 #: units (MaskedAffineCoupling's ``input_bound``).
-INPUT_BOUND = 10.0
+INPUT_BOUND = 30.0
 
 
 def _hide_enumerated(msg: dict) -> bool:
@@ -203,9 +203,9 @@ class AutoRealNVP(AutoContinuous):
             # Adam moves each weight by ~lr per step: without this a plain Adam(0.01) loop
             # lets the conditioners grow until the flow overflows (docs/math.md).
             "fan_in_scaling": True,
-            # The flow works in the Laplace start's standardized coordinates, where the
-            # posterior's mass lies within a few units: 10 is the identity there and
-            # stops a far-tail draw feeding ever larger shifts to the next layer.
+            # The flow works in the Laplace start's standardized coordinates: 30 leaves a
+            # banana's arms (out to about 25 there) alone and stops a far-tail draw
+            # feeding ever larger shifts to the next layer (docs/math.md).
             "input_bound": INPUT_BOUND,
         }
         self._init_scale = init_scale if init_scale == "auto" else float(init_scale)
