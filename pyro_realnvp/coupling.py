@@ -107,15 +107,11 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         # masking instead would carry zero columns and rows, twice the work at large D.
         self.register_buffer("kept", torch.nonzero(mask).squeeze(-1).to(device))
         self.register_buffer("free", torch.nonzero(mask == 0).squeeze(-1).to(device))
-        # Where each coordinate of cat([kept, free]) belongs; derived, so not saved.
-        order = torch.cat([self.kept, self.free]).argsort()
-        self.register_buffer("unsplit", order, persistent=False)
         self.scale_bound = float(scale_bound)
         self.output_gain = float(output_gain)
-        # One product applies the output gain to s and t and 1 / scale_bound to s.
-        factor = [self.output_gain / self.scale_bound] * len(self.free)
-        factor = torch.tensor(factor + [self.output_gain] * len(self.free), dtype=dtype)
-        self.register_buffer("factor", factor.to(device), persistent=False)
+        self._derive_buffers(dtype or torch.get_default_dtype())
+        # A loaded state may bring other masks: derive again from what was loaded.
+        self.register_load_state_dict_post_hook(_rederive_after_load)
         self.context_dim = int(context_dim)
         if net is None:
             net = conditioner(
@@ -152,6 +148,27 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         # soft_clamp(output_gain * out_s, scale_bound), with one product for s and t.
         s, t = (out * self.factor).chunk(2, dim=-1)
         return self.scale_bound * torch.tanh(s), t
+
+    def _derive_buffers(self, dtype: torch.dtype) -> None:
+        """Buffers derived from the mask and the options, so not saved in the state."""
+        # Where each coordinate of cat([kept, free]) belongs.
+        unsplit = torch.cat([self.kept, self.free]).argsort()
+        # One product applies the output gain to s and t and 1 / scale_bound to s.
+        factor = [self.output_gain / self.scale_bound] * len(self.free)
+        factor += [self.output_gain] * len(self.free)
+        factor = torch.tensor(factor, dtype=dtype, device=self.kept.device)
+        for name, value in (("unsplit", unsplit), ("factor", factor)):
+            if name in self._buffers:
+                self._buffers[name] = value
+            else:
+                self.register_buffer(name, value, persistent=False)
+
+    def __setstate__(self, state: dict) -> None:
+        # Couplings pickled before input_bound and the derived buffers existed.
+        super().__setstate__(state)
+        self.__dict__.setdefault("input_bound", math.inf)
+        if "factor" not in self._buffers:
+            self._derive_buffers(self.mask.dtype)
 
     def _net_is_plain(self) -> bool:
         """Whether the conditioner is a plain MLP, checked once per net it is given."""
@@ -219,3 +236,8 @@ def masked_affine_coupling(
         tensor([0., 1., 0., 1.])
     """
     return MaskedAffineCoupling(alternating_mask(input_dim, parity), hidden_dims, **kwargs)
+
+
+def _rederive_after_load(module: MaskedAffineCoupling, incompatible_keys) -> None:
+    module._derive_buffers(module.factor.dtype if module.factor.is_floating_point() else
+                           module.mask.dtype)  # fmt: skip

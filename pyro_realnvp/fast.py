@@ -222,18 +222,7 @@ class FastELBO:
             )
         if self.num_particles is None:
             self.num_particles = particles_for(self._elements_per_particle())
-        example = self._draws(self.num_particles, seed=3)
-        try:
-            # Validation checks read tensor values; the eager runs above already did them.
-            with pyro.validation_enabled(False), torch.no_grad():
-                graph = capture_graph(lambda u: replay.log_joint(u), example)
-        except RuntimeError as error:
-            if "data-dependent" not in str(error):
-                raise
-            raise FastPathError(
-                "the model branches in Python on latent values (data-dependent control "
-                "flow), which a captured graph cannot replay: fit with fast=False"
-            ) from error
+        graph = self._record(self._draws(self.num_particles, seed=3))
         check = self._draws(self.num_particles, seed=4)
         try:
             with torch.no_grad():
@@ -247,15 +236,34 @@ class FastELBO:
             )
         return graph
 
-    def _elements_per_particle(self) -> int:
-        """What one more particle adds to the log-density's work, in tensor elements
-        (the difference between two particles and one cancels particle-free work)."""
-        counts = []
-        for num_particles in (1, 2):
-            draws = self._draws(num_particles, seed=5)
+    def _record(self, example: Tensor) -> Callable[[Tensor], Tensor]:
+        """The model's log-joint recorded at ``example`` as a graph of tensor operations."""
+        replay = self._replay
+        try:
+            # Validation checks read tensor values; the eager runs already did them.
             with pyro.validation_enabled(False), torch.no_grad():
-                counts.append(count_elements(self._replay.log_joint, draws))
-        return max(counts[1] - counts[0], 1)
+                return capture_graph(lambda u: replay.log_joint(u), example)
+        except (RuntimeError, ValueError) as error:
+            if "data-dependent" not in str(error):
+                raise _failed_at_draws(error) from error
+            raise FastPathError(
+                "the model branches in Python on latent values (data-dependent control "
+                "flow), which a captured graph cannot replay: fit with fast=False"
+            ) from error
+
+    def _elements_per_particle(self) -> float:
+        """What one more particle adds to the log-density's work, in tensor elements: half
+        the difference between four particles and two (two is what set-up checked, and
+        the difference cancels work done once whatever the particles)."""
+        counts = []
+        try:
+            for num_particles in (2, 4):
+                draws = self._draws(num_particles, seed=5)
+                with pyro.validation_enabled(False), torch.no_grad():
+                    counts.append(count_elements(self._replay.log_joint, draws))
+        except (RuntimeError, ValueError) as error:
+            raise _failed_at_draws(error) from error
+        return max((counts[1] - counts[0]) / 2, 1.0)
 
     def _draws(self, num_particles: int, seed: int) -> Tensor:
         """Fixed-seed guide draws of shape ``latent_shape(num_particles)``, for set-up checks."""

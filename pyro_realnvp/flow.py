@@ -95,8 +95,16 @@ class RealNVP(OnePassLogDet, TransformModule):
         self.input_dim = couplings[0].mask.numel()
         self.context_dim = couplings[0].context_dim
         self.layers = nn.ModuleList(couplings)
-        # Found once here: comparing index buffers at every pass would sync a GPU.
+        # Found once here and after loading a state (which may bring other masks):
+        # comparing masks at every pass would sync a GPU.
         self._groups = _complementary_groups(couplings)
+        self.register_load_state_dict_post_hook(_regroup_after_load)
+
+    def __setstate__(self, state: dict) -> None:
+        # Flows pickled before the groups existed.
+        super().__setstate__(state)
+        if "_groups" not in self.__dict__:
+            self._groups = _complementary_groups(list(self.layers))
 
     def _check_event(self, x: Tensor) -> None:
         """Refuse an input whose last dimension is not ``input_dim``: a static shape test,
@@ -170,3 +178,7 @@ def _complementary_groups(layers: list[MaskedAffineCoupling]) -> list[list[Maske
         else:
             groups.append([layer])
     return groups
+
+
+def _regroup_after_load(flow: RealNVP, incompatible_keys) -> None:
+    flow._groups = _complementary_groups(list(flow.layers))

@@ -32,7 +32,7 @@ from .ddp import (
     _LocalFinite,
     setup_guide,
 )
-from .train import NonFiniteLossError, clip_total_norm
+from .train import NonFiniteLossError
 
 __all__ = ["SVIModule"]
 
@@ -143,7 +143,9 @@ class SVIModule(pl.LightningModule):
             return
         self._in_a_row = 0
         optimizer = self.optimizers()
-        clip_total_norm(list(self.parameters()), self.clip_norm)
+        if math.isfinite(self.clip_norm):
+            # Lightning's own call: under mixed precision it unscales the gradients first.
+            self.clip_gradients(optimizer, self.clip_norm, gradient_clip_algorithm="norm")
         optimizer.step()
         optimizer.zero_grad()
         self.losses.append(value)

@@ -9,7 +9,7 @@ from pyro.infer.autoguide import AutoNormal, init_to_value
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from conftest import randomize_
-from pyro_realnvp import AutoRealNVP, NonFiniteLossError, fit_fast
+from pyro_realnvp import AutoRealNVP, NonFiniteLossError, fit, fit_fast
 from pyro_realnvp.fast import (
     MAX_PARTICLES,
     PARTICLE_BUDGET,
@@ -327,3 +327,16 @@ def test_a_model_failing_only_at_the_check_draw_is_refused_as_a_fast_path_error(
     guide = AutoRealNVP(model, **SMALL, init_loc_fn=start, init_scale=0.3)
     with pytest.raises(FastPathError, match="failed at the guide's draws"):
         FastELBO(model, guide, num_particles=4096)
+
+
+def test_a_model_that_needs_a_particle_dimension_other_than_one_still_fits():
+    # z.squeeze() drops a particle dimension of size one: measuring the work per particle
+    # must not run the model at one particle, which set-up never checked.
+    def model():
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        h = torch.cat([z.squeeze(), w.unsqueeze(-1)], dim=-1)
+        pyro.sample("obs", dist.Normal(h, 1.0).to_event(1), obs=torch.ones(3))
+
+    history = fit(model, AutoRealNVP(model, **SMALL), num_steps=3, progress=False)
+    assert len(history) == 3
