@@ -45,7 +45,8 @@ from benchmarks.metrics import moment_errors, sliced_w1, standardize
 from benchmarks.posteriordb import POSTERIORDB_TARGETS
 from benchmarks.targets import EXACT_TARGETS, Target
 from pyro_realnvp import NonFiniteLossError
-from pyro_realnvp.infer import FAST_PARTICLES, _choose_step
+from pyro_realnvp.fast import MAX_PARTICLES
+from pyro_realnvp.infer import _choose_step
 from pyro_realnvp.train import Schedule, train
 
 __all__ = ["main", "parse_args", "run_job"]
@@ -411,7 +412,7 @@ def _particles_prose(particles: int | None) -> str:
     if particles is not None:
         return f"{particles} particle(s) per step for every guide"
     return (
-        f"particles as `fit` chooses them: up to {FAST_PARTICLES} on the captured fast path "
+        f"particles as `fit` chooses them: up to {MAX_PARTICLES} on the captured fast path "
         "(fewer where the model's work per particle is large, `pyro_realnvp.fast."
         "particles_for`: garch11 8, diamonds 16), which `fit` takes for AutoRealNVP when "
         "the model allows it (every target here), 1 for the other guides (Pyro's "

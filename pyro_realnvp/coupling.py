@@ -239,5 +239,4 @@ def masked_affine_coupling(
 
 
 def _rederive_after_load(module: MaskedAffineCoupling, incompatible_keys) -> None:
-    module._derive_buffers(module.factor.dtype if module.factor.is_floating_point() else
-                           module.mask.dtype)  # fmt: skip
+    module._derive_buffers(module.factor.dtype)

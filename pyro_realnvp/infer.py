@@ -11,7 +11,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
 
-from .fast import MAX_PARTICLES, FastPathError, FastStep
+from .fast import FastPathError, FastStep
 from .finite import FiniteELBO, explain_non_finite
 from .guide import AutoRealNVP
 from .train import History, NonFiniteLossError, Schedule, check_training_args, train
@@ -54,12 +54,6 @@ class SVIStep:
             param.grad = None
 
 
-#: Most particles per step on the fast path when ``fit`` is not told, chosen by measurement
-#: (docs/tuning.md): near the cost of one (a step is overhead-bound) at a fraction of its KL.
-#: Fewer where the model's arithmetic grows with them (:func:`~pyro_realnvp.fast.particles_for`).
-FAST_PARTICLES = MAX_PARTICLES
-
-
 def fit(
     model: Callable,
     guide: Callable,
@@ -83,7 +77,7 @@ def fit(
     gradients' total norm clipped at ``clip_norm`` (:class:`~pyro_realnvp.train.Schedule`).
     Particles are vectorized. For an :class:`~pyro_realnvp.AutoRealNVP` with no ``loss``
     or ``optim`` given, each step is the captured :class:`~pyro_realnvp.FastELBO` step
-    with up to ``FAST_PARTICLES`` particles (32; fewer where the model's own arithmetic
+    with up to 32 particles (``fast.MAX_PARTICLES``; fewer where the model's own arithmetic
     grows with them, see :func:`~pyro_realnvp.fast.particles_for`) unless told otherwise;
     where the model does not
     allow it (subsampling, ``pyro.param`` sites, discrete latents, data-dependent

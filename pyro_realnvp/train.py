@@ -132,10 +132,9 @@ class Schedule:
         optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=weight_decay, fused=True)
         return optimizer, ExponentialLR(optimizer, gamma=self.gamma)
 
-    def clip(self, params: list[Tensor], total_norm: Tensor | None = None) -> None:
-        """Scale the gradients so that their total norm is at most ``clip_norm``
-        (``total_norm``, if already computed, is not computed again)."""
-        clip_total_norm(params, self.clip_norm, total_norm)
+    def clip(self, params: list[Tensor]) -> None:
+        """Scale the gradients so that their total norm is at most ``clip_norm``."""
+        clip_total_norm(params, self.clip_norm)
 
 
 def clip_total_norm(params, clip_norm: float, total_norm: Tensor | None = None) -> None:
