@@ -207,21 +207,13 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         s, t = self._scale_shift(kept, context, detach)
         return self._merge(kept, self._move(free, s, t, -1)), s
 
-    def _check_event(self, x: Tensor) -> None:
-        """Refuse an input whose last dimension is not the mask's (a static shape test)."""
-        dim = self.mask.shape[-1]
-        if not torch.jit.is_tracing() and x.shape[-1:] != (dim,):
-            raise ValueError(
-                f"{type(self).__name__} expects inputs of shape (..., {dim}), got {tuple(x.shape)}"
-            )
-
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self._check_event(x)
+        self._check_event(x, self.mask.shape[-1])
         y, s = self._forward(x)
         return y, s.sum(-1)
 
     def _backward_pass(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        self._check_event(y)
+        self._check_event(y, self.mask.shape[-1])
         x, s = self._backward(y)
         return x, s.sum(-1)
 

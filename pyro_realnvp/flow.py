@@ -106,18 +106,9 @@ class RealNVP(OnePassLogDet, TransformModule):
         if "_groups" not in self.__dict__:
             self._groups = _complementary_groups(list(self.layers))
 
-    def _check_event(self, x: Tensor) -> None:
-        """Refuse an input whose last dimension is not ``input_dim``: a static shape test,
-        no device sync, where a wrong width would otherwise fail deep in ``index_select``."""
-        if not torch.jit.is_tracing() and x.shape[-1:] != (self.input_dim,):
-            raise ValueError(
-                f"{type(self).__name__} expects inputs of shape (..., {self.input_dim}), "
-                f"got {tuple(x.shape)}"
-            )
-
     def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(f(x), log|det|)`` in one pass; ``context`` only for a conditional flow."""
-        self._check_event(x)
+        self._check_event(x, self.input_dim)
         return self._run(x, self._groups, context, False, +1)
 
     def _backward(
@@ -127,7 +118,7 @@ class RealNVP(OnePassLogDet, TransformModule):
 
         With ``detach`` every parameter is a constant: gradients reach only ``y``.
         """
-        self._check_event(y)
+        self._check_event(y, self.input_dim)
         groups = [group[::-1] for group in self._groups[::-1]]
         return self._run(y, groups, context, detach, -1)
 

@@ -127,10 +127,8 @@ def mlp_call(net: nn.Module, x: Tensor, detach: bool = False, plain: bool | None
         return torch.func.functional_call(net, params, (x,))
     for layer in net:
         if isinstance(layer, nn.Linear):
-            weight, bias = layer.weight, layer.bias
-            if detach:
-                weight, bias = weight.detach(), None if bias is None else bias.detach()
-            x = _linear(x, weight, bias, getattr(layer, "gain", 1.0))
+            bias = None if layer.bias is None else layer.bias.detach()
+            x = _linear(x, layer.weight.detach(), bias, getattr(layer, "gain", 1.0))
         else:
             x = layer(x)
     return x

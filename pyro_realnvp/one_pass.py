@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch.distributions import constraints
 
@@ -43,6 +44,15 @@ class OnePassLogDet:
     #: ``(x, y, log|det|)`` of the last pass. Kept here rather than read from torch's
     #: private ``_cached_x_y``: it holds the same pair, as both are set by the same call.
     _last_pass: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def _check_event(self, x: Tensor, size: int) -> None:
+        """Refuse an input whose last dimension is not ``size``: a static shape test, no
+        device sync, where a wrong width would otherwise fail deep in ``index_select``."""
+        if not torch.jit.is_tracing() and x.shape[-1:] != (size,):
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of shape (..., {size}), "
+                f"got {tuple(x.shape)}"
+            )
 
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
