@@ -13,6 +13,7 @@ from ._checks import check_hidden_dims, check_int
 from .masks import alternating_mask, check_mask
 from .nn import conditioner, is_plain_mlp, mlp_call
 from .one_pass import OnePassLogDet
+from .score import conditioner_vjp, has_known_layers, recorded_call
 
 __all__ = ["MaskedAffineCoupling", "masked_affine_coupling", "default_hidden_dims"]
 
@@ -126,15 +127,25 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         self.net = net
 
     def _scale_shift(
-        self, h: Tensor, context: Tensor | None = None, detach: bool = False
+        self,
+        h: Tensor,
+        context: Tensor | None = None,
+        detach: bool = False,
+        tape: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``(s, t)`` of the free coordinates from the kept ones ``h`` (and the context).
 
         The only place the conditioner, its split and the scale bound live. With
-        ``detach`` the conditioner's parameters are constants (the path gradient).
+        ``detach`` the conditioner's parameters are constants (the path gradient). A
+        ``tape`` list receives what :meth:`_carry_score` needs: ``h``, the conditioner's
+        activations, ``tanh`` of the scaled log-scale.
         """
+        if tape is not None:
+            tape.append(h)
         if self.input_bound < math.inf:
-            h = h.clamp(-self.input_bound, self.input_bound)
+            # clamp's values; its derivative, 0 on the bound itself, is one kernel to
+            # repeat in _carry_score.
+            h = nn.functional.hardtanh(h, -self.input_bound, self.input_bound)
         if context is not None:
             # Batch shapes of x and context broadcast, so one context serves many x.
             batch = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
@@ -144,10 +155,48 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
                 f"this coupling has context_dim={self.context_dim} and needs a context; "
                 "use it through ConditionalRealNVP(...).condition(context)"
             )
-        out = mlp_call(self.net, h, detach, self._net_is_plain())
+        if tape is None:
+            out = mlp_call(self.net, h, detach, self._net_is_plain())
+        else:
+            out = recorded_call(self.net, h, tape)
         # soft_clamp(output_gain * out_s, scale_bound), with one product for s and t.
         s, t = (out * self.factor).chunk(2, dim=-1)
-        return self.scale_bound * torch.tanh(s), t
+        s = torch.tanh(s)
+        if tape is not None:
+            tape.append(s)
+        return self.scale_bound * s, t
+
+    def _carry_score(
+        self, tape: list[Tensor], moved: Tensor, s: Tensor, t: Tensor, score: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        r"""The density's score after this layer from the score ``(g_kept, g_free)`` before
+        it: ``(w_free, w_kept)``, at the moved and the kept coordinates (see
+        :mod:`pyro_realnvp.score`). ``tape`` is what :meth:`_scale_shift` recorded and
+        ``moved`` the layer's output :math:`x_f e^s + t`. Constants: no graph is built.
+        """
+        with torch.no_grad():
+            h, *activations, tanh = tape
+            w_free = score[1] * torch.exp(-s)
+            cot_s = torch.ops.aten.tanh_backward((moved - t) * w_free + 1.0, tanh)
+            cot = torch.cat([cot_s, w_free], dim=-1)
+            cot = conditioner_vjp(self.net, activations, cot, self.output_gain)
+            if self.input_bound < math.inf:
+                bound = self.input_bound
+                cot = torch.ops.aten.hardtanh_backward(cot, h, -bound, bound)
+            return w_free, score[0] - cot
+
+    def _supports_score(self) -> bool:
+        """Whether :meth:`_carry_score` applies: a plain conditioner of known activations
+        (checked once per net, its hooks at every call) and no context."""
+        if self.__dict__.get("_score_for") is not self.net:
+            self.__dict__["_score_net"] = has_known_layers(self.net)
+            self.__dict__["_score_for"] = self.net
+        net = self.net
+        return (
+            self.__dict__["_score_net"]
+            and not self.context_dim
+            and not (net._forward_hooks or net._forward_pre_hooks)
+        )
 
     def _derive_buffers(self, dtype: torch.dtype) -> None:
         """Buffers derived from the mask and the options, so not saved in the state."""

@@ -291,17 +291,17 @@ class FastELBO:
         )
 
     def _negative_elbo_eager(self, eps: Tensor) -> Tensor:
-        flow, affine = self.guide.get_transform().parts
-        assert flow is self.guide.flow
-        # One pass that also gives the log-det, without the flow's identity cache: an
+        guide = self.guide
+        # Passes that also give the log-det, without the flow's identity cache: an
         # injected eps may be the same tensor as last step's, whose cached y is stale.
-        x, flow_log_det = flow._forward(eps)
-        u = affine(x)
-        if self.guide.estimator == "path":
-            log_q = self.guide.log_density_detached(u)
+        if guide.estimator == "path":
+            u, log_q = guide.path_draw(eps)
         else:
+            flow, affine = guide.get_transform().parts
+            x, flow_log_det = flow._forward(eps)
+            u = affine(x)
             log_det = flow_log_det + affine.log_abs_det_jacobian(x, u)
-            log_q = self.guide.get_base_dist().log_prob(eps) - log_det
+            log_q = guide.get_base_dist().log_prob(eps) - log_det
         log_p = self._log_joint(u.reshape(self._replay.latent_shape(eps.shape[0])))
         return (log_q - log_p).mean()
 

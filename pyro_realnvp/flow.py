@@ -109,7 +109,7 @@ class RealNVP(OnePassLogDet, TransformModule):
     def _forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(f(x), log|det|)`` in one pass; ``context`` only for a conditional flow."""
         self._check_event(x, self.input_dim)
-        return self._run(x, self._groups, context, False, +1)
+        return self._run(x, self._groups, context, False, +1)[:2]
 
     def _backward(
         self, y: Tensor, context: Tensor | None = None, detach: bool = False
@@ -120,27 +120,54 @@ class RealNVP(OnePassLogDet, TransformModule):
         """
         self._check_event(y, self.input_dim)
         groups = [group[::-1] for group in self._groups[::-1]]
-        return self._run(y, groups, context, detach, -1)
+        return self._run(y, groups, context, detach, -1)[:2]
+
+    def _forward_with_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""``(y, log|det|, \nabla_y \log q_Y(y))`` for ``y = f(x)``, where ``score`` is
+        :math:`\nabla_x \log q_X(x)` and :math:`q_Y` the density ``f`` pushes :math:`q_X`
+        to. The score is carried through each coupling without autograd
+        (:mod:`pyro_realnvp.score`), as the path gradient needs it: a constant.
+        """
+        self._check_event(x, self.input_dim)
+        return self._run(x, self._groups, None, False, +1, score)
+
+    def supports_score(self) -> bool:
+        """Whether :meth:`_forward_with_score` applies: plain conditioners of known
+        activations (:func:`~pyro_realnvp.score.supports_score`) and no context."""
+        return all(layer._supports_score() for layer in self.layers)
 
     @staticmethod
     def _run(
-        x: Tensor, groups: list[list], context: Tensor | None, detach: bool, sign: int
-    ) -> tuple[Tensor, Tensor]:
+        x: Tensor,
+        groups: list[list],
+        context: Tensor | None,
+        detach: bool,
+        sign: int,
+        score: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Apply the grouped layers in order (``sign`` -1: their inverses), with the summed
-        log-scales. Within a group each layer keeps what the one before moved, so the
-        kept and moved halves pass straight on: a pair ``b, 1 - b`` splits and merges the
-        coordinates once, rather than each layer gathering and scattering them."""
+        log-scales and, given the input's ``score``, the output's. Within a group each
+        layer keeps what the one before moved, so the kept and moved halves pass straight
+        on: a pair ``b, 1 - b`` splits and merges the coordinates once, rather than each
+        layer gathering and scattering them."""
         log_scales = []
         for group in groups:
             kept, free = group[0]._split(x)
+            scores = None if score is None else group[0]._split(score)
             for layer in group:
-                s, t = layer._scale_shift(kept, context, detach)
-                kept, free = layer._move(free, s, t, sign), kept
+                tape = None if score is None else []
+                s, t = layer._scale_shift(kept, context, detach, tape)
+                moved = layer._move(free, s, t, sign)
+                if tape is not None:
+                    scores = layer._carry_score(tape, moved, s, t, scores)
+                kept, free = moved, kept
                 log_scales.append(s)
             if len(group) % 2:
                 kept, free = free, kept
+                scores = None if scores is None else scores[::-1]
             x = group[0]._merge(kept, free)
-        return x, torch.cat(log_scales, dim=-1).sum(-1)
+            score = None if scores is None else group[0]._merge(*scores)
+        return x, torch.cat(log_scales, dim=-1).sum(-1), score
 
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self._forward(x)

@@ -487,6 +487,43 @@ class AutoRealNVP(AutoContinuous):
         log_det = flow_log_det + affine.log_abs_det_jacobian(x, u)
         return _standard_normal_log_prob(eps) - log_det
 
+    def path_draw(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``(u, log q(u))`` at base noise ``eps``, ``log q`` as :meth:`log_density_detached`
+        gives it: its value :math:`\log q(u)`, its gradient :math:`\nabla_u \log q(u)
+        \cdot \partial u / \partial \theta` with :math:`\nabla_u \log q` a constant.
+
+        Where the flow allows (:meth:`~pyro_realnvp.RealNVP.supports_score`) the score is
+        carried through the draw's own forward pass, :math:`\nabla_u \log q = L^{-T}
+        \nabla_x \log q_X(x)` from :math:`\nabla_\varepsilon = -\varepsilon`, so no
+        inverse pass runs; otherwise this is the draw and :meth:`log_density_detached`.
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+            >>> _ = guide()
+            >>> u, log_q = guide.path_draw(torch.randn(3, 1))
+            >>> torch.allclose(log_q, guide.log_density_detached(u))
+            True
+        """
+        affine = self._affine_transform()
+        if not self.flow.supports_score():
+            u = affine(self.flow._forward(eps)[0])
+            return u, self.log_density_detached(u)
+        x, flow_log_det, score = self.flow._forward_with_score(eps, -eps)
+        u = affine(x)
+        with torch.no_grad():
+            log_q = (
+                _standard_normal_log_prob(eps) - flow_log_det - affine.log_abs_det_jacobian(x, u)
+            )
+            if isinstance(affine, LowerCholeskyAffine):
+                # Rows: score_u^T = score_x^T L^{-1}.
+                score = torch.linalg.solve_triangular(
+                    affine.scale_tril, score, upper=False, left=False
+                )
+            else:
+                score = score / affine.scale
+        return u, log_q + ((u - u.detach()) * score).sum(-1)
+
     def _latent_draws(self, num_samples: int, seed: int = 0) -> Tensor:
         """Fixed-seed draws of the packed unconstrained latent, shape ``(num_samples, D)``."""
         loc = self.loc.detach()

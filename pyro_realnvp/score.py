@@ -1,0 +1,103 @@
+"""The score of a flow's density, carried through its couplings beside the forward pass.
+
+The path-gradient estimator needs :math:`\\nabla_u \\log q(u)` at its own draw
+:math:`u = f(\\varepsilon)`, with the flow's parameters held constant. Through an inverse
+pass that costs a second run of every conditioner and a backward pass through it. A
+coupling's inverse at its own output sees the very inputs its forward pass saw, so the
+score can instead be pushed forward layer by layer from the base's,
+:math:`\\nabla_\\varepsilon \\log \\mathcal N(\\varepsilon) = -\\varepsilon`, with one
+vector-Jacobian product through each conditioner at what the forward pass recorded
+(Vaitl et al. 2024, "Fast and unified path gradient estimators for normalizing flows").
+
+For ``y_k = x_k``, ``y_f = x_f e^{s(x_k)} + t(x_k)`` and the score ``g`` at ``x``, the
+score at ``y`` is ``w_f = e^{-s} g_f``, ``w_k = g_k - (1 + (y_f - t) w_f)^T \\partial s /
+\\partial x_k - w_f^T \\partial t / \\partial x_k`` (docs/math.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .nn import ScaledLinear
+
+__all__ = [
+    "ACTIVATION_VJPS",
+    "conditioner_vjp",
+    "has_known_layers",
+    "recorded_call",
+    "supports_score",
+]
+
+#: ``cotangent * activation'`` from the activation's output, as autograd computes it.
+ACTIVATION_VJPS: dict[type, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
+    nn.ELU: lambda layer, cot, out: torch.ops.aten.elu_backward(cot, layer.alpha, 1, 1, True, out),
+    nn.ReLU: lambda layer, cot, out: torch.ops.aten.threshold_backward(cot, out, 0),
+    nn.Tanh: lambda layer, cot, out: torch.ops.aten.tanh_backward(cot, out),
+}
+_LINEARS = (nn.Linear, ScaledLinear)
+
+
+def supports_score(net: nn.Module) -> bool:
+    """Whether ``net`` is a plain ``nn.Sequential`` of linear layers and activations of
+    :data:`ACTIVATION_VJPS` (exact types, so no subclass changes the arithmetic), with no
+    hooks of its own, so :func:`recorded_call` runs it as its own call would.
+
+    Example:
+        >>> from pyro_realnvp.nn import conditioner
+        >>> supports_score(conditioner(2, 4, (8,))), supports_score(nn.Linear(2, 4))
+        (True, False)
+    """
+    return has_known_layers(net) and not (net._forward_hooks or net._forward_pre_hooks)
+
+
+def has_known_layers(net: nn.Module) -> bool:
+    """The part of :func:`supports_score` that holds for as long as ``net`` is unchanged."""
+    if type(net) is not nn.Sequential:
+        return False
+    return all(
+        type(layer) in _LINEARS
+        or (type(layer) in ACTIVATION_VJPS and getattr(layer, "alpha", 1.0) > 0)
+        for layer in net
+    )
+
+
+def recorded_call(net: nn.Sequential, h: Tensor, tape: list[Tensor]) -> Tensor:
+    """``net(h)``, each layer called as a module (its hooks run), appending every
+    activation's output to ``tape`` for :func:`conditioner_vjp` (which reads them under
+    ``no_grad``, so they need no detaching)."""
+    for layer in net:
+        h = layer(h)
+        if type(layer) not in _LINEARS:
+            tape.append(h)
+    return h
+
+
+def conditioner_vjp(net: nn.Sequential, outputs: list[Tensor], cot: Tensor, gain: float) -> Tensor:
+    r"""``gain * cot^T \partial net / \partial h`` at the pass whose activation outputs
+    :func:`recorded_call` kept in ``outputs``; no autograd graph is built.
+
+    The layers' scalar gains (:class:`~pyro_realnvp.nn.ScaledLinear`) are collected into
+    one product, since they commute with the activations' elementwise derivatives.
+
+    Example:
+        >>> from pyro_realnvp.nn import conditioner
+        >>> net = conditioner(3, 2, (5,), fan_in_scaling=True)
+        >>> _ = torch.nn.init.normal_(net[-1].weight)
+        >>> h, tape = torch.randn(4, 3, requires_grad=True), []
+        >>> cot = torch.randn(4, 2)
+        >>> out = recorded_call(net, h, tape)
+        >>> auto = torch.autograd.grad(out, h, cot)[0]
+        >>> torch.allclose(conditioner_vjp(net, tape, cot, 1.0), auto, atol=1e-6)
+        True
+    """
+    outputs = iter(reversed(outputs))
+    for layer in reversed(net):
+        if type(layer) in _LINEARS:
+            cot = cot.matmul(layer.weight)
+            gain = gain * getattr(layer, "gain", 1.0)
+        else:
+            cot = ACTIVATION_VJPS[type(layer)](layer, cot, next(outputs))
+    return cot * gain
