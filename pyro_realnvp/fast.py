@@ -25,6 +25,7 @@ from torch.nn.utils import get_total_norm
 
 from ._compat import capture_graph, check_site_shape, count_elements
 from .finite import _rejected_draws_are_non_finite, explain_non_finite, usability
+from .flat import FlatParameters
 from .guide import AutoRealNVP
 from .potential import Potential
 from .train import NonFiniteLossError, Schedule, clip_total_norm
@@ -334,10 +335,16 @@ class FastELBO:
         The gradients' total norm is clipped at ``clip_norm`` after the check.
         The loss and the gradients' total norm are read in one host synchronisation.
         """
-        optimizer.zero_grad(set_to_none=True)
+        return self._step(optimizer, eps, clip_norm, None)
+
+    def _step(self, optimizer, eps, clip_norm: float, flat: FlatParameters | None) -> float:
+        """:meth:`step`; with ``flat`` (bound, and what ``optimizer`` steps) its one
+        gradient is zeroed in place and clipped, instead of each parameter's."""
+        zero_grad = flat.zero_grad if flat else lambda: optimizer.zero_grad(set_to_none=True)
+        zero_grad()
         loss = self.loss(eps)
         loss.backward()
-        trained = [p for p in self._params if p.grad is not None]
+        trained = [flat.flat] if flat else [p for p in self._params if p.grad is not None]
         norm = (
             get_total_norm([p.grad for p in trained]).to(loss.dtype)
             if trained
@@ -345,7 +352,7 @@ class FastELBO:
         )
         value, grad_norm = torch.stack([loss.detach(), norm]).tolist()
         if not (math.isfinite(value) and math.isfinite(grad_norm)):
-            optimizer.zero_grad(set_to_none=True)
+            zero_grad()
             what = "" if not math.isfinite(value) else " (the loss was finite, its gradients not)"
             raise NonFiniteLossError(f"fast ELBO loss is {value}{what}. No parameter was updated")
         clip_total_norm(trained, clip_norm, norm)
@@ -371,7 +378,14 @@ class FastStep:
 
     def __init__(self, elbo: FastELBO, schedule: Schedule) -> None:
         self.elbo, self.schedule = elbo, schedule
-        self.optimizer, self.decay = schedule.torch_optimizer(elbo.parameters())
+        params = elbo.parameters()
+        # One tensor for the optimizer where the parameters allow (one dtype and device)
+        # and the loss is not compiled (its guards would see the parameters move).
+        self.flat = None
+        if elbo._negative_elbo is None and len({(p.dtype, p.device) for p in params}) == 1:
+            self.flat = FlatParameters(params)
+            params = [self.flat.flat]
+        self.optimizer, self.decay = schedule.torch_optimizer(params)
 
     @classmethod
     def build(cls, model, guide, args, kwargs, num_particles, schedule, compile=False):
@@ -381,9 +395,12 @@ class FastStep:
         return cls(elbo, schedule)
 
     def __call__(self) -> float:
+        if self.flat is not None:
+            self.flat.bind()
         try:
-            value = self.elbo.step(self.optimizer, clip_norm=self.schedule.clip_norm)
+            value = self.elbo._step(self.optimizer, None, self.schedule.clip_norm, self.flat)
         except NonFiniteLossError as error:
+            self.clear_grads()
             reason, replay = "", self.elbo._replay
             if "gradients not" not in str(error):
                 reason = explain_non_finite(replay.model, self.elbo.guide, *replay.args,
@@ -396,4 +413,8 @@ class FastStep:
         return value
 
     def clear_grads(self) -> None:
+        """Drop the gradients; the parameters get their own storage back (the train loop
+        calls this before its first step and after its last)."""
+        if self.flat is not None:
+            self.flat.release()
         self.optimizer.zero_grad(set_to_none=True)

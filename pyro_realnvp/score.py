@@ -54,7 +54,14 @@ def supports_score(net: nn.Module) -> bool:
 
 
 def has_known_layers(net: nn.Module) -> bool:
-    """The part of :func:`supports_score` that holds for as long as ``net`` is unchanged."""
+    """The part of :func:`supports_score` that holds for as long as ``net`` is unchanged:
+    its layers, not its hooks.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 4), nn.SiLU(), nn.Linear(4, 2))
+        >>> has_known_layers(net), has_known_layers(net[:1])
+        (False, True)
+    """
     if type(net) is not nn.Sequential:
         return False
     return all(
@@ -67,7 +74,15 @@ def has_known_layers(net: nn.Module) -> bool:
 def recorded_call(net: nn.Sequential, h: Tensor, tape: list[Tensor]) -> Tensor:
     """``net(h)``, each layer called as a module (its hooks run), appending every
     activation's output to ``tape`` for :func:`conditioner_vjp` (which reads them under
-    ``no_grad``, so they need no detaching)."""
+    ``no_grad``, so they need no detaching).
+
+    Example:
+        >>> from pyro_realnvp.nn import conditioner
+        >>> net, tape = conditioner(3, 2, (5, 4)), []
+        >>> h = torch.randn(6, 3)
+        >>> torch.equal(recorded_call(net, h, tape), net(h)), [a.shape[-1] for a in tape]
+        (True, [5, 4])
+    """
     for layer in net:
         h = layer(h)
         if type(layer) not in _LINEARS:
@@ -94,7 +109,8 @@ def conditioner_vjp(net: nn.Sequential, outputs: list[Tensor], cot: Tensor, gain
         True
     """
     outputs = iter(reversed(outputs))
-    for layer in reversed(net):
+    # list() first: reversed() on a Sequential indexes it layer by layer, far slower.
+    for layer in reversed(list(net)):
         if type(layer) in _LINEARS:
             cot = cot.matmul(layer.weight)
             gain = gain * getattr(layer, "gain", 1.0)

@@ -15,8 +15,10 @@ from pyro_realnvp.fast import (
     PARTICLE_BUDGET,
     FastELBO,
     FastPathError,
+    FastStep,
     particles_for,
 )
+from pyro_realnvp.train import Schedule, train
 
 SMALL = {"num_layers": 4, "hidden_dims": (8,)}
 F64 = {"dtype": torch.float64}
@@ -165,6 +167,28 @@ def test_non_finite_step_raises_and_updates_nothing():
         elbo.step(optimizer, eps=eps)
     assert all(torch.equal(a, b) for a, b in zip(before, elbo.parameters(), strict=True))
     assert all(p.grad is None for p in elbo.parameters())
+
+
+def test_fast_step_trains_one_flat_tensor_and_hands_the_parameters_back():
+    schedule = Schedule(lr=0.01, lr_decay=1.0, clip_norm=10.0, num_steps=3)
+    step = FastStep.build(plated_model, AutoRealNVP(plated_model, **SMALL), (), {}, 2, schedule)
+    params = step.elbo.parameters()
+    storage = step.flat.flat.untyped_storage().data_ptr()
+    train(step, 3, progress=False)
+    assert all(p.untyped_storage().data_ptr() != storage for p in params)  # released
+    assert all(p.grad is None for p in params)
+    before = [p.detach().clone() for p in params]
+    step.elbo.sample_noise = lambda: torch.full(
+        (2, step.elbo.guide.latent_dim), float("nan"), **F64
+    )
+    with pytest.raises(NonFiniteLossError):
+        step()
+    assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
+    assert all(p.untyped_storage().data_ptr() != storage and p.grad is None for p in params)
+    del step.elbo.sample_noise
+    step()  # binds again and updates
+    assert params[0].untyped_storage().data_ptr() == step.flat.flat.untyped_storage().data_ptr()
+    assert not torch.equal(params[0], before[0])
 
 
 def test_fit_fast_finds_a_conjugate_posterior():
