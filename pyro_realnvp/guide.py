@@ -461,7 +461,7 @@ class AutoRealNVP(AutoContinuous):
         base, transform = self.get_base_dist(), self.get_transform(*args, **kwargs)
         if self.estimator == "total":
             return dist.TransformedDistribution(base, transform)
-        return PathGradientPosterior(base, transform, self.log_density_detached)
+        return PathGradientPosterior(base, transform, self.log_density_detached, self.path_draw)
 
     def log_density_detached(self, u: Tensor) -> Tensor:
         r""":math:`\log q(u)` with every guide parameter detached: a gradient reaches them
@@ -496,6 +496,7 @@ class AutoRealNVP(AutoContinuous):
         carried through the draw's own forward pass, :math:`\nabla_u \log q = L^{-T}
         \nabla_x \log q_X(x)` from :math:`\nabla_\varepsilon = -\varepsilon`, so no
         inverse pass runs; otherwise this is the draw and :meth:`log_density_detached`.
+        Without gradients (``torch.no_grad``) only the value is computed, from the draw.
 
         Example:
             >>> import pyro, pyro.distributions as dist
@@ -506,22 +507,22 @@ class AutoRealNVP(AutoContinuous):
             True
         """
         affine = self._affine_transform()
-        if not self.flow.supports_score():
-            u = affine(self.flow._forward(eps)[0])
-            return u, self.log_density_detached(u)
-        x, flow_log_det, score = self.flow._forward_with_score(eps, -eps)
+        score = None
+        if torch.is_grad_enabled() and self.flow.supports_score():
+            x, flow_log_det, score = self.flow._forward_with_score(eps, -eps)
+        else:
+            x, flow_log_det = self.flow._forward(eps)
         u = affine(x)
+        if torch.is_grad_enabled() and score is None:
+            return u, self.log_density_detached(u)
+        # detach() as well as no_grad: torch.jit.trace (Pyro's JIT ELBOs) does not record
+        # no_grad, and its replay would differentiate through these constants.
         with torch.no_grad():
-            log_q = (
-                _standard_normal_log_prob(eps) - flow_log_det - affine.log_abs_det_jacobian(x, u)
-            )
-            if isinstance(affine, LowerCholeskyAffine):
-                # Rows: score_u^T = score_x^T L^{-1}.
-                score = torch.linalg.solve_triangular(
-                    affine.scale_tril, score, upper=False, left=False
-                )
-            else:
-                score = score / affine.scale
+            log_q = _standard_normal_log_prob(eps) - flow_log_det
+            log_q = (log_q - affine.log_abs_det_jacobian(x, u)).detach()
+            if score is None:
+                return u, log_q
+            score = _affine_score(affine, score).detach()
         return u, log_q + ((u - u.detach()) * score).sum(-1)
 
     def _latent_draws(self, num_samples: int, seed: int = 0) -> Tensor:
@@ -691,6 +692,16 @@ class AutoRealNVP(AutoContinuous):
         }
 
 
+def _affine_score(affine: LowerCholeskyAffine | AffineTransform, score: Tensor) -> Tensor:
+    """The score at ``u = loc + L x`` from the score at ``x``: :math:`L^{-T} g`."""
+    if not isinstance(affine, LowerCholeskyAffine):
+        return score / affine.scale
+    # As rows, g^T L^{-1}; solve_triangular wants a matrix, so one draw becomes a row.
+    rows = score.unsqueeze(-2) if score.dim() == 1 else score
+    rows = torch.linalg.solve_triangular(affine.scale_tril, rows, upper=False, left=False)
+    return rows.squeeze(-2) if score.dim() == 1 else rows
+
+
 def _standard_normal_log_prob(eps: Tensor) -> Tensor:
     """``get_base_dist().log_prob(eps)`` in three operations, not a distribution's dozen:
     it runs at every step of the path-gradient estimator."""
@@ -784,16 +795,27 @@ class PathGradientPosterior(dist.TransformedDistribution):
 
     arg_constraints: dict = {}
 
-    def __init__(self, base_distribution, transforms, log_density, validate_args=None):
+    def __init__(self, base_distribution, transforms, log_density, draw=None, validate_args=None):
         super().__init__(base_distribution, transforms, validate_args=validate_args)
-        self._log_density = log_density
+        self._log_density, self._draw = log_density, draw
+        self._last_draw: tuple[Tensor, Tensor] | None = None
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(PathGradientPosterior, _instance)
         new = super().expand(batch_shape, _instance=new)
-        new._log_density = self._log_density
+        new._log_density, new._draw, new._last_draw = self._log_density, self._draw, None
         return new
 
+    def rsample(self, sample_shape=()) -> Tensor:
+        """A draw; with ``draw`` (:meth:`AutoRealNVP.path_draw`) its ``log_prob`` is kept,
+        so an ELBO scoring this very draw next needs no inverse pass."""
+        if self._draw is None:
+            return super().rsample(sample_shape)
+        value, log_prob = self._draw(self.base_dist.rsample(sample_shape))
+        self._last_draw = (value, log_prob)
+        return value
+
     def log_prob(self, value: Tensor) -> Tensor:
-        log_prob = self._log_density(value)
+        last = self._last_draw
+        log_prob = last[1] if last is not None and value is last[0] else self._log_density(value)
         return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))

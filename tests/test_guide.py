@@ -541,6 +541,44 @@ def test_path_gradient_equals_a_computation_with_detached_copies():
     assert torch.allclose(path, independent, rtol=1e-9, atol=1e-12)
 
 
+def test_the_posterior_scores_its_own_draw_with_the_carried_score_not_an_inverse_pass():
+    model = gaussian_target()
+    guide = AutoRealNVP(model, num_layers=4, hidden_dims=(8,))
+    guide()
+    randomized(guide.flow)
+    frozen = frozen_copy(guide)
+    target = dist.MultivariateNormal(
+        torch.zeros(3, dtype=torch.float64), 2 * torch.eye(3).double()
+    )
+    inverse_passes = []
+    backward = guide.flow._backward
+    guide.flow._backward = lambda *a, **k: inverse_passes.append(1) or backward(*a, **k)
+
+    def posterior_loss():
+        pyro.set_rng_seed(0)
+        posterior = guide.get_posterior()
+        u = posterior.rsample((16,))
+        return (posterior.log_prob(u) - target.log_prob(u)).mean()
+
+    def independent_loss():
+        pyro.set_rng_seed(0)
+        u = guide.get_transform()(guide.get_base_dist().rsample((16,)))
+        return (frozen.log_prob(u.clone()) - target.log_prob(u)).mean()
+
+    path = guide_gradients(guide, posterior_loss)
+    assert not inverse_passes
+    independent = guide_gradients(guide, independent_loss)
+    assert path.abs().max() > 1e-3
+    assert torch.allclose(path, independent, rtol=1e-9, atol=1e-12)
+    posterior = guide.get_posterior()
+    with torch.no_grad():  # Predictive's case: the value alone, from the draw
+        u = posterior.rsample((5,))
+        assert torch.allclose(posterior.log_prob(u), frozen.log_prob(u.clone()))
+    assert not inverse_passes
+    assert torch.allclose(posterior.log_prob(u.clone()), frozen.log_prob(u))  # another tensor
+    assert inverse_passes
+
+
 @pytest.mark.parametrize(
     "make_elbo",
     [Trace_ELBO, partial(Trace_ELBO, num_particles=4, vectorize_particles=True), JitTrace_ELBO],
