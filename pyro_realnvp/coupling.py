@@ -13,7 +13,7 @@ from ._checks import check_hidden_dims, check_int
 from .masks import alternating_mask, check_mask
 from .nn import conditioner, is_plain_mlp, mlp_call
 from .one_pass import OnePassLogDet
-from .score import conditioner_vjp, has_known_layers, recorded_call
+from .score import conditioner_vjp, recorded_call, supports_score
 
 __all__ = ["MaskedAffineCoupling", "masked_affine_coupling", "default_hidden_dims"]
 
@@ -143,8 +143,9 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         if tape is not None:
             tape.append(h)
         if self.input_bound < math.inf:
-            # clamp's values; its derivative, 0 on the bound itself, is one kernel to
-            # repeat in _carry_score.
+            # clamp's values, and a derivative that is one kernel to repeat in
+            # _carry_score; it is 0 exactly on the bound, where clamp's is 1 (a point
+            # no continuous draw lands on).
             h = nn.functional.hardtanh(h, -self.input_bound, self.input_bound)
         if context is not None:
             # Batch shapes of x and context broadcast, so one context serves many x.
@@ -186,17 +187,9 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
             return w_free, score[0] - cot
 
     def _supports_score(self) -> bool:
-        """Whether :meth:`_carry_score` applies: a plain conditioner of known activations
-        (checked once per net, its hooks at every call) and no context."""
-        if self.__dict__.get("_score_for") is not self.net:
-            self.__dict__["_score_net"] = has_known_layers(self.net)
-            self.__dict__["_score_for"] = self.net
-        net = self.net
-        return (
-            self.__dict__["_score_net"]
-            and not self.context_dim
-            and not (net._forward_hooks or net._forward_pre_hooks)
-        )
+        """Whether :meth:`_carry_score` applies: no context and a conditioner that
+        :func:`~pyro_realnvp.score.supports_score` accepts."""
+        return not self.context_dim and supports_score(self.net)
 
     def _derive_buffers(self, dtype: torch.dtype) -> None:
         """Buffers derived from the mask and the options, so not saved in the state."""

@@ -401,16 +401,23 @@ class FastStep:
             value = self.elbo._step(self.optimizer, None, self.schedule.clip_norm, self.flat)
         except NonFiniteLossError as error:
             self.clear_grads()
-            reason, replay = "", self.elbo._replay
-            if "gradients not" not in str(error):
-                reason = explain_non_finite(replay.model, self.elbo.guide, *replay.args,
-                                            **replay.kwargs)  # fmt: skip
-            said = f"; re-run through Pyro, {reason}" if reason else ""
-            usable = usability(self.elbo.parameters(), reason, self.elbo.guide, replay.args,
-                               replay.kwargs)  # fmt: skip
-            raise NonFiniteLossError(f"{error}{said}; {usable}") from error
+            raise self._explained(error) from error
+        except BaseException:
+            self.clear_grads()  # the parameters get their own storage back
+            raise
         self.decay.step()
         return value
+
+    def _explained(self, error: NonFiniteLossError) -> NonFiniteLossError:
+        """``error`` with why the model's density is not finite, and what is left usable."""
+        reason, replay = "", self.elbo._replay
+        if "gradients not" not in str(error):
+            reason = explain_non_finite(replay.model, self.elbo.guide, *replay.args,
+                                        **replay.kwargs)  # fmt: skip
+        said = f"; re-run through Pyro, {reason}" if reason else ""
+        usable = usability(self.elbo.parameters(), reason, self.elbo.guide, replay.args,
+                           replay.kwargs)  # fmt: skip
+        return NonFiniteLossError(f"{error}{said}; {usable}")
 
     def clear_grads(self) -> None:
         """Drop the gradients; the parameters get their own storage back (the train loop

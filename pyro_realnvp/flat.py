@@ -66,21 +66,40 @@ class FlatParameters:
         with torch.no_grad():
             for param, part in self._slices():
                 self.flat[part] = param.reshape(-1)
+        self._grads = []
         for param, part in self._slices():
             param.data = self.flat.data[part].view_as(param)
             param.grad = grad[part].view_as(param)
+            self._grads.append(param.grad)
         self.flat.grad = grad
+        self._pointers = [param.data_ptr() for param in self.params]
         self.bound = True
+
+    def intact(self) -> bool:
+        """Whether every parameter and gradient is still its view: ``param.grad = None``
+        (``module.zero_grad()``) or ``param.data = ...`` elsewhere would leave the buffer
+        stale. Identity and address checks only, no device synchronisation."""
+        return all(
+            param.grad is grad and param.data_ptr() == pointer
+            for param, grad, pointer in zip(self.params, self._grads, self._pointers, strict=True)
+        )
 
     def release(self) -> None:
         """Give each parameter its own storage again, with no gradient."""
         for param in self.params:
-            if self.bound:
+            if self.bound and param.untyped_storage().data_ptr() == self._storage():
                 param.data = param.data.clone()
             param.grad = None
         self.flat.grad = None
         self.bound = False
 
+    def _storage(self) -> int:
+        return self.flat.untyped_storage().data_ptr()
+
     def zero_grad(self) -> None:
-        """Zero the gradients in place (setting them to ``None`` would unbind them)."""
+        """Zero the gradients in place (setting them to ``None`` would unbind them); bind
+        again first, from the parameters' values, if something else unbound them."""
+        if not self.intact():
+            self.release()
+            self.bind()
         self.flat.grad.zero_()

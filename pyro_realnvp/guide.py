@@ -798,7 +798,7 @@ class PathGradientPosterior(dist.TransformedDistribution):
     def __init__(self, base_distribution, transforms, log_density, draw=None, validate_args=None):
         super().__init__(base_distribution, transforms, validate_args=validate_args)
         self._log_density, self._draw = log_density, draw
-        self._last_draw: tuple[Tensor, Tensor] | None = None
+        self._last_draw: tuple[Tensor, int, Tensor] | None = None
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(PathGradientPosterior, _instance)
@@ -812,10 +812,15 @@ class PathGradientPosterior(dist.TransformedDistribution):
         if self._draw is None:
             return super().rsample(sample_shape)
         value, log_prob = self._draw(self.base_dist.rsample(sample_shape))
-        self._last_draw = (value, log_prob)
+        self._last_draw = (value, value._version, log_prob)
         return value
 
     def log_prob(self, value: Tensor) -> Tensor:
         last = self._last_draw
-        log_prob = last[1] if last is not None and value is last[0] else self._log_density(value)
+        if last is not None and value is last[0] and value._version == last[1]:
+            # The draw itself, unmodified; without gradients, a constant as the inverse
+            # pass would give.
+            log_prob = last[2] if torch.is_grad_enabled() else last[2].detach()
+        else:
+            log_prob = self._log_density(value)
         return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))

@@ -1,17 +1,17 @@
-"""The score of a flow's density, carried through its couplings beside the forward pass.
+r"""The score of a flow's density, carried through its couplings beside the forward pass.
 
-The path-gradient estimator needs :math:`\\nabla_u \\log q(u)` at its own draw
-:math:`u = f(\\varepsilon)`, with the flow's parameters held constant. Through an inverse
+The path-gradient estimator needs :math:`\nabla_u \log q(u)` at its own draw
+:math:`u = f(\varepsilon)`, with the flow's parameters held constant. Through an inverse
 pass that costs a second run of every conditioner and a backward pass through it. A
 coupling's inverse at its own output sees the very inputs its forward pass saw, so the
 score can instead be pushed forward layer by layer from the base's,
-:math:`\\nabla_\\varepsilon \\log \\mathcal N(\\varepsilon) = -\\varepsilon`, with one
+:math:`\nabla_\varepsilon \log \mathcal N(\varepsilon) = -\varepsilon`, with one
 vector-Jacobian product through each conditioner at what the forward pass recorded
 (Vaitl et al. 2024, "Fast and unified path gradient estimators for normalizing flows").
 
 For ``y_k = x_k``, ``y_f = x_f e^{s(x_k)} + t(x_k)`` and the score ``g`` at ``x``, the
-score at ``y`` is ``w_f = e^{-s} g_f``, ``w_k = g_k - (1 + (y_f - t) w_f)^T \\partial s /
-\\partial x_k - w_f^T \\partial t / \\partial x_k`` (docs/math.md).
+score at ``y`` is ``w_f = e^{-s} g_f``, ``w_k = g_k - (1 + (y_f - t) w_f)^T \partial s /
+\partial x_k - w_f^T \partial t / \partial x_k`` (docs/math.md).
 """
 
 from __future__ import annotations
@@ -20,16 +20,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from .nn import ScaledLinear
 
-__all__ = [
-    "ACTIVATION_VJPS",
-    "conditioner_vjp",
-    "has_known_layers",
-    "recorded_call",
-    "supports_score",
-]
+__all__ = ["ACTIVATION_VJPS", "conditioner_vjp", "recorded_call", "supports_score"]
 
 #: ``cotangent * activation'`` from the activation's output, as autograd computes it.
 ACTIVATION_VJPS: dict[type, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
@@ -42,32 +37,37 @@ _LINEARS = (nn.Linear, ScaledLinear)
 
 def supports_score(net: nn.Module) -> bool:
     """Whether ``net`` is a plain ``nn.Sequential`` of linear layers and activations of
-    :data:`ACTIVATION_VJPS` (exact types, so no subclass changes the arithmetic), with no
-    hooks of its own, so :func:`recorded_call` runs it as its own call would.
+    :data:`ACTIVATION_VJPS` (exact types, so no subclass changes the arithmetic) with no
+    hooks on it, on its layers or on every module, so :func:`recorded_call` computes
+    what :func:`conditioner_vjp` differentiates. Checked at every pass: a few dictionary
+    lookups per layer, and a hook added or a layer swapped later is seen.
 
     Example:
         >>> from pyro_realnvp.nn import conditioner
         >>> supports_score(conditioner(2, 4, (8,))), supports_score(nn.Linear(2, 4))
         (True, False)
     """
-    return has_known_layers(net) and not (net._forward_hooks or net._forward_pre_hooks)
-
-
-def has_known_layers(net: nn.Module) -> bool:
-    """The part of :func:`supports_score` that holds for as long as ``net`` is unchanged:
-    its layers, not its hooks.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 4), nn.SiLU(), nn.Linear(4, 2))
-        >>> has_known_layers(net), has_known_layers(net[:1])
-        (False, True)
-    """
-    if type(net) is not nn.Sequential:
+    if type(net) is not nn.Sequential or _has_hooks(net) or _global_hooks():
         return False
-    return all(
-        type(layer) in _LINEARS
-        or (type(layer) in ACTIVATION_VJPS and getattr(layer, "alpha", 1.0) > 0)
-        for layer in net
+    for layer in net:
+        if _has_hooks(layer):
+            return False
+        if type(layer) in _LINEARS:
+            continue
+        if type(layer) not in ACTIVATION_VJPS or getattr(layer, "alpha", 1.0) <= 0:
+            return False
+    return True
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    """Hooks registered for every module (``register_module_forward_hook``)."""
+    return bool(
+        getattr(_module, "_global_forward_hooks", None)
+        or getattr(_module, "_global_forward_pre_hooks", None)
     )
 
 

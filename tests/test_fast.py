@@ -191,6 +191,30 @@ def test_fast_step_trains_one_flat_tensor_and_hands_the_parameters_back():
     assert not torch.equal(params[0], before[0])
 
 
+def test_fast_step_on_the_flat_tensor_trains_as_the_per_parameter_step():
+    schedule = Schedule(lr=0.05, lr_decay=0.5, clip_norm=1.0, num_steps=6)
+    noise = [torch.randn(3, 4, **F64) for _ in range(6)]
+    trained = []
+    for flat in (True, False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = AutoRealNVP(plated_model, **SMALL)
+        step = FastStep.build(plated_model, guide, (), {}, 3, schedule)
+        step.elbo.sample_noise = iter(noise).__next__
+        initial = [p.detach().clone() for p in step.elbo.parameters()]
+        if flat:
+            train(step, 6, progress=False)
+        else:
+            optimizer, decay = schedule.torch_optimizer(step.elbo.parameters())
+            for _ in range(6):
+                step.elbo.step(optimizer, clip_norm=schedule.clip_norm)
+                decay.step()
+        trained.append([p.detach().clone() for p in step.elbo.parameters()])
+    for a, b in zip(*trained, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)
+    assert all(not torch.equal(a, b) for a, b in zip(initial, trained[1], strict=True))
+
+
 def test_fit_fast_finds_a_conjugate_posterior():
     data = torch.tensor([0.5, 1.5, 2.0, 1.0])
 

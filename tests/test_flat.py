@@ -61,3 +61,19 @@ def test_mixed_dtypes_and_non_leaves_are_refused():
         FlatParameters([torch.zeros(2, requires_grad=True) * 2])
     with pytest.raises(ValueError, match="at least one"):
         FlatParameters([])
+
+
+def test_gradients_cleared_elsewhere_are_bound_again_at_the_next_zero_grad():
+    separate, shared = make_params(), make_params()
+    adam_steps(separate, separate, lambda opt: opt.zero_grad(set_to_none=True), steps=4)
+    flat = FlatParameters(shared)
+    flat.bind()
+
+    def zero_grad(optimizer):
+        shared[1].grad = None  # as module.zero_grad() would, between steps
+        flat.zero_grad()
+
+    adam_steps(shared, [flat.flat], zero_grad, steps=4)
+    for a, b in zip(separate, shared, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert flat.intact()

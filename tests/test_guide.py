@@ -577,6 +577,11 @@ def test_the_posterior_scores_its_own_draw_with_the_carried_score_not_an_inverse
     assert not inverse_passes
     assert torch.allclose(posterior.log_prob(u.clone()), frozen.log_prob(u))  # another tensor
     assert inverse_passes
+    u = posterior.rsample((5,))
+    with torch.no_grad():
+        assert not posterior.log_prob(u).requires_grad  # a constant, as the inverse gives
+        u.add_(1.0)  # a draw changed in place is scored as what it now is
+    assert torch.allclose(posterior.log_prob(u), frozen.log_prob(u.clone()))
 
 
 @pytest.mark.parametrize(

@@ -1,3 +1,5 @@
+from functools import partial
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -12,7 +14,10 @@ from pyro_realnvp.score import conditioner_vjp, recorded_call, supports_score
 F64 = {"dtype": torch.float64}
 
 
-@pytest.mark.parametrize("activation", [nn.ELU, nn.ReLU, nn.Tanh])
+@pytest.mark.parametrize(
+    "activation", [nn.ELU, partial(nn.ELU, alpha=0.5), nn.ReLU, nn.Tanh],
+    ids=["ELU", "ELU-alpha-0.5", "ReLU", "Tanh"],
+)  # fmt: skip
 @pytest.mark.parametrize("fan_in_scaling", [False, True], ids=["Linear", "ScaledLinear"])
 def test_conditioner_vjp_equals_autograd(activation, fan_in_scaling):
     net = conditioner(3, 4, (6, 5), activation=activation, fan_in_scaling=fan_in_scaling, **F64)
@@ -55,10 +60,29 @@ def test_unknown_activations_custom_nets_and_hooks_are_not_supported():
     assert not supports_score(conditioner(2, 4, (8,), activation=nn.SiLU))
     assert not supports_score(nn.Sequential(nn.Linear(2, 4), nn.ELU(alpha=-1.0)))
     net = conditioner(2, 4, (8,))
-    handle = net.register_forward_hook(lambda *_: None)
+    for module in (net, net[0], net[1]):
+        handle = module.register_forward_hook(lambda *_: None)
+        assert not supports_score(net)
+        handle.remove()
+        assert supports_score(net)
+    handle = nn.modules.module.register_module_forward_hook(lambda *_: None)
+    try:
+        assert not supports_score(net)  # a hook on every module
+    finally:
+        handle.remove()
+    net[1] = nn.SiLU()  # a layer swapped after a first check is seen
     assert not supports_score(net)
-    handle.remove()
-    assert supports_score(net)
+
+
+def test_a_hook_that_changes_a_layer_falls_back_to_the_inverse_pass():
+    torch.manual_seed(0)
+    flow = RealNVP(4, 2, hidden_dims=(8,), **F64)
+    randomize_(flow, std=0.5)
+    flow.layers[0].net[1].register_forward_hook(lambda module, inputs, output: 2 * output)
+    assert not flow.supports_score()
+    x = torch.randn(16, 4, **F64)
+    y, _ = flow._forward(x)
+    assert torch.allclose(flow._backward(y)[0], x)  # the hook acts on both passes
 
 
 def model():
