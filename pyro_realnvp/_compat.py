@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+import pyro
 import torch
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.guides import prototype_hide_fn as _prototype_hide_fn
@@ -35,6 +36,7 @@ __all__ = [
     "is_deterministic_site",
     "prototype_hide_fn",
     "rng_state",
+    "stored_constraint",
     "unpack_latent",
 ]
 
@@ -203,3 +205,22 @@ def count_elements(function: Callable[..., object], *args: object) -> int:
     with Count() as count:
         function(*args)
     return count.elements
+
+
+def stored_constraint(name: str, constraint: object | None = None) -> object | None:
+    """The constraint Pyro's global param store keeps for ``name`` (``None`` if it holds
+    no such parameter); given ``constraint``, store that one instead first.
+
+    ``pyro.param`` and ``PyroModule`` leave an existing entry's constraint as it is, and
+    the store offers no public way to read or set one.
+
+    Example:
+        >>> from torch.distributions import constraints
+        >>> _ = pyro.param("p", torch.ones(2), constraint=constraints.positive)
+        >>> stored_constraint("p") is constraints.positive, stored_constraint("absent")
+        (True, None)
+    """
+    constraints = pyro.get_param_store()._constraints
+    if constraint is not None and name in constraints:
+        constraints[name] = constraint
+    return constraints.get(name)

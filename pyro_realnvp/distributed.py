@@ -27,7 +27,9 @@ import torch
 import torch.distributed as dist
 from pyro.optim import PyroOptim
 from torch import Tensor
+from torch.distributions import transform_to
 
+from .start_units import StartUnits
 from .train import NonFiniteLossError
 
 __all__ = [
@@ -402,6 +404,23 @@ def _optim_path(path: Path) -> Path:
     return path.with_name(path.name + ".optim")
 
 
+def _in_constraint(value: Tensor, saved, current) -> Tensor:
+    """The unconstrained value that gives under ``current`` what ``value`` gave under the
+    ``saved`` constraint (the same tensor where their maps agree).
+
+    AutoRealNVP's location is stored in units of its start, which another process's guide
+    (on other data, say) may not share: those units are loaded too, in place, so training
+    goes on in the checkpoint's units."""
+    if isinstance(saved, StartUnits) and isinstance(current, StartUnits):
+        current.center.copy_(saved.center)
+        current.scale.copy_(saved.scale)
+        return value
+    if saved is current or transform_to(saved) == transform_to(current):
+        return value
+    with torch.no_grad():
+        return transform_to(current).inv(transform_to(saved)(value))
+
+
 @torch.no_grad()
 def load_checkpoint(
     path: str | os.PathLike,
@@ -430,6 +449,7 @@ def load_checkpoint(
     state = torch.load(path, map_location=map_location, weights_only=False)
     store = pyro.get_param_store()
     existing = dict(store.named_parameters())
+    store_constraints = store.get_state()["constraints"]
     new = {"params": {}, "constraints": {}}
     for name, value in state["params"].items():
         if name in existing:
@@ -439,7 +459,8 @@ def load_checkpoint(
                     f"checkpoint parameter '{name}' has shape {tuple(value.shape)}, "
                     f"the guide's has {tuple(current.shape)}"
                 )
-            current.copy_(value)
+            saved = state["constraints"][name]
+            current.copy_(_in_constraint(value, saved, store_constraints.get(name, saved)))
         else:
             new["params"][name] = value.detach().requires_grad_()
             new["constraints"][name] = state["constraints"][name]

@@ -29,7 +29,7 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import IndependentTransform, Transform
 
 from ._checks import check_hidden_dims, is_int
-from ._compat import prototype_hide_fn, unpack_latent
+from ._compat import prototype_hide_fn, stored_constraint, unpack_latent
 from .flow import RealNVP
 from .init_checks import (
     check_init_value_names,
@@ -41,6 +41,7 @@ from .init_checks import (
 )
 from .laplace import GaussianStart, laplace_start, local_start
 from .potential import Potential, subsampled_sites
+from .start_units import StartUnits
 
 __all__ = ["AutoRealNVP"]
 
@@ -218,6 +219,7 @@ class AutoRealNVP(AutoContinuous):
         self._requires_grad = True
         self._init_loc_fn = init_to_median if init_loc_fn is None else init_loc_fn
         super().__init__(model, init_loc_fn=self._init_loc_fn)
+        self.register_load_state_dict_pre_hook(_raw_loc_of_older_states)
 
     @property
     def _dense(self) -> bool:
@@ -245,7 +247,15 @@ class AutoRealNVP(AutoContinuous):
         scale = start.scale
         if self._init_scale != "auto":
             scale = torch.full_like(scale, self._init_scale)
-        self.loc = PyroParam(start.loc.detach().clone())
+        # Trained in the units of the start (pyro_realnvp.start_units). They are buffers:
+        # a state_dict carries them with the unconstrained value they give meaning to.
+        center, unit = self._loc_units(start)
+        self.register_buffer("start_loc", center)
+        self.register_buffer("start_scale", unit)
+        units = StartUnits(self.start_loc, self.start_scale)
+        self.loc = PyroParam(start.loc.detach().clone(), units)
+        if not pyro.settings.get("module_local_params"):
+            stored_constraint(self._pyro_get_fullname("loc"), units)  # one object for both
         self.scale = PyroParam(scale.detach().clone(), constraints.softplus_positive)
         if self._dense:
             unit = start.scale_tril / start.scale[:, None]
@@ -256,6 +266,23 @@ class AutoRealNVP(AutoContinuous):
         if not self._requires_grad:  # frozen before set-up: before the store sees them
             nn.Module.requires_grad_(self, False)
         self._register_flow()
+
+    def _loc_units(self, start: GaussianStart) -> tuple[Tensor, Tensor]:
+        """``(center, scale)`` the location is trained in: those of a loaded param store
+        (units of 1 about 0 for one saved with a raw location); else the Laplace start's
+        mode and width, where the location starts at the mode and moves little; else,
+        from a local start that may lie far from the posterior, units of 1."""
+        stored = None
+        if not pyro.settings.get("module_local_params"):
+            stored = stored_constraint(self._pyro_get_fullname("loc"))
+        loc = start.loc.detach()
+        if isinstance(stored, StartUnits):
+            return stored.center.detach().clone(), stored.scale.detach().clone()
+        if stored is not None:
+            return torch.zeros_like(loc), torch.ones_like(loc)
+        if start.kind.startswith("laplace"):
+            return loc.clone(), start.scale.detach().clone()
+        return loc.clone(), torch.ones_like(loc)
 
     def _trace_prototype(self, *args, **kwargs) -> None:
         """Pyro's prototype trace at ``init_loc_fn``'s values, its failures named by site."""
@@ -690,6 +717,15 @@ class AutoRealNVP(AutoContinuous):
             site["name"]: biject_to(site["fn"].support)(value[0])
             for site, value in self._site_values(u)
         }
+
+
+def _raw_loc_of_older_states(module, state_dict, prefix, *args) -> None:
+    """A state saved before the location was trained in the start's units holds the raw
+    location as its unconstrained value: read it in units of 1 about 0."""
+    raw = state_dict.get(prefix + "loc_unconstrained")
+    if raw is not None and prefix + "start_loc" not in state_dict:
+        state_dict[prefix + "start_loc"] = torch.zeros_like(raw)
+        state_dict[prefix + "start_scale"] = torch.ones_like(raw)
 
 
 def _affine_score(affine: LowerCholeskyAffine | AffineTransform, score: Tensor) -> Tensor:

@@ -225,3 +225,18 @@ def test_count_elements_sees_every_operation_and_its_output_size():
     # x * 2 makes 12 elements, .sum(-1) 3, .exp() 3.
     assert count_elements(lambda t: (t * 2).sum(-1).exp(), x) == 18
     assert count_elements(lambda t: t, x) == 0
+
+
+def test_stored_constraint_reads_and_replaces_what_the_store_maps_values_with():
+    from torch.distributions import constraints
+
+    from pyro_realnvp._compat import stored_constraint
+
+    pyro.clear_param_store()
+    pyro.param("q", torch.tensor([1.0, 2.0]), constraint=constraints.positive)
+    assert stored_constraint("q") is constraints.positive
+    unconstrained = pyro.get_param_store().get_state()["params"]["q"].detach().clone()
+    stored_constraint("q", constraints.real)
+    assert stored_constraint("q") is constraints.real
+    assert torch.equal(pyro.param("q").detach(), unconstrained)  # now read through real
+    assert stored_constraint("absent", constraints.real) is None
