@@ -270,8 +270,9 @@ class AutoRealNVP(AutoContinuous):
     def _loc_units(self, start: GaussianStart) -> tuple[Tensor, Tensor]:
         """``(center, scale)`` the location is trained in: those of a loaded param store
         (units of 1 about 0 for one saved with a raw location); else the Laplace start's
-        mode and width, where the location starts at the mode and moves little; else,
-        from a local start that may lie far from the posterior, units of 1."""
+        mode and width, where the location starts at the mode and moves little; else
+        units of 1: from a local start, a mode search that hit its budget, or where the
+        curvature was not positive, the location may have far to go."""
         stored = None
         if not pyro.settings.get("module_local_params"):
             stored = stored_constraint(self._pyro_get_fullname("loc"))
@@ -280,8 +281,9 @@ class AutoRealNVP(AutoContinuous):
             return stored.center.detach().clone(), stored.scale.detach().clone()
         if stored is not None:
             return torch.zeros_like(loc), torch.ones_like(loc)
-        if start.kind.startswith("laplace"):
-            return loc.clone(), start.scale.detach().clone()
+        if start.kind == "laplace":  # converged
+            unit = torch.where(start.bad, 1.0, start.scale.detach())
+            return loc.clone(), unit.to(loc.dtype)
         return loc.clone(), torch.ones_like(loc)
 
     def _trace_prototype(self, *args, **kwargs) -> None:
