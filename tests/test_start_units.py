@@ -79,3 +79,23 @@ def test_a_state_saved_with_a_raw_location_still_loads_as_that_location():
     old["loc_unconstrained"] = raw  # what a guide from before this parameterization saved
     guide.load_state_dict(old)
     assert torch.allclose(guide.loc, raw)
+
+
+def test_units_come_only_from_a_converged_start_with_positive_curvature():
+    from pyro_realnvp.laplace import GaussianStart
+
+    pyro.clear_param_store()
+    guide = AutoRealNVP(regression(), num_layers=2)
+    guide()
+    pyro.clear_param_store()  # no stored units: the start's rule alone
+    loc, tril = torch.tensor([1.0, 2.0, 3.0]), torch.diag(torch.tensor([1e-3, 2e-3, 3e-3]))
+    bad = torch.tensor([False, True, False])
+    kinds = {
+        "laplace": torch.tensor([1e-3, 1.0, 3e-3]),  # bad curvature: a unit of 1 there
+        "laplace (mode search hit its budget)": torch.ones(3),
+        "local": torch.ones(3),
+    }
+    for kind, expected in kinds.items():
+        center, unit = guide._loc_units(GaussianStart(loc, tril, bad, kind=kind))
+        assert torch.equal(center, loc)
+        assert torch.allclose(unit, expected), kind
