@@ -516,12 +516,15 @@ def frozen_copy(guide):
     return dist.TransformedDistribution(guide.get_base_dist(), [flow, affine])
 
 
-def test_path_gradient_equals_a_computation_with_detached_copies():
-    model = gaussian_target()
-    guide = AutoRealNVP(model, num_layers=4, hidden_dims=(8,))
+def guide_away_from_the_target_and_a_frozen_copy():
+    guide = AutoRealNVP(gaussian_target(), num_layers=4, hidden_dims=(8,))
     guide()
     randomized(guide.flow)
-    frozen = frozen_copy(guide)
+    return guide, frozen_copy(guide)
+
+
+def test_path_gradient_equals_a_computation_with_detached_copies():
+    guide, frozen = guide_away_from_the_target_and_a_frozen_copy()
     eps = torch.randn(16, 3, dtype=torch.float64)
     target = dist.MultivariateNormal(
         torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64),
@@ -542,11 +545,7 @@ def test_path_gradient_equals_a_computation_with_detached_copies():
 
 
 def test_the_posterior_scores_its_own_draw_with_the_carried_score_not_an_inverse_pass():
-    model = gaussian_target()
-    guide = AutoRealNVP(model, num_layers=4, hidden_dims=(8,))
-    guide()
-    randomized(guide.flow)
-    frozen = frozen_copy(guide)
+    guide, frozen = guide_away_from_the_target_and_a_frozen_copy()
     target = dist.MultivariateNormal(
         torch.zeros(3, dtype=torch.float64), 2 * torch.eye(3).double()
     )
