@@ -212,7 +212,8 @@ def stored_constraint(name: str, constraint: object | None = None) -> object | N
     no such parameter); given ``constraint``, store that one instead first.
 
     ``pyro.param`` and ``PyroModule`` leave an existing entry's constraint as it is, and
-    the store offers no public way to read or set one.
+    the store offers no public way to read or set one. With Pyro's
+    ``module_local_params`` there is no global store to consult: ``None``.
 
     Example:
         >>> from torch.distributions import constraints
@@ -220,6 +221,8 @@ def stored_constraint(name: str, constraint: object | None = None) -> object | N
         >>> stored_constraint("p") is constraints.positive, stored_constraint("absent")
         (True, None)
     """
+    if pyro.settings.get("module_local_params"):
+        return None
     constraints = pyro.get_param_store()._constraints
     if constraint is not None and name in constraints:
         constraints[name] = constraint

@@ -254,8 +254,7 @@ class AutoRealNVP(AutoContinuous):
         self.register_buffer("start_scale", unit)
         units = StartUnits(self.start_loc, self.start_scale)
         self.loc = PyroParam(start.loc.detach().clone(), units)
-        if not pyro.settings.get("module_local_params"):
-            stored_constraint(self._pyro_get_fullname("loc"), units)  # one object for both
+        stored_constraint(self._pyro_get_fullname("loc"), units)  # one object for both
         self.scale = PyroParam(scale.detach().clone(), constraints.softplus_positive)
         if self._dense:
             unit = start.scale_tril / start.scale[:, None]
@@ -273,9 +272,7 @@ class AutoRealNVP(AutoContinuous):
         mode and width, where the location starts at the mode and moves little; else
         units of 1: from a local start, a mode search that hit its budget, or where the
         curvature was not positive, the location may have far to go."""
-        stored = None
-        if not pyro.settings.get("module_local_params"):
-            stored = stored_constraint(self._pyro_get_fullname("loc"))
+        stored = stored_constraint(self._pyro_get_fullname("loc"))
         loc = start.loc.detach()
         if isinstance(stored, StartUnits):
             return stored.center.detach().clone(), stored.scale.detach().clone()
