@@ -363,6 +363,50 @@ def test_cuda_fast_step_matches_trace_elbo(compile):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.cuda
+def test_cuda_fast_loss_and_its_gradient_wait_on_no_host_sync():
+    guide = AutoRealNVP(cuda_model, **SMALL)
+    elbo = FastELBO(cuda_model, guide, num_particles=64)
+    randomize_(guide.flow, std=0.3)
+    assert guide.estimator == "path"
+    assert guide.flow.supports_score()
+    eps = elbo.sample_noise()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronizing call raises
+    try:
+        loss = elbo.loss(eps)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert loss.is_cuda
+    assert all(p.grad is not None and p.grad.is_cuda for p in elbo.parameters())
+
+
+@pytest.mark.cuda
+def test_cuda_fast_step_on_the_flat_tensor_trains_as_the_per_parameter_step():
+    schedule = Schedule(lr=0.05, lr_decay=0.5, clip_norm=1.0, num_steps=6)
+    noise = [torch.randn(8, 3, device="cuda") for _ in range(6)]
+    trained = []
+    for flat in (True, False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        step = FastStep.build(cuda_model, AutoRealNVP(cuda_model, **SMALL), (), {}, 8, schedule)
+        assert step.flat is not None  # one dtype, one device: fit's flat tensor
+        step.elbo.sample_noise = iter(noise).__next__
+        if flat:
+            train(step, 6, progress=False)
+        else:
+            optimizer, decay = schedule.torch_optimizer(step.elbo.parameters())
+            for _ in range(6):
+                step.elbo.step(optimizer, clip_norm=schedule.clip_norm)
+                decay.step()
+        params = step.elbo.parameters()
+        assert all(p.is_cuda for p in params)
+        trained.append([p.detach().clone() for p in params])
+    for a, b in zip(*trained, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_a_model_failing_only_at_the_check_draw_is_refused_as_a_fast_path_error():
     # sqrt of a latent the guide draws below zero about once in 1000: the set-up's two
     # draws pass, the capture runs without validation, and the check at 4096 particles

@@ -114,3 +114,21 @@ def test_path_draw_gives_the_inverse_pass_value_and_gradient(affine):
     assert torch.allclose(fast, slow, rtol=1e-10)
     for a, b in zip(fast_grads, slow_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.cuda
+def test_cuda_score_carried_forward_waits_on_no_host_sync_and_equals_the_inverse_pass():
+    torch.manual_seed(0)
+    flow = RealNVP(5, 3, hidden_dims=(8, 8), fan_in_scaling=True, input_bound=1.0,
+                   device="cuda", **F64)  # fmt: skip
+    randomize_(flow, std=0.5)
+    x = 2.0 * torch.randn(64, 5, device="cuda", **F64)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronizing call raises
+    try:
+        y, log_det, score = flow._forward_with_score(x, -x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert score.is_cuda
+    assert log_det.is_cuda
+    assert torch.allclose(score, inverse_score(flow, y), rtol=1e-9, atol=1e-9)
