@@ -191,15 +191,17 @@ def test_fast_step_trains_one_flat_tensor_and_hands_the_parameters_back():
     assert not torch.equal(params[0], before[0])
 
 
-def test_fast_step_on_the_flat_tensor_trains_as_the_per_parameter_step():
+def flat_and_per_parameter_runs(model, noise, num_particles):
+    """Six FastStep steps of one fresh guide trained on the flat tensor (``train``), then
+    per parameter (``FastELBO.step``), at the same noise: ``(initial, [flat, separate])``."""
     schedule = Schedule(lr=0.05, lr_decay=0.5, clip_norm=1.0, num_steps=6)
-    noise = [torch.randn(3, 4, **F64) for _ in range(6)]
     trained = []
     for flat in (True, False):
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        guide = AutoRealNVP(plated_model, **SMALL)
-        step = FastStep.build(plated_model, guide, (), {}, 3, schedule)
+        guide = AutoRealNVP(model, **SMALL)
+        step = FastStep.build(model, guide, (), {}, num_particles, schedule)
+        assert step.flat is not None  # one dtype, one device: fit's flat tensor
         step.elbo.sample_noise = iter(noise).__next__
         initial = [p.detach().clone() for p in step.elbo.parameters()]
         if flat:
@@ -210,6 +212,12 @@ def test_fast_step_on_the_flat_tensor_trains_as_the_per_parameter_step():
                 step.elbo.step(optimizer, clip_norm=schedule.clip_norm)
                 decay.step()
         trained.append([p.detach().clone() for p in step.elbo.parameters()])
+    return initial, trained
+
+
+def test_fast_step_on_the_flat_tensor_trains_as_the_per_parameter_step():
+    noise = [torch.randn(3, 4, **F64) for _ in range(6)]
+    initial, trained = flat_and_per_parameter_runs(plated_model, noise, 3)
     for a, b in zip(*trained, strict=True):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-8)
     assert all(not torch.equal(a, b) for a, b in zip(initial, trained[1], strict=True))
@@ -384,27 +392,12 @@ def test_cuda_fast_loss_and_its_gradient_wait_on_no_host_sync():
 
 @pytest.mark.cuda
 def test_cuda_fast_step_on_the_flat_tensor_trains_as_the_per_parameter_step():
-    schedule = Schedule(lr=0.05, lr_decay=0.5, clip_norm=1.0, num_steps=6)
     noise = [torch.randn(8, 3, device="cuda") for _ in range(6)]
-    trained = []
-    for flat in (True, False):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        step = FastStep.build(cuda_model, AutoRealNVP(cuda_model, **SMALL), (), {}, 8, schedule)
-        assert step.flat is not None  # one dtype, one device: fit's flat tensor
-        step.elbo.sample_noise = iter(noise).__next__
-        if flat:
-            train(step, 6, progress=False)
-        else:
-            optimizer, decay = schedule.torch_optimizer(step.elbo.parameters())
-            for _ in range(6):
-                step.elbo.step(optimizer, clip_norm=schedule.clip_norm)
-                decay.step()
-        params = step.elbo.parameters()
-        assert all(p.is_cuda for p in params)
-        trained.append([p.detach().clone() for p in params])
+    initial, trained = flat_and_per_parameter_runs(cuda_model, noise, 8)
+    assert all(p.is_cuda for p in trained[0] + trained[1])
     for a, b in zip(*trained, strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert all(not torch.equal(a, b) for a, b in zip(initial, trained[1], strict=True))
 
 
 def test_a_model_failing_only_at_the_check_draw_is_refused_as_a_fast_path_error():
