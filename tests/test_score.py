@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import randomize_
+from conftest import no_host_sync, randomize_
 from pyro_realnvp import AutoRealNVP, RealNVP
 from pyro_realnvp.nn import conditioner
 from pyro_realnvp.score import conditioner_vjp, recorded_call, supports_score
@@ -123,12 +123,8 @@ def test_cuda_score_carried_forward_waits_on_no_host_sync_and_equals_the_inverse
                    device="cuda", **F64)  # fmt: skip
     randomize_(flow, std=0.5)
     x = 2.0 * torch.randn(64, 5, device="cuda", **F64)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")  # any synchronizing call raises
-    try:
+    with no_host_sync():
         y, log_det, score = flow._forward_with_score(x, -x)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert score.is_cuda
     assert log_det.is_cuda
     assert torch.allclose(score, inverse_score(flow, y), rtol=1e-9, atol=1e-9)
