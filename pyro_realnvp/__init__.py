@@ -11,7 +11,7 @@ from .flow import RealNVP, realnvp
 from .guide import AutoRealNVP
 from .image import ConvConditioner, channel_mask, checkerboard_mask, multiscale_realnvp, squeeze
 from .infer import FiniteELBO, NonFiniteLossError, fit, fit_fast
-from .masks import alternating_mask, bit_mask, coupling_masks, half_mask
+from .masks import alternating_mask, bit_mask, coupling_masks, half_mask, separating_codes
 from .plots import plot_loss, plot_pair
 from .train import History, TrainingInterrupted
 
@@ -53,6 +53,7 @@ __all__ = [
     "plot_pair",
     "psis_khat",
     "realnvp",
+    "separating_codes",
     "squeeze",
     "to_inference_data",
 ]

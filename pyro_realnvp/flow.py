@@ -32,6 +32,10 @@ class RealNVP(OnePassLogDet, TransformModule):
             complement).
         hidden_dims: Conditioner hidden widths; default
             :func:`~pyro_realnvp.coupling.default_hidden_dims`.
+        groups: Sizes of consecutive runs of coordinates (a model's sites, as
+            :class:`~pyro_realnvp.AutoRealNVP` passes them) that may stay together in
+            every layer when there are too few layers to separate every pair (see
+            :func:`~pyro_realnvp.masks.coupling_masks`); ``None``: by index.
         **coupling_options: Every coupling's keyword options, as
             :class:`~pyro_realnvp.MaskedAffineCoupling` takes them: ``scale_bound``,
             ``output_gain``, ``activation``, ``context_dim`` (a context fed to every
@@ -53,6 +57,8 @@ class RealNVP(OnePassLogDet, TransformModule):
         input_dim: int,
         num_layers: int = 8,
         hidden_dims: Sequence[int] | None = None,
+        *,
+        groups: Sequence[int] | None = None,
         **coupling_options,
     ) -> None:
         super().__init__(cache_size=1)
@@ -62,7 +68,7 @@ class RealNVP(OnePassLogDet, TransformModule):
         num_layers = check_int("num_layers", num_layers, 1)
         layers = [
             MaskedAffineCoupling(mask, hidden_dims, **coupling_options)
-            for mask in coupling_masks(input_dim, num_layers)
+            for mask in coupling_masks(input_dim, num_layers, groups=groups)
         ]
         self._stack(layers)
 

@@ -261,7 +261,11 @@ class AutoRealNVP(AutoContinuous):
             if self._init_scale != "auto":
                 unit = torch.eye(self.latent_dim, **factory)
             self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
-        self.flow = RealNVP(self.latent_dim, **self._flow_options, **factory)
+        # Sites as mask groups: too few layers to separate every pair of coordinates
+        # then keep a scale apart from what it scales, only a site's own coordinates
+        # sharing every layer (pyro_realnvp.masks.coupling_masks).
+        sites = [shape.numel() for shape in self._unconstrained_shapes.values()]
+        self.flow = RealNVP(self.latent_dim, **self._flow_options, groups=sites, **factory)
         if not self._requires_grad:  # frozen before set-up: before the store sees them
             nn.Module.requires_grad_(self, False)
         self._register_flow()

@@ -776,3 +776,18 @@ def test_the_guides_flow_grows_at_most_linearly_however_far_out_the_draw():
         free_norms = [float(unbounded(k * direction).norm()) for k in (1e3, 1e4, 1e5, 1e6)]
     assert all(b < f / 100 for b, f in zip(bounded_norms, free_norms, strict=True))
     assert 5 < bounded_norms[-1] / bounded_norms[-2] < 20  # linear far out
+
+
+def test_the_flow_keeps_a_scalar_site_apart_from_every_coordinate_of_the_others():
+    # 10 coordinates, 6 layers: by index, the funnel's v shared every layer with one x.
+    def funnel():
+        v = pyro.sample("v", dist.Normal(0.0, 3.0))
+        pyro.sample("x", dist.Normal(0.0, torch.exp(v / 2)).expand([9]).to_event(1))
+
+    guide = AutoRealNVP(funnel, num_layers=6, hidden_dims=(8,))
+    guide()
+    masks = torch.stack([layer.mask for layer in guide.flow.layers]).bool()
+    moves_v_reading = (~masks[:, :1] & masks[:, 1:]).any(0)  # x_i read while v moves
+    moves_reading_v = (masks[:, :1] & ~masks[:, 1:]).any(0)  # x_i moved while v is read
+    assert bool(moves_v_reading.all())
+    assert bool(moves_reading_v.all())

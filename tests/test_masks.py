@@ -11,6 +11,7 @@ from pyro_realnvp.masks import (
     check_mask,
     coupling_masks,
     half_mask,
+    separating_codes,
 )
 
 
@@ -43,6 +44,58 @@ def test_every_pair_of_coordinates_is_split_by_some_layer(dim, num_layers):
     masks = torch.stack(coupling_masks(dim, num_layers))
     split = (masks[:, :, None] != masks[:, None, :]).any(0)
     assert bool(split.fill_diagonal_(True).all())
+
+
+def reads_in_both_directions(masks: list[torch.Tensor]) -> torch.Tensor:
+    """``[i, j]``: some layer moves ``i`` reading ``j``, and some layer the reverse."""
+    masks = torch.stack(masks).bool()
+    reads = (~masks[:, :, None] & masks[:, None, :]).any(0)
+    return reads & reads.T
+
+
+@pytest.mark.parametrize(
+    ("sizes", "num_layers"),
+    [((1, 9), 6), ((1, 1, 20), 6), ((2, 5, 30), 6), ((1, 1, 1, 1, 12), 6), ((1, 40), 2)],
+)
+def test_groups_keep_small_sites_apart_from_every_other_coordinate(sizes, num_layers):
+    # Too few layers to separate every pair, yet codes enough for all but the largest
+    # group: only its own coordinates may share.
+    dim, num_codes = sum(sizes), 2 ** ((num_layers + 1) // 2)
+    assert dim - max(sizes) < num_codes < dim
+    group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    across = group[:, None] != group[None, :]
+    masks = coupling_masks(dim, num_layers, groups=sizes)
+    assert bool(reads_in_both_directions(masks)[across].all())
+    for first, second in zip(masks[::2], masks[1::2], strict=False):
+        assert torch.equal(first + second, torch.ones(dim))
+
+
+def test_by_index_six_layers_keep_the_funnels_v_beside_one_x():
+    both = reads_in_both_directions(coupling_masks(10, 6))
+    assert not bool(both[0, 8])  # what groups=[1, 9] mends
+    assert bool(reads_in_both_directions(coupling_masks(10, 6, groups=[1, 9]))[0, 1:].all())
+
+
+def test_groups_change_nothing_where_the_layers_separate_every_pair():
+    for default, grouped in zip(
+        coupling_masks(10, 8), coupling_masks(10, 8, groups=[1, 9]), strict=True
+    ):
+        assert torch.equal(default, grouped)
+
+
+def test_separating_codes_share_within_a_group_then_in_turn():
+    assert separating_codes([1, 9], 8) == [0, 1, 2, 3, 4, 5, 6, 7, 1, 2]
+    assert separating_codes([3, 3, 3], 4) == [0, 1, 2, 3, 3, 3, 0, 1, 2]  # no code left
+
+
+@pytest.mark.parametrize(
+    ("groups", "error"),
+    [([1, 8], ValueError), ([0, 10], ValueError), ([2.5, 7.5], TypeError)],
+    ids=["sum", "zero", "float"],
+)
+def test_bad_groups_are_refused_naming_them(groups, error):
+    with pytest.raises(error, match="groups"):
+        coupling_masks(10, 6, groups=groups)
 
 
 def test_bit_zero_is_the_alternating_mask():
