@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -88,7 +89,7 @@ def separating_codes(sizes: Sequence[int], num_codes: int) -> list[int]:
         [0, 1, 2, 3, 4, 5, 6, 7, 1, 2]
     """
     codes: list[int] = [0] * sum(sizes)
-    starts = [sum(sizes[:group]) for group in range(len(sizes))]
+    starts = [0, *accumulate(sizes)]
     fresh, turn = 0, 0
     for group in sorted(range(len(sizes)), key=lambda g: sizes[g]):
         own: list[int] = []
@@ -164,14 +165,14 @@ def coupling_masks(
     """
     dim, num_layers = check_int("dim", dim, 1), check_int("num_layers", num_layers, 1)
     factory = {"device": device, "dtype": dtype}
+    sizes = None if groups is None else _check_groups(groups, dim)
     if dim == 1:
         return [torch.zeros(1, **factory) for _ in range(num_layers)]
     num_bits = (dim - 1).bit_length()
     num_codes = 2 ** min(num_bits, (num_layers + 1) // 2)
     codes = torch.arange(dim, device=device)
-    if groups is not None and num_codes < dim:
-        codes = separating_codes(_check_groups(groups, dim), num_codes)
-        codes = torch.tensor(codes, device=device)
+    if sizes is not None and num_codes < dim:
+        codes = torch.tensor(separating_codes(sizes, num_codes), device=device)
     bits = [(layer // 2) % num_bits for layer in range(num_layers)]
     return [_digit_mask(codes, bit, layer % 2, dtype) for layer, bit in enumerate(bits)]
 

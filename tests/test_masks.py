@@ -93,9 +93,10 @@ def test_separating_codes_share_within_a_group_then_in_turn():
     [([1, 8], ValueError), ([0, 10], ValueError), ([2.5, 7.5], TypeError)],
     ids=["sum", "zero", "float"],
 )
-def test_bad_groups_are_refused_naming_them(groups, error):
+@pytest.mark.parametrize("num_layers", [6, 8], ids=["too-few-layers", "enough-layers"])
+def test_bad_groups_are_refused_naming_them(groups, error, num_layers):
     with pytest.raises(error, match="groups"):
-        coupling_masks(10, 6, groups=groups)
+        coupling_masks(10, num_layers, groups=groups)
 
 
 def test_bit_zero_is_the_alternating_mask():
