@@ -78,29 +78,35 @@ def _digit_mask(codes: Tensor, bit: int, parity: int, dtype: torch.dtype | None)
 def separating_codes(sizes: Sequence[int], num_codes: int) -> list[int]:
     """A code in ``[0, num_codes)`` for each coordinate of consecutive groups of ``sizes``.
 
-    Codes are handed out one each, smallest group first, while they last; a group that
-    runs out shares the codes it already holds, so only its own coordinates share one
-    (a group left with none takes codes in turn). Coordinates whose codes differ are
-    separated by some bit mask, so with too few layers to separate every pair, a small
-    group (a model's scale, say) stays apart from every coordinate of the large ones.
+    Two coordinates are moved one reading the other in as many pairs of layers as their
+    codes have differing bits, so codes far apart in Hamming distance make a conditioner
+    read the other group's coordinates often. Groups take codes smallest first; each
+    coordinate takes, in order of preference, a code at least half the bits away from
+    every smaller group's codes (its distance counted up to that half), one its own group
+    holds fewest times, the farthest, the lowest. A lone group takes the codes in turn,
+    as by index. In a funnel ``[1, 9]``, the scale's code is then two or three bits from
+    every ``x``, so each ``x`` is scaled by it in two or three of the three pairs of layers.
 
     Example:
         >>> separating_codes([1, 9], 8)  # v, then the nine x of a 10-d funnel
-        [0, 1, 2, 3, 4, 5, 6, 7, 1, 2]
+        [0, 7, 3, 5, 6, 7, 3, 5, 6, 7]
+        >>> separating_codes([1, 1, 6], 8)  # a banana's x1 and x2 in every pair of layers
+        [0, 7, 1, 2, 3, 4, 5, 6]
     """
+    num_bits = max(num_codes - 1, 1).bit_length()
+    enough = (num_bits + 1) // 2
     codes: list[int] = [0] * sum(sizes)
     starts = [0, *accumulate(sizes)]
-    fresh, turn = 0, 0
+    others: list[int] = []  # codes held by the groups already placed
     for group in sorted(range(len(sizes)), key=lambda g: sizes[g]):
-        own: list[int] = []
+        # Each code's distance in bits from the nearest code of a group placed before.
+        far = [min([(code ^ other).bit_count() for other in others], default=num_bits)
+               for code in range(num_codes)]  # fmt: skip
+        held = [0] * num_codes
         for index in range(starts[group], starts[group] + sizes[group]):
-            if fresh < num_codes:
-                own.append(fresh)
-                codes[index], fresh = fresh, fresh + 1
-            elif own:
-                codes[index] = own[(index - starts[group] - len(own)) % len(own)]
-            else:
-                codes[index], turn = turn % num_codes, turn + 1
+            code = max(range(num_codes), key=lambda c: (min(far[c], enough), -held[c], far[c], -c))
+            codes[index], held[code] = code, held[code] + 1
+        others += [code for code in range(num_codes) if held[code]]
     return codes
 
 
@@ -152,12 +158,14 @@ def coupling_masks(
     With ``dim == 1`` there is nothing to condition on: every mask is ``[0]`` and each
     layer is an affine map with learned constant scale and shift.
 
-    Fewer layers leave some pairs together. ``groups``, the sizes of consecutive runs of
-    coordinates (a model's sites), says which may share: the bits are then read from
-    :func:`separating_codes` instead of the index, so only coordinates of one group stay
-    together. With 6 layers on the 10-d funnel, index bits kept ``v`` beside one ``x`` in
-    every layer, whose scale could then not follow ``e^{v/2}``; apart, KL(q‖p) fell from
-    0.04-0.07 to 0.015-0.028 (seeds 0-3, docs/tuning.md).
+    ``groups``, the sizes of consecutive runs of coordinates (a model's sites), says what
+    belongs together: with two or more, the bits are read from :func:`separating_codes`
+    instead of the index, so coordinates of different groups are split by as many pairs
+    of layers as the codes allow, and only a group's own coordinates share a code. By
+    index, 6 layers kept the 10-d funnel's ``v`` beside one ``x`` in every layer, whose
+    scale could then not follow ``e^{v/2}`` (KL(q‖p) 0.04-0.07; by sites apart, 0.015-0.028;
+    with ``v`` two or three bits from every ``x``, 0.011-0.016, docs/tuning.md), and
+    moved a banana's ``x2`` reading ``x1`` in one layer of six.
 
     Example:
         >>> [m.tolist() for m in coupling_masks(4, 4)]
@@ -171,7 +179,7 @@ def coupling_masks(
     num_bits = (dim - 1).bit_length()
     num_codes = 2 ** min(num_bits, (num_layers + 1) // 2)
     codes = torch.arange(dim, device=device)
-    if sizes is not None and num_codes < dim:
+    if sizes is not None and len(sizes) > 1:
         codes = torch.tensor(separating_codes(sizes, num_codes), device=device)
     bits = [(layer // 2) % num_bits for layer in range(num_layers)]
     return [_digit_mask(codes, bit, layer % 2, dtype) for layer, bit in enumerate(bits)]

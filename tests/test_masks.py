@@ -76,16 +76,46 @@ def test_by_index_six_layers_keep_the_funnels_v_beside_one_x():
     assert bool(reads_in_both_directions(coupling_masks(10, 6, groups=[1, 9]))[0, 1:].all())
 
 
-def test_groups_change_nothing_where_the_layers_separate_every_pair():
-    for default, grouped in zip(
-        coupling_masks(10, 8), coupling_masks(10, 8, groups=[1, 9]), strict=True
-    ):
-        assert torch.equal(default, grouped)
+def test_one_group_changes_nothing():
+    for num_layers in (6, 8):
+        for default, grouped in zip(
+            coupling_masks(10, num_layers),
+            coupling_masks(10, num_layers, groups=[10]),
+            strict=True,
+        ):
+            assert torch.equal(default, grouped)
+
+
+def pairs_of_layers_splitting(masks: list[torch.Tensor]) -> torch.Tensor:
+    """``[i, j]``: in how many pairs of layers one of ``i``, ``j`` is moved reading the other."""
+    firsts = torch.stack(masks[::2])
+    return (firsts[:, :, None] != firsts[:, None, :]).sum(0)
+
+
+@pytest.mark.parametrize(("num_layers", "least"), [(6, 2), (8, 2)])
+def test_a_funnels_scale_is_read_by_most_pairs_of_layers(num_layers, least):
+    split = pairs_of_layers_splitting(coupling_masks(10, num_layers, groups=[1, 9]))
+    assert int(split[0, 1:].min()) >= least
+    by_index = pairs_of_layers_splitting(coupling_masks(10, num_layers))
+    assert int(by_index[0, 1:].min()) < least  # what the groups mend
+
+
+def test_a_bananas_coordinates_are_split_by_every_pair_of_layers():
+    split = pairs_of_layers_splitting(coupling_masks(8, 6, groups=[1, 1, 6]))
+    assert int(split[0, 1]) == 3
+    assert int(pairs_of_layers_splitting(coupling_masks(8, 6))[0, 1]) == 1  # by index
+
+
+def test_a_group_spreads_over_its_codes_before_sharing():
+    codes = separating_codes([1, 9], 16)  # eleven codes two or more bits from v's
+    assert len(set(codes[1:])) == 9
+    assert min((codes[0] ^ code).bit_count() for code in codes[1:]) >= 2
 
 
 def test_separating_codes_share_within_a_group_then_in_turn():
-    assert separating_codes([1, 9], 8) == [0, 1, 2, 3, 4, 5, 6, 7, 1, 2]
+    assert separating_codes([1, 9], 8) == [0, 7, 3, 5, 6, 7, 3, 5, 6, 7]
     assert separating_codes([3, 3, 3], 4) == [0, 1, 2, 3, 3, 3, 0, 1, 2]  # no code left
+    assert separating_codes([4], 4) == [0, 1, 2, 3]  # alone: by index
 
 
 @pytest.mark.parametrize(
