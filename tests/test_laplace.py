@@ -130,6 +130,23 @@ def test_laplace_start_refuses_a_degenerate_mode():
     assert guide.scale.detach().max() <= 1.0
 
 
+def test_laplace_start_at_a_proper_mode_wins_over_a_better_scoring_local_one():
+    # Haario's banana, x2 | x1 ~ N(0.1 (x1^2 - 100), 1): the Laplace Gaussian does not
+    # bend, so its ELBO is far below a narrow local one's, yet it has x1's width of 10,
+    # which the flow would otherwise have to make from x2.
+    def potential(u):
+        x1, x2 = u[0], u[1]
+        return x1**2 / 200 + (x2 - 0.1 * (x1**2 - 100)) ** 2 / 2
+
+    init = torch.tensor([-4.0, -8.25], dtype=torch.float64)
+    start = laplace_start(potential, init)
+    assert start.kind == "laplace"
+    assert start.scale[0].item() == pytest.approx(10.0, rel=1e-3)
+    assert start.loc.tolist() == pytest.approx([0.0, -10.0], abs=1e-4)
+    scored = gaussian_elbo(potential, start.loc, start.scale_tril)
+    assert scored < gaussian_elbo(potential, init, torch.eye(2, dtype=torch.float64)) - 50
+
+
 def test_find_mode_preconditioned_by_a_scale_reaches_an_ill_scaled_minimum():
     # Curvatures 1e8 and 1: with the posterior's scale as preconditioner it is a unit bowl.
     scales = torch.tensor([1e-4, 1.0], dtype=torch.float64)
