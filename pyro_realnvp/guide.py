@@ -61,8 +61,9 @@ MIN_QUANTILE_SAMPLES = 100
 
 
 #: Clamp on what AutoRealNVP's conditioners read, in the Laplace start's standardized
-#: units (MaskedAffineCoupling's ``input_bound``).
-INPUT_BOUND = 30.0
+#: units (MaskedAffineCoupling's ``input_bound``). From the Laplace start a banana's arms
+#: reach about 60 of them, and at 30 its conditioners went blind there (docs/math.md).
+INPUT_BOUND = 100.0
 
 
 def _hide_enumerated(msg: dict) -> bool:
