@@ -47,6 +47,7 @@ from benchmarks.targets import EXACT_TARGETS, Target
 from pyro_realnvp import NonFiniteLossError
 from pyro_realnvp.fast import MAX_PARTICLES
 from pyro_realnvp.infer import _choose_step
+from pyro_realnvp.losses import TAIL_BETA
 from pyro_realnvp.train import Schedule, train
 
 __all__ = ["main", "parse_args", "run_job"]
@@ -185,7 +186,15 @@ def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) ->
         start = time.perf_counter()
         # fit's own choice of step, built once so that the clock sees steps only.
         built[name] = _choose_step(
-            target.model, guide, target.args, {}, None, None, None, None, (schedule, False)
+            target.model,
+            guide,
+            target.args,
+            {},
+            None,
+            None,
+            None,
+            None,
+            (schedule, False, TAIL_BETA),
         )[0]
         train(built[name], 5, progress=False)  # the first steps set Pyro guides up
         setup[name] = time.perf_counter() - start
@@ -210,7 +219,15 @@ def _warm_up(target: Target, schedule: Schedule) -> None:
         pyro.clear_param_store()
         guide = make_guide(name, target.model)
         step = _choose_step(
-            target.model, guide, target.args, {}, None, None, None, None, (schedule, False)
+            target.model,
+            guide,
+            target.args,
+            {},
+            None,
+            None,
+            None,
+            None,
+            (schedule, False, TAIL_BETA),
         )[0]
         train(step, 2, progress=False)
 

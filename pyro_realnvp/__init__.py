@@ -11,6 +11,7 @@ from .flow import RealNVP, realnvp
 from .guide import AutoRealNVP
 from .image import ConvConditioner, channel_mask, checkerboard_mask, multiscale_realnvp, squeeze
 from .infer import FiniteELBO, NonFiniteLossError, fit, fit_fast
+from .losses import particle_objective, tail_adaptive_weights
 from .masks import alternating_mask, bit_mask, coupling_masks, half_mask, separating_codes
 from .plots import plot_loss, plot_pair
 from .train import History, TrainingInterrupted
@@ -49,12 +50,14 @@ __all__ = [
     "khat_reading",
     "masked_affine_coupling",
     "multiscale_realnvp",
+    "particle_objective",
     "plot_loss",
     "plot_pair",
     "psis_khat",
     "realnvp",
     "separating_codes",
     "squeeze",
+    "tail_adaptive_weights",
     "to_inference_data",
 ]
 

@@ -27,6 +27,7 @@ from ._compat import capture_graph, check_site_shape, count_elements
 from .finite import _rejected_draws_are_non_finite, explain_non_finite, usability
 from .flat import FlatParameters
 from .guide import AutoRealNVP
+from .losses import check_beta, particle_objective
 from .potential import Potential
 from .train import NonFiniteLossError, Schedule, clip_total_norm
 
@@ -158,6 +159,10 @@ class FastELBO:
             chooses them from the model's work (:func:`particles_for`): up to
             ``MAX_PARTICLES`` where a step costs its fixed overhead whatever :math:`N`,
             fewer where the model's own arithmetic grows with them.
+        beta: Tail-adaptive weights on the particles' gradients, :math:`\rho_i \propto
+            \hat F(w_i)^\beta` (:func:`~pyro_realnvp.losses.particle_objective`); ``None``:
+            each particle weighs :math:`1/N`, as ``Trace_ELBO``. The loss's value is the
+            negative ELBO estimate either way.
         compile: Also ``torch.compile`` the loss and its backward pass, paying a one-off
             compile time (a minute or more on CPU) for a faster step. ``True`` picks mode
             ``"reduce-overhead"`` (CUDA graphs: shapes here are static) on a GPU and
@@ -179,6 +184,7 @@ class FastELBO:
         guide: AutoRealNVP,
         *args,
         num_particles: int | None = 1,
+        beta: float | None = None,
         compile: bool | str = False,
         **kwargs,
     ) -> None:
@@ -190,7 +196,7 @@ class FastELBO:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         if guide.prototype_trace is None:
             _set_up(guide, args, kwargs)
-        self.guide, self.num_particles = guide, num_particles
+        self.guide, self.num_particles, self.beta = guide, num_particles, check_beta(beta)
         self._replay = Potential(model, guide, args, kwargs)
         self._log_joint = self._capture()
         self._negative_elbo = None
@@ -304,7 +310,7 @@ class FastELBO:
             log_det = flow_log_det + affine.log_abs_det_jacobian(x, u)
             log_q = guide.get_base_dist().log_prob(eps) - log_det
         log_p = self._log_joint(u.reshape(self._replay.latent_shape(eps.shape[0])))
-        return (log_q - log_p).mean()
+        return particle_objective(log_q - log_p, self.beta)
 
     def loss(self, eps: Tensor | None = None) -> Tensor:
         r"""Differentiable :math:`-\mathrm{ELBO}` at noise ``eps`` (fresh if ``None``).
@@ -388,10 +394,11 @@ class FastStep:
         self.optimizer, self.decay = schedule.torch_optimizer(params)
 
     @classmethod
-    def build(cls, model, guide, args, kwargs, num_particles, schedule, compile=False):
+    def build(cls, model, guide, args, kwargs, num_particles, schedule, compile=False,
+              beta=None):  # fmt: skip
         """Capture ``model`` for ``guide`` (raising :class:`FastPathError` if it cannot)."""
-        elbo = FastELBO(model, guide, *args, num_particles=num_particles, compile=compile,
-                        **kwargs)  # fmt: skip
+        elbo = FastELBO(model, guide, *args, num_particles=num_particles, beta=beta,
+                        compile=compile, **kwargs)  # fmt: skip
         return cls(elbo, schedule)
 
     def __call__(self) -> float:

@@ -14,6 +14,7 @@ from pyro.optim import PyroOptim
 from .fast import FastPathError, FastStep
 from .finite import FiniteELBO, explain_non_finite
 from .guide import AutoRealNVP
+from .losses import TAIL_BETA, check_beta
 from .train import History, NonFiniteLossError, Schedule, check_training_args, train
 
 __all__ = ["FiniteELBO", "NonFiniteLossError", "SVIStep", "explain_non_finite", "fit", "fit_fast"]
@@ -69,6 +70,7 @@ def fit(
     max_redraws: int = 3,
     fast: bool | None = None,
     compile: bool | str = False,
+    tail_beta: float | None = TAIL_BETA,
     **kwargs,
 ) -> History:
     """Run SVI for ``num_steps`` and return the loss history (negative ELBO per step).
@@ -85,6 +87,11 @@ def fit(
     ``history.note`` and a log line on the ``pyro_realnvp.infer`` logger say why.
     ``fast=True`` requires the fast path, ``fast=False`` never takes it. ``compile``
     (implies ``fast=True``) compiles the fast step: see :class:`~pyro_realnvp.FastELBO`.
+    On the fast path the particles' gradients carry tail-adaptive weights with exponent
+    ``tail_beta`` (:func:`~pyro_realnvp.losses.particle_objective`), so q covers p's tails
+    (PSIS k-hat below 0.5 where reverse KL left 0.6-0.9, docs/tuning.md); ``None``
+    trains plain reverse KL, as Pyro's ``Trace_ELBO``. The loss reported is the negative
+    ELBO either way.
 
     Every step either updates every parameter or none: a step with a non-finite loss or
     gradient is redrawn, up to ``max_redraws`` times in a row (a rare draw far in the
@@ -116,17 +123,18 @@ def fit(
     schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
     fast = True if compile else fast
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
-                              (schedule, compile))  # fmt: skip
+                              (schedule, compile, check_beta(tail_beta, "tail_beta")))  # fmt: skip
     history = History(method="fast" if isinstance(step, FastStep) else "svi", note=note)
     return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
 
 
 def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, how):
     """The fast step where asked or possible, else Pyro's; and why not fast, if not."""
-    schedule, compile = how
+    schedule, compile, beta = how
     if fast is not False and isinstance(guide, AutoRealNVP) and loss is None and optim is None:
         try:
-            step = FastStep.build(model, guide, args, kwargs, num_particles, schedule, compile)
+            step = FastStep.build(model, guide, args, kwargs, num_particles, schedule, compile,
+                                  beta)  # fmt: skip
             return step, ""
         except FastPathError as error:
             if fast:

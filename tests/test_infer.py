@@ -80,11 +80,14 @@ def test_fit_returns_history_and_decreases_loss():
     def model():
         pyro.sample("x", dist.Normal(5.0, 0.5))
 
+    # Ten sds from init (a local start): the tail-adaptive weights, which favour the
+    # particles nearest p, take longer than plain reverse KL to get there (0.33 off at
+    # 400 steps against 0.065; both within 0.03 at 1000).
     guide = AutoRealNVP(model, init_loc_fn=lambda site: torch.tensor(0.0), **SMALL)
-    losses = torch.tensor(fit(model, guide, num_steps=400, lr=0.05, progress=False))
-    assert losses.shape == (400,)
+    losses = torch.tensor(fit(model, guide, num_steps=1000, lr=0.05, progress=False))
+    assert losses.shape == (1000,)
     assert losses[-50:].mean() < losses[:50].mean() - 1
-    assert abs(guide.median()["x"] - 5.0) < 0.2
+    assert abs(guide.median()["x"] - 5.0) < 0.1
 
 
 def test_rare_non_finite_draws_are_redrawn_with_a_warning():
