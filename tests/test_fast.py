@@ -372,9 +372,10 @@ def test_cuda_fast_step_matches_trace_elbo(compile):
 
 
 @pytest.mark.cuda
-def test_cuda_fast_loss_and_its_gradient_wait_on_no_host_sync():
+@pytest.mark.parametrize("beta", [None, -1.0], ids=["mean", "tail-adaptive"])
+def test_cuda_fast_loss_and_its_gradient_wait_on_no_host_sync(beta):
     guide = AutoRealNVP(cuda_model, **SMALL)
-    elbo = FastELBO(cuda_model, guide, num_particles=64)
+    elbo = FastELBO(cuda_model, guide, num_particles=64, beta=beta)
     randomize_(guide.flow, std=0.3)
     assert guide.estimator == "path"
     assert guide.flow.supports_score()
