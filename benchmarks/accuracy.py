@@ -185,17 +185,7 @@ def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) ->
     for name, guide in guides.items():
         start = time.perf_counter()
         # fit's own choice of step, built once so that the clock sees steps only.
-        built[name] = _choose_step(
-            target.model,
-            guide,
-            target.args,
-            {},
-            None,
-            None,
-            None,
-            None,
-            (schedule, False, TAIL_BETA),
-        )[0]
+        built[name] = _fit_step(target, guide, schedule)
         train(built[name], 5, progress=False)  # the first steps set Pyro guides up
         setup[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in guides}
@@ -212,23 +202,19 @@ def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) ->
     return {name: (value, value / ms["AutoNormal"], setup[name]) for name, value in ms.items()}
 
 
+def _fit_step(target: Target, guide, schedule: Schedule):
+    """The step ``fit`` would run for ``guide`` at its defaults, built but not yet run."""
+    how = (schedule, False, TAIL_BETA)
+    return _choose_step(target.model, guide, target.args, {}, None, None, None, None, how)[0]
+
+
 def _warm_up(target: Target, schedule: Schedule) -> None:
     """Build and run every guide's step once, untimed, so that one-off imports (torch's
     first LBFGS imports the compiler stack, about 1.4 s) are charged to no guide."""
     for name in GUIDES:
         pyro.clear_param_store()
         guide = make_guide(name, target.model)
-        step = _choose_step(
-            target.model,
-            guide,
-            target.args,
-            {},
-            None,
-            None,
-            None,
-            None,
-            (schedule, False, TAIL_BETA),
-        )[0]
+        step = _fit_step(target, guide, schedule)
         train(step, 2, progress=False)
 
 
