@@ -33,8 +33,9 @@ class RealNVP(OnePassLogDet, TransformModule):
         hidden_dims: Conditioner hidden widths; default
             :func:`~pyro_realnvp.coupling.default_hidden_dims`.
         groups: Sizes of consecutive runs of coordinates (a model's sites, as
-            :class:`~pyro_realnvp.AutoRealNVP` passes them) that may stay together in
-            every layer when there are too few layers to separate every pair (see
+            :class:`~pyro_realnvp.AutoRealNVP` passes them): coordinates of different
+            groups are split by as many pairs of layers as the mask bits allow, and only
+            a group's own may share every layer (see
             :func:`~pyro_realnvp.masks.coupling_masks`); ``None``: by index.
         **coupling_options: Every coupling's keyword options, as
             :class:`~pyro_realnvp.MaskedAffineCoupling` takes them: ``scale_bound``,

@@ -262,9 +262,9 @@ class AutoRealNVP(AutoContinuous):
             if self._init_scale != "auto":
                 unit = torch.eye(self.latent_dim, **factory)
             self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
-        # Sites as mask groups: too few layers to separate every pair of coordinates
-        # then keep a scale apart from what it scales, only a site's own coordinates
-        # sharing every layer (pyro_realnvp.masks.coupling_masks).
+        # Sites as mask groups: coordinates of different sites (a scale and what it
+        # scales) are split by as many pairs of layers as the mask bits allow, and only a
+        # site's own coordinates may share every layer (pyro_realnvp.masks.coupling_masks).
         sites = [shape.numel() for shape in self._unconstrained_shapes.values()]
         self.flow = RealNVP(self.latent_dim, **self._flow_options, groups=sites, **factory)
         if not self._requires_grad:  # frozen before set-up: before the store sees them
