@@ -127,8 +127,11 @@ def _failed_at_draws(error: Exception) -> FastPathError:
     )
 
 
-def _set_up(guide: AutoRealNVP, args: tuple, kwargs: dict) -> None:
-    """Set the guide up; a model that rejects its initial values is Pyro's ELBO's case."""
+def _set_up(guide: AutoRealNVP, args: tuple, kwargs: dict, beta: float | None) -> None:
+    """Set the guide up, its ``start_rule="auto"`` read for this objective (tail-adaptive
+    weights keep a proper mode's Laplace width); a model that rejects its initial values
+    is Pyro's ELBO's case."""
+    guide._auto_start_rule = "elbo" if beta is None else "proper"
     try:
         with torch.no_grad(), poutine.block(), _rejected_draws_are_non_finite():
             guide(*args, **kwargs)
@@ -137,6 +140,8 @@ def _set_up(guide: AutoRealNVP, args: tuple, kwargs: dict) -> None:
             f"at the guide's initial values, {error}: fit with fast=False, whose redraws and "
             "diagnosis handle it"
         ) from error
+    finally:
+        guide._auto_start_rule = "elbo"  # a later set-up (after a failed one) is Pyro's
 
 
 class FastELBO:
@@ -194,9 +199,10 @@ class FastELBO:
             isinstance(num_particles, int) and num_particles >= 1
         ):
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        beta = check_beta(beta)
         if guide.prototype_trace is None:
-            _set_up(guide, args, kwargs)
-        self.guide, self.num_particles, self.beta = guide, num_particles, check_beta(beta)
+            _set_up(guide, args, kwargs, beta)
+        self.guide, self.num_particles, self.beta = guide, num_particles, beta
         self._replay = Potential(model, guide, args, kwargs)
         self._log_joint = self._capture()
         self._negative_elbo = None

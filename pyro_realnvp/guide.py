@@ -39,7 +39,7 @@ from .init_checks import (
     raised_by_init_strategy,
     unsampleable_error,
 )
-from .laplace import GaussianStart, laplace_start, local_start
+from .laplace import START_RULES, GaussianStart, laplace_start, local_start
 from .potential import Potential, subsampled_sites
 from .start_units import StartUnits
 
@@ -47,6 +47,7 @@ __all__ = ["AutoRealNVP"]
 
 _AFFINE_CHOICES = ("auto", "lower", "diagonal")
 _ESTIMATORS = ("path", "total")
+_START_RULE_CHOICES = ("auto", *START_RULES)
 _log = logging.getLogger(__name__)
 #: Up to this latent size, ``affine="auto"`` learns a dense lower-triangular scale.
 AUTO_LOWER_MAX_DIM = 256
@@ -111,8 +112,8 @@ class AutoRealNVP(AutoContinuous):
     ``AUTO_LOWER_MAX_DIM`` latent dimensions. The flow works in standardised coordinates
     and starts as the identity, so the guide starts as the Gaussian
     :math:`\mathcal N(\mu, LL^T)` of :mod:`pyro_realnvp.laplace`: the Laplace
-    approximation at the posterior's mode where it scores the better ELBO, else a local
-    Gaussian at ``init_to_median`` (``self.start`` says which). Its conditioners are
+    approximation at the posterior's mode, or a local Gaussian at ``init_to_median``, by
+    ``start_rule`` (``self.start`` says which). Its conditioners are
     :class:`~pyro_realnvp.nn.ScaledLinear`, so Adam moves the flow at the affine's pace.
     Each latent site is then mapped to its support with ``biject_to``; Pyro's
     ``AutoContinuous`` adds the log-det of that map to the ELBO.
@@ -163,6 +164,13 @@ class AutoRealNVP(AutoContinuous):
             behind :meth:`quantiles` and :meth:`median` once the flow has left the
             identity (before that they are exact), and behind the quantiles of supports
             that are not elementwise.
+        start_rule: How the Laplace start is chosen over the local one:
+            ``"elbo"``, the higher Monte-Carlo ELBO; ``"proper"``, the Laplace Gaussian
+            wherever the mode is proper (:func:`~pyro_realnvp.laplace.laplace_start`);
+            ``"auto"`` (the default), ``"proper"`` when a tail-adaptive objective sets the
+            guide up (``fit``'s fast path, ``FastELBO(beta=...)``), else ``"elbo"``: Pyro's
+            reverse KL narrows a wide start it cannot yet bend to and stays there (a
+            banana's x1, docs/math.md). Unused with ``init_loc_fn``.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -191,11 +199,13 @@ class AutoRealNVP(AutoContinuous):
         affine: str = "auto",
         estimator: str = "path",
         num_quantile_samples: int = 4096,
+        start_rule: str = "auto",
     ) -> None:
         _check_options(
             num_layers=num_layers, hidden_dims=hidden_dims, init_scale=init_scale,
             scale_bound=scale_bound, affine=affine, estimator=estimator,
             num_quantile_samples=num_quantile_samples, activation=activation,
+            start_rule=start_rule,
         )  # fmt: skip
         self._flow_options = {
             "num_layers": num_layers,
@@ -215,6 +225,10 @@ class AutoRealNVP(AutoContinuous):
         self._init_value_names = init_value_names(init_loc_fn)
         self._affine = affine
         self.estimator = estimator
+        self.start_rule = start_rule
+        # What "auto" means at set-up: "proper" while a tail-adaptive objective sets the
+        # guide up (pyro_realnvp.fast), "elbo" for Pyro's reverse KL.
+        self._auto_start_rule = "elbo"
         self.num_quantile_samples = num_quantile_samples
         self.start: GaussianStart | None = None
         self._requires_grad = True
@@ -320,7 +334,10 @@ class AutoRealNVP(AutoContinuous):
         potential = self._potential(*args, **kwargs)
         if not self._find_mode:
             return local_start(potential, init_loc)
-        start = laplace_start(potential, init_loc, dense=self._dense)
+        rule = getattr(self, "start_rule", "auto")  # a guide pickled before it had one
+        if rule == "auto":
+            rule = getattr(self, "_auto_start_rule", "elbo")
+        start = laplace_start(potential, init_loc, dense=self._dense, rule=rule)
         _log.info("AutoRealNVP starts from the %s Gaussian (ELBO %.4g)", start.kind, start.elbo)
         if start.kind.startswith("laplace") and bool(start.bad.any()):
             self._warn_bad_curvature(start.bad)
@@ -784,7 +801,7 @@ def _name_unsupported_site(trace, error: NotImplementedError) -> None:
 
 
 def _check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, estimator,
-                   num_quantile_samples, activation) -> None:  # fmt: skip
+                   num_quantile_samples, activation, start_rule) -> None:  # fmt: skip
     """Refuse an AutoRealNVP option outside its range, naming it; warn on an odd depth."""
     if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
         raise TypeError(f"activation must be a torch.nn.Module class such as nn.ELU, got "
@@ -810,6 +827,8 @@ def _check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, 
         raise ValueError(f"affine must be one of {_AFFINE_CHOICES}, got {affine!r}")
     if estimator not in _ESTIMATORS:
         raise ValueError(f"estimator must be one of {_ESTIMATORS}, got {estimator!r}")
+    if start_rule not in _START_RULE_CHOICES:
+        raise ValueError(f"start_rule must be one of {_START_RULE_CHOICES}, got {start_rule!r}")
     if not (_positive_int(num_quantile_samples) and num_quantile_samples >= MIN_QUANTILE_SAMPLES):
         raise ValueError(
             f"num_quantile_samples must be an integer >= {MIN_QUANTILE_SAMPLES} (fewer draws "

@@ -223,6 +223,34 @@ def test_fast_step_on_the_flat_tensor_trains_as_the_per_parameter_step():
     assert all(not torch.equal(a, b) for a, b in zip(initial, trained[1], strict=True))
 
 
+def banana_model():
+    x1 = pyro.sample("x1", dist.Normal(0.0, 10.0))
+    pyro.sample("x2", dist.Normal(0.1 * (x1**2 - 100.0), 1.0))
+
+
+@pytest.mark.parametrize(
+    ("start_rule", "beta", "kind"),
+    [("auto", -1.0, "laplace"), ("auto", None, "local"), ("elbo", -1.0, "local"),
+     ("proper", None, "laplace")],
+)  # fmt: skip
+def test_the_objective_that_sets_the_guide_up_picks_its_start(start_rule, beta, kind):
+    # The banana's Laplace Gaussian has x1's width of 10 but scores far below a local one
+    # of width 1: tail-adaptive weights keep that width, reverse KL would narrow it.
+    guide = AutoRealNVP(banana_model, start_rule=start_rule, **SMALL)
+    FastELBO(banana_model, guide, beta=beta)
+    assert guide.start.kind == kind
+    assert guide.scale.detach()[0].item() == pytest.approx(10.0 if kind == "laplace" else 1.0,
+                                                           rel=1e-2)  # fmt: skip
+
+
+def test_a_guide_set_up_after_a_tail_adaptive_failure_takes_the_elbo_rule():
+    guide = AutoRealNVP(banana_model, **SMALL)
+    with pytest.raises(TypeError, match="positional argument"):
+        FastELBO(banana_model, guide, 1.0, beta=-1.0)  # an argument the model does not take
+    guide()  # Pyro's reverse KL sets it up now
+    assert guide.start.kind == "local"
+
+
 def test_fit_fast_finds_a_conjugate_posterior():
     data = torch.tensor([0.5, 1.5, 2.0, 1.0])
 

@@ -385,6 +385,22 @@ def conjugate_gaussian():
     return model, mean, covariance
 
 
+def banana_model():
+    x1 = pyro.sample("x1", dist.Normal(0.0, 10.0))
+    pyro.sample("x2", dist.Normal(0.1 * (x1**2 - 100.0), 1.0))
+
+
+@pytest.mark.parametrize(("start_rule", "kind"), [("auto", "local"), ("elbo", "local"),
+                                                ("proper", "laplace")])  # fmt: skip
+def test_a_guide_set_up_by_its_first_call_starts_by_its_rule(start_rule, kind):
+    # As in Pyro's own loop: "auto" is the ELBO rule there, which keeps the banana's
+    # narrow local start (ELBO about -2.5) over the Laplace one (about -112).
+    guide = AutoRealNVP(banana_model, start_rule=start_rule, num_layers=2)
+    guide()
+    assert guide.start.kind == kind
+    assert (guide.start.elbo > -20) == (kind == "local")
+
+
 def test_guide_starts_at_the_exact_posterior_of_a_conjugate_gaussian_model():
     model, mean, covariance = conjugate_gaussian()
     guide = AutoRealNVP(model)
@@ -624,6 +640,7 @@ def test_path_gradient_is_zero_for_every_draw_at_the_exact_posterior(make_elbo):
         ("activation", "relu"),
         ("affine", "full"),
         ("estimator", "score"),
+        ("start_rule", "laplace"),
         ("num_quantile_samples", 0),
         ("num_quantile_samples", 1),
     ],

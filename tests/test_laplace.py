@@ -130,21 +130,37 @@ def test_laplace_start_refuses_a_degenerate_mode():
     assert guide.scale.detach().max() <= 1.0
 
 
-def test_laplace_start_at_a_proper_mode_wins_over_a_better_scoring_local_one():
+def banana_potential(u):
     # Haario's banana, x2 | x1 ~ N(0.1 (x1^2 - 100), 1): the Laplace Gaussian does not
-    # bend, so its ELBO is far below a narrow local one's, yet it has x1's width of 10,
-    # which the flow would otherwise have to make from x2.
-    def potential(u):
-        x1, x2 = u[0], u[1]
-        return x1**2 / 200 + (x2 - 0.1 * (x1**2 - 100)) ** 2 / 2
+    # bend, so its ELBO is far below a narrow local one's, yet it has x1's width of 10.
+    x1, x2 = u[0], u[1]
+    return x1**2 / 200 + (x2 - 0.1 * (x1**2 - 100)) ** 2 / 2
 
-    init = torch.tensor([-4.0, -8.25], dtype=torch.float64)
-    start = laplace_start(potential, init)
+
+BANANA_INIT = (-4.0, -8.25)
+
+
+def test_laplace_start_at_a_proper_mode_wins_by_the_proper_rule_though_it_scores_lower():
+    init = torch.tensor(BANANA_INIT, dtype=torch.float64)
+    start = laplace_start(banana_potential, init, rule="proper")
     assert start.kind == "laplace"
     assert start.scale[0].item() == pytest.approx(10.0, rel=1e-3)
     assert start.loc.tolist() == pytest.approx([0.0, -10.0], abs=1e-4)
-    scored = gaussian_elbo(potential, start.loc, start.scale_tril)
-    assert scored < gaussian_elbo(potential, init, torch.eye(2, dtype=torch.float64)) - 50
+    scored = gaussian_elbo(banana_potential, start.loc, start.scale_tril)
+    assert scored < gaussian_elbo(banana_potential, init, torch.eye(2, dtype=torch.float64)) - 50
+
+
+def test_laplace_start_by_the_elbo_rule_keeps_the_better_scoring_local_one():
+    init = torch.tensor(BANANA_INIT, dtype=torch.float64)
+    start = laplace_start(banana_potential, init)  # rule="elbo", the default
+    assert start.kind == "local"
+    assert start.loc.tolist() == list(BANANA_INIT)
+    assert start.scale.max().item() <= 1.0
+
+
+def test_laplace_start_refuses_an_unknown_rule():
+    with pytest.raises(ValueError, match="rule must be one of"):
+        laplace_start(banana_potential, torch.zeros(2), rule="laplace")
 
 
 def test_find_mode_preconditioned_by_a_scale_reaches_an_ill_scaled_minimum():
