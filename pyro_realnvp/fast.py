@@ -127,11 +127,13 @@ def _failed_at_draws(error: Exception) -> FastPathError:
     )
 
 
-def _set_up(guide: AutoRealNVP, args: tuple, kwargs: dict, beta: float | None) -> None:
+def _set_up(guide: AutoRealNVP, args: tuple, kwargs: dict, beta: float | None,
+            num_particles: int | None) -> None:  # fmt: skip
     """Set the guide up, its ``start_rule="auto"`` read for this objective (tail-adaptive
-    weights keep a proper mode's Laplace width); a model that rejects its initial values
-    is Pyro's ELBO's case."""
-    guide._auto_start_rule = "elbo" if beta is None else "proper"
+    weights, which need two particles or more, keep a proper mode's Laplace width); a
+    model that rejects its initial values is Pyro's ELBO's case."""
+    weighted = beta is not None and num_particles != 1
+    guide._auto_start_rule = "proper" if weighted else "elbo"
     try:
         with torch.no_grad(), poutine.block(), _rejected_draws_are_non_finite():
             guide(*args, **kwargs)
@@ -201,7 +203,7 @@ class FastELBO:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         beta = check_beta(beta)
         if guide.prototype_trace is None:
-            _set_up(guide, args, kwargs, beta)
+            _set_up(guide, args, kwargs, beta, num_particles)
         self.guide, self.num_particles, self.beta = guide, num_particles, beta
         self._replay = Potential(model, guide, args, kwargs)
         self._log_joint = self._capture()

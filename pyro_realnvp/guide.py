@@ -168,9 +168,11 @@ class AutoRealNVP(AutoContinuous):
             ``"elbo"``, the higher Monte-Carlo ELBO; ``"proper"``, the Laplace Gaussian
             wherever the mode is proper (:func:`~pyro_realnvp.laplace.laplace_start`);
             ``"auto"`` (the default), ``"proper"`` when a tail-adaptive objective sets the
-            guide up (``fit``'s fast path, ``FastELBO(beta=...)``), else ``"elbo"``: Pyro's
-            reverse KL narrows a wide start it cannot yet bend to and stays there (a
-            banana's x1, docs/math.md). Unused with ``init_loc_fn``.
+            guide up (``fit``'s fast path, ``FastELBO(beta=...)`` with two particles or
+            more), else ``"elbo"``: Pyro's reverse KL narrows a wide start it cannot yet
+            bend to and stays there (a banana's x1, docs/math.md). Where ``fit`` falls
+            back on Pyro's ELBO after its fast path set the guide up, it sets the guide up
+            again from the ELBO's choice. Unused with ``init_loc_fn``.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -331,6 +333,9 @@ class AutoRealNVP(AutoContinuous):
 
     def _gaussian_start(self, init_loc: Tensor, *args, **kwargs) -> GaussianStart:
         """Where the affine starts: the Laplace start, or a local one at ``init_loc``."""
+        chosen = self.__dict__.pop("_next_start", None)
+        if chosen is not None:  # set by _restart_by_elbo
+            return chosen
         potential = self._potential(*args, **kwargs)
         if not self._find_mode:
             return local_start(potential, init_loc)
@@ -342,6 +347,27 @@ class AutoRealNVP(AutoContinuous):
         if start.kind.startswith("laplace") and bool(start.bad.any()):
             self._warn_bad_curvature(start.bad)
         return start
+
+    def _restart_by_elbo(self) -> bool:
+        """Undo the set-up where ``start_rule`` took the Laplace start over the ELBO's
+        choice, so that the next call sets the guide up from that choice; ``True`` if it
+        did. For ``fit``, whose fast path set the guide up for tail-adaptive weights and
+        then fell back on Pyro's reverse KL: not for a guide that has trained."""
+        start = self.start
+        if self.prototype_trace is None or start is None or start.elbo_choice is None:
+            return False
+        prefix = self._pyro_get_fullname("")
+        store = pyro.get_param_store()
+        for name in [name for name in store.keys() if name.startswith(prefix)]:
+            del store[name]
+        for name in list(self._pyro_params):
+            delattr(self, name)
+        self._modules.pop("flow", None)
+        for name in ("start_loc", "start_scale"):
+            self._buffers.pop(name, None)
+        self.prototype_trace, self.start = None, None
+        self._next_start = start.elbo_choice
+        return True
 
     def _warn_bad_curvature(self, bad: Tensor) -> None:
         sites, position = [], 0

@@ -139,6 +139,9 @@ def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, h
         except FastPathError as error:
             if fast:
                 raise
+            # Set up for tail-adaptive weights it will not get: from the start reverse KL
+            # would have taken instead (pyro_realnvp.laplace.START_RULES).
+            guide._restart_by_elbo()
             note = f"Pyro's Trace_ELBO, not the fast path: {error}"
             logger.info("fit: %s", note)
     elif fast:

@@ -56,6 +56,8 @@ class GaussianStart:
     bad: Tensor
     kind: str
     elbo: float = -math.inf
+    #: The start ``rule="elbo"`` would have taken, where ``rule="proper"`` took this one.
+    elbo_choice: GaussianStart | None = None
 
     @property
     def scale(self) -> Tensor:
@@ -280,9 +282,11 @@ def laplace_start(
     far from the posterior's mass). With ``rule="proper"``, where the mode search
     converged and :math:`H` is positive definite, the Laplace Gaussian wins whatever its
     ELBO: a banana's scores far below a local one (-112 against -2.5) since its x2 does
-    not bend, yet it has x1's width, which a tail-adaptive fit keeps (k-hat 0.26 against
-    0.6-0.9 from the local start) and reverse KL in Pyro's loop gives up within a few
-    hundred steps, to a narrow optimum it does not leave (docs/tuning.md).
+    not bend, yet it has x1's width, which from the local start the flow had to make
+    itself (banana_d2 k-hat 0.43 against 0.80, seeds 0-4) and which tail-adaptive
+    weights keep; reverse KL in Pyro's loop narrows it (banana_d8: x1's sd from 10 to
+    2.3 within 300 steps) to the best unbent width and stays there (docs/math.md).
+    ``elbo_choice`` then holds the start the ELBO rule would have taken.
 
     Example:
         >>> start = laplace_start(lambda u: ((u - 2.0) ** 2).sum() * 50, torch.zeros(2))
@@ -306,5 +310,7 @@ def laplace_start(
         )
     proper = converged and not bool(bad.any()) and math.isfinite(laplace.elbo)
     if rule == "proper" and proper:
+        if laplace.elbo < local.elbo:
+            laplace.elbo_choice = local
         return laplace
     return laplace if laplace.elbo >= local.elbo else local

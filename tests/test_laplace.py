@@ -113,18 +113,20 @@ def test_laplace_start_takes_the_mode_of_a_gaussian_and_its_covariance():
     precision, mode = spd(4), torch.randn(4, dtype=torch.float64)
     start = laplace_start(quadratic(precision, mode), torch.zeros(4, dtype=torch.float64))
     assert start.kind == "laplace"
+    assert start.elbo_choice is None
     assert torch.allclose(start.loc, mode, atol=1e-6)
     assert torch.allclose(start.scale_tril @ start.scale_tril.T, torch.linalg.inv(precision))
 
 
-def test_laplace_start_refuses_a_degenerate_mode():
+@pytest.mark.parametrize("start_rule", ["elbo", "proper"])
+def test_laplace_start_refuses_a_degenerate_mode(start_rule):
     # Neal's funnel: the joint density peaks at v = -40 with x_i pinned to e^{-20}; the
-    # Laplace Gaussian there holds none of the posterior's mass.
+    # Laplace Gaussian there holds none of the posterior's mass, and no rule takes it.
     def model():
         v = pyro.sample("v", dist.Normal(0.0, 3.0))
         pyro.sample("x", dist.Normal(0.0, torch.exp(v / 2)).expand([9]).to_event(1))
 
-    guide = AutoRealNVP(model, num_layers=2)
+    guide = AutoRealNVP(model, num_layers=2, start_rule=start_rule)
     guide()
     assert guide.start.kind == "local"
     assert guide.scale.detach().max() <= 1.0
@@ -144,6 +146,8 @@ def test_laplace_start_at_a_proper_mode_wins_by_the_proper_rule_though_it_scores
     init = torch.tensor(BANANA_INIT, dtype=torch.float64)
     start = laplace_start(banana_potential, init, rule="proper")
     assert start.kind == "laplace"
+    assert start.elbo_choice is not None
+    assert start.elbo_choice.kind == "local"
     assert start.scale[0].item() == pytest.approx(10.0, rel=1e-3)
     assert start.loc.tolist() == pytest.approx([0.0, -10.0], abs=1e-4)
     scored = gaussian_elbo(banana_potential, start.loc, start.scale_tril)
