@@ -235,6 +235,7 @@ class FastELBO:
                 "the model's sites or shapes change with the latent values, so no single "
                 "graph replays it: fit with fast=False"
             )
+        self._check_particles_apart()
         if self.num_particles is None:
             self.num_particles = particles_for(self._elements_per_particle())
         graph = self._record(self._draws(self.num_particles, seed=3))
@@ -250,6 +251,25 @@ class FastELBO:
                 "data-dependent behaviour): fit with fast=False"
             )
         return graph
+
+    def _check_particles_apart(self) -> None:
+        """Refuse a model whose particles meet: each draw's log-joint must be the same
+        beside another draw as alone (``torch.stack([a, b]).sum()`` over the particle
+        dimension passes Pyro's shape checks and would silently mix them)."""
+        replay, draws = self._replay, self._draws(2, seed=5)
+        try:
+            with torch.no_grad():
+                together = replay.log_joint(draws)
+                alone = torch.cat([replay.log_joint(draws[i : i + 1]) for i in range(2)])
+        except (RuntimeError, ValueError) as error:
+            raise _failed_at_draws(error) from error
+        if not torch.allclose(together, alone, rtol=1e-4, atol=1e-4, equal_nan=True):
+            raise FastPathError(
+                "the model's log-density of one draw changes with the other draws beside it "
+                "(an operation mixes the particle dimension, such as a sum over all of a "
+                "latent's dimensions): fit with fast=False, or reduce over the model's own "
+                "dimensions only (dim=-1, .sum(-1))"
+            )
 
     def _record(self, example: Tensor) -> Callable[[Tensor], Tensor]:
         """The model's log-joint recorded at ``example`` as a graph of tensor operations."""

@@ -81,10 +81,10 @@ def fit(
     or ``optim`` given, each step is the captured :class:`~pyro_realnvp.FastELBO` step
     with up to 32 particles (``fast.MAX_PARTICLES``; fewer where the model's own arithmetic
     grows with them, see :func:`~pyro_realnvp.fast.particles_for`) unless told otherwise;
-    where the model does not
-    allow it (subsampling, ``pyro.param`` sites, discrete latents, data-dependent
-    structure) it falls back to Pyro's ``Trace_ELBO`` with 1 particle, and
-    ``history.note`` and a log line on the ``pyro_realnvp.infer`` logger say why.
+    where the model does not allow it (subsampling, ``pyro.param`` sites, discrete
+    latents, data-dependent structure, arithmetic that mixes the particles) it falls back
+    to Pyro's ``Trace_ELBO`` with 1 particle, and ``history.note`` and a log line on the
+    ``pyro_realnvp.infer`` logger say why.
     ``fast=True`` requires the fast path, ``fast=False`` never takes it. ``compile``
     (implies ``fast=True``) compiles the fast step: see :class:`~pyro_realnvp.FastELBO`.
     On the fast path the particles' gradients carry tail-adaptive weights with exponent

@@ -317,6 +317,13 @@ def unvectorizable_model():
     pyro.sample("y", dist.Normal(loc, 1.0), obs=torch.tensor(0.5))
 
 
+def particle_mixing_model():
+    # .sum() over every dimension adds the particles' values up: Pyro's shape checks pass.
+    x1 = pyro.sample("x1", dist.Normal(0.0, 10.0))
+    x2 = pyro.sample("x2", dist.Normal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(torch.stack([x1, x2]).sum(), 1.0), obs=torch.tensor(1.0))
+
+
 def param_model():
     loc = pyro.param("loc", torch.tensor(0.0))
     pyro.sample("x", dist.Normal(loc, 1.0))
@@ -335,6 +342,7 @@ REFUSED = {
     "data-dependent": (branching_model, "data-dependent control flow"),
     "not-vectorized": (unvectorizable_model, "broadcasts over a particle"),
     "model-param": (param_model, "learnable pyro.param site 'loc'"),
+    "particles-mixed": (particle_mixing_model, "changes with the other draws beside it"),
     "structure-change": (shape_changing_model, "sites or shapes change"),
 }
 
