@@ -263,14 +263,16 @@ def _commit() -> str:
         return "unknown"
 
 
-def render(results: list[dict], setup: dict, args: argparse.Namespace, seconds: float) -> str:
+def render(
+    results: list[dict], setup: dict, args: argparse.Namespace, seconds: float, commit: str
+) -> str:
     head = "| runs | finished | ELBO median [min, max] | s per fit | redraws | errors |"
     rule = "|---|---|---|---|---|---|"
     lines = [
         "# Stability",
         "",
         f"Written by `python -m benchmarks.stability {' '.join(args.argv)}` at commit "
-        f"{_commit()} in {seconds / 60:.1f} min on this project's 2-core CPU box. Every fit "
+        f"{commit} in {seconds / 60:.1f} min on this project's 2-core CPU box. Every fit "
         "uses lr 0.01; `svi` is Pyro's own loop, `SVI(model, guide, Adam({'lr': 0.01}), "
         "ELBO)`, where a non-finite loss raises "
         "(a failure); `fit` is pyro_realnvp's loop. ELBO: mean log-weight over "
@@ -335,6 +337,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> str:
     start = time.perf_counter()
+    commit = _commit()  # the code the workers import now, not what is checked out at the end
     jobs = _jobs(args)
     results = []
     if args.workers > 1:
@@ -347,7 +350,7 @@ def main(args: argparse.Namespace) -> str:
             results.append(run_job(job))
             print(json.dumps(results[-1]), flush=True)
     setup = setup_time(*((2000, 9) if args.smoke else ()))
-    text = render(results, setup, args, time.perf_counter() - start)
+    text = render(results, setup, args, time.perf_counter() - start, commit)
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")
