@@ -127,6 +127,17 @@ def _failed_at_draws(error: Exception) -> FastPathError:
     )
 
 
+def _agree_or_refuse(log_joints: Callable[[], tuple[Tensor, Tensor]], why: str) -> None:
+    """Refuse the fast path, saying ``why``, unless the two log-joints agree."""
+    try:
+        with torch.no_grad():
+            expected, got = log_joints()
+    except (RuntimeError, ValueError) as error:
+        raise _failed_at_draws(error) from error
+    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4, equal_nan=True):
+        raise FastPathError(why)
+
+
 def _set_up(guide: AutoRealNVP, args: tuple, kwargs: dict, beta: float | None,
             num_particles: int | None) -> None:  # fmt: skip
     """Set the guide up, its ``start_rule="auto"`` read for this objective (tail-adaptive
@@ -240,16 +251,11 @@ class FastELBO:
             self.num_particles = particles_for(self._elements_per_particle())
         graph = self._record(self._draws(self.num_particles, seed=3))
         check = self._draws(self.num_particles, seed=4)
-        try:
-            with torch.no_grad():
-                expected, got = replay.log_joint(check), graph(check)
-        except (RuntimeError, ValueError) as error:
-            raise _failed_at_draws(error) from error
-        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4, equal_nan=True):
-            raise FastPathError(
-                "the captured log-density disagrees with the model at a fresh draw (hidden "
-                "data-dependent behaviour): fit with fast=False"
-            )
+        _agree_or_refuse(
+            lambda: (replay.log_joint(check), graph(check)),
+            "the captured log-density disagrees with the model at a fresh draw (hidden "
+            "data-dependent behaviour): fit with fast=False",
+        )
         return graph
 
     def _check_particles_apart(self) -> None:
@@ -257,19 +263,16 @@ class FastELBO:
         beside another draw as alone (``torch.stack([a, b]).sum()`` over the particle
         dimension passes Pyro's shape checks and would silently mix them)."""
         replay, draws = self._replay, self._draws(2, seed=5)
-        try:
-            with torch.no_grad():
-                together = replay.log_joint(draws)
-                alone = torch.cat([replay.log_joint(draws[i : i + 1]) for i in range(2)])
-        except (RuntimeError, ValueError) as error:
-            raise _failed_at_draws(error) from error
-        if not torch.allclose(together, alone, rtol=1e-4, atol=1e-4, equal_nan=True):
-            raise FastPathError(
-                "the model's log-density of one draw changes with the other draws beside it "
-                "(an operation mixes the particle dimension, such as a sum over all of a "
-                "latent's dimensions): fit with fast=False, or reduce over the model's own "
-                "dimensions only (dim=-1, .sum(-1))"
-            )
+        _agree_or_refuse(
+            lambda: (
+                replay.log_joint(draws),
+                torch.cat([replay.log_joint(draws[i : i + 1]) for i in range(2)]),
+            ),
+            "the model's log-density of one draw changes with the other draws beside it "
+            "(an operation mixes the particle dimension, such as a sum over all of a "
+            "latent's dimensions): fit with fast=False, or reduce over the model's own "
+            "dimensions only (dim=-1, .sum(-1))",
+        )
 
     def _record(self, example: Tensor) -> Callable[[Tensor], Tensor]:
         """The model's log-joint recorded at ``example`` as a graph of tensor operations."""
