@@ -209,7 +209,7 @@ def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) ->
 
 def _fit_step(target: Target, guide, schedule: Schedule):
     """The step ``fit`` would run for ``guide`` at its defaults, built but not yet run."""
-    how = (schedule, False, TAIL_BETA)
+    how = (schedule, False, TAIL_BETA, None)
     return _choose_step(target.model, guide, target.args, {}, None, None, None, None, how)[0]
 
 

@@ -413,8 +413,11 @@ class FastStep:
 
     name = "SVI (fast)"
 
-    def __init__(self, elbo: FastELBO, schedule: Schedule) -> None:
+    def __init__(self, elbo: FastELBO, schedule: Schedule, tail_steps: int | None = None) -> None:
         self.elbo, self.schedule = elbo, schedule
+        # After this many updates the tail weights give way to plain reverse KL (None:
+        # never); a host-side switch between steps, nothing inside the captured loss.
+        self.tail_steps, self.steps_taken = tail_steps, 0
         params = elbo.parameters()
         # One tensor for the optimizer where the parameters allow (one dtype and device)
         # and the loss is not compiled (its guards would see the parameters move).
@@ -426,11 +429,11 @@ class FastStep:
 
     @classmethod
     def build(cls, model, guide, args, kwargs, num_particles, schedule, compile=False,
-              beta=None):  # fmt: skip
+              beta=None, tail_steps=None):  # fmt: skip
         """Capture ``model`` for ``guide`` (raising :class:`FastPathError` if it cannot)."""
         elbo = FastELBO(model, guide, *args, num_particles=num_particles, beta=beta,
                         compile=compile, **kwargs)  # fmt: skip
-        return cls(elbo, schedule)
+        return cls(elbo, schedule, tail_steps)
 
     def __call__(self) -> float:
         if self.flat is not None:
@@ -444,6 +447,9 @@ class FastStep:
             self.clear_grads()  # the parameters get their own storage back
             raise
         self.decay.step()
+        self.steps_taken += 1
+        if self.steps_taken == self.tail_steps:
+            self.elbo.beta = None
         return value
 
     def _explained(self, error: NonFiniteLossError) -> NonFiniteLossError:

@@ -249,6 +249,30 @@ def test_one_particle_takes_the_elbo_rule_since_its_tail_weights_are_all_one():
     assert guide.start.kind == "local"
 
 
+def test_fast_step_weighs_its_first_tail_steps_then_trains_plain_reverse_kl():
+    guide = AutoRealNVP(banana_model, **SMALL)
+    schedule = Schedule(lr=0.01, lr_decay=1.0, clip_norm=10.0, num_steps=5)
+    step = FastStep.build(banana_model, guide, (), {}, 8, schedule, beta=-1.0, tail_steps=3)
+    plain = FastELBO(banana_model, guide, num_particles=8)
+    eps = plain.sample_noise()
+
+    def gradient(elbo):
+        params = elbo.parameters()
+        return torch.cat([g.flatten() for g in torch.autograd.grad(elbo.loss(eps), params)])
+
+    for taken in range(1, 5):
+        step()
+        assert step.elbo.beta == (-1.0 if taken < 3 else None)
+        assert torch.equal(gradient(step.elbo), gradient(plain)) == (taken >= 3)
+
+
+@pytest.mark.parametrize(("fraction", "kind"), [(0.5, "laplace"), (0.0, "local")])
+def test_fit_without_tail_steps_sets_the_guide_up_by_the_elbo_rule(fraction, kind):
+    guide = AutoRealNVP(banana_model, **SMALL)
+    fit(banana_model, guide, num_steps=2, progress=False, tail_fraction=fraction)
+    assert guide.start.kind == kind
+
+
 def test_fit_falling_back_to_pyro_sets_the_guide_up_again_from_the_elbo_choice():
     # A pyro.param in the model sends fit to Trace_ELBO after the fast path has set the
     # guide up for tail weights; reverse KL would narrow the Laplace start's x1.

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pyro_realnvp import AutoRealNVP, FastELBO, fit
+from pyro_realnvp.infer import _tail
 from pyro_realnvp.losses import check_beta, particle_objective, tail_adaptive_weights
 
 
@@ -97,3 +98,19 @@ def test_a_bad_beta_is_refused_naming_it(beta):
         fit(banana_like, guide, num_steps=1, progress=False, tail_beta=beta)
     with pytest.raises(ValueError, match="beta"):
         FastELBO(banana_like, guide, beta=beta)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "expected"), [(1.0, (-1.0, None)), (0.5, (-1.0, 5)), (0.05, (-1.0, 1)),
+                               (0.0, (None, None))],
+)  # fmt: skip
+def test_tail_fraction_gives_the_steps_the_weights_apply_to(fraction, expected):
+    assert _tail(-1.0, fraction, 10) == expected
+    assert _tail(None, fraction, 10) == (None, None)
+
+
+@pytest.mark.parametrize("fraction", [1.5, -0.1, float("nan"), True, "half"])
+def test_a_bad_tail_fraction_is_refused_naming_it(fraction):
+    guide = AutoRealNVP(banana_like, num_layers=2, hidden_dims=(8,))
+    with pytest.raises(ValueError, match="tail_fraction must be a number in"):
+        fit(banana_like, guide, num_steps=1, progress=False, tail_fraction=fraction)
