@@ -112,6 +112,8 @@ def run_job(job: dict) -> dict:
             losses, result["redraws"] = plain_svi_loop(target, guide, job["steps"]), 0
         else:
             particles = {} if job["particles"] is None else {"num_particles": job["particles"]}
+            if job.get("tail_fraction") is not None and job["guide"] == "AutoRealNVP":
+                particles["tail_fraction"] = job["tail_fraction"]
             losses, result["redraws"] = fit_counting_redraws(
                 target.model, guide, *target.args, num_steps=job["steps"], progress=False,
                 **particles,
@@ -594,6 +596,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--particles", type=int, default=None, help="for every guide (default: fit's own)"
     )
     parser.add_argument("--plain-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--tail-fraction", type=float, default=None, help="AutoRealNVP's fit (default: fit's)"
+    )
     parser.add_argument("--readme", type=Path, default=None, help="redraw its funnel figure")
     parser.add_argument(
         "--from-results",
@@ -618,7 +623,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _jobs(args: argparse.Namespace) -> list[dict]:
-    common = {"particles": args.particles, "draws": args.draws}
+    common = {"particles": args.particles, "draws": args.draws,
+              "tail_fraction": args.tail_fraction}  # fmt: skip
     jobs = [
         {"target": t, "seed": s, "guide": g, "steps": args.steps, **common}
         for t in args.exact
