@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 from collections.abc import Callable
 
 import pyro
@@ -125,6 +124,7 @@ def fit(
     check_training_args(
         num_steps=num_steps, lr=lr, num_particles=1 if num_particles is None else num_particles,
         lr_decay=lr_decay, clip_norm=clip_norm, max_redraws=max_redraws,
+        tail_fraction=tail_fraction,
     )  # fmt: skip
     schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
     fast = True if compile else fast
@@ -137,11 +137,8 @@ def fit(
 
 def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:
     """``(beta, steps)``: the tail-adaptive exponent and how many first steps it weighs
-    (``None``: all), from ``fit``'s ``tail_beta`` and ``tail_fraction``."""
-    if isinstance(fraction, bool) or not (
-        isinstance(fraction, numbers.Real) and 0.0 <= fraction <= 1.0
-    ):
-        raise ValueError(f"tail_fraction must be a number in [0, 1], got {fraction!r}")
+    (``None``: all), from ``fit``'s ``tail_beta`` and ``tail_fraction`` (checked by
+    :func:`~pyro_realnvp.train.check_training_args`)."""
     steps = math.ceil(fraction * num_steps)
     if beta is None or steps == 0:
         return None, None

@@ -210,8 +210,9 @@ def _finite(value) -> bool:
 
 
 def check_training_args(
-    *, num_steps=1, lr=1e-2, num_particles=1, lr_decay=0.1, clip_norm=10.0, max_redraws=0
-) -> None:
+    *, num_steps=1, lr=1e-2, num_particles=1, lr_decay=0.1, clip_norm=10.0, max_redraws=0,
+    tail_fraction=1.0,
+) -> None:  # fmt: skip
     """Refuse, before any step, a training argument outside its range, naming it.
 
     Example:
@@ -231,6 +232,8 @@ def check_training_args(
          "a number > 0 (math.inf for no clipping)"),
         ("max_redraws", max_redraws, is_int(max_redraws) and max_redraws >= 0,
          "an integer >= 0"),
+        ("tail_fraction", tail_fraction, _finite(tail_fraction) and 0 <= tail_fraction <= 1,
+         "a number in [0, 1] (the fraction of steps with tail-adaptive weights)"),
     ]  # fmt: skip
     for name, value, ok, accepted in checks:
         if not ok:
