@@ -31,6 +31,10 @@ ACTIVATION_VJPS: dict[type, Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
     nn.ELU: lambda layer, cot, out: torch.ops.aten.elu_backward(cot, layer.alpha, 1, 1, True, out),
     nn.ReLU: lambda layer, cot, out: torch.ops.aten.threshold_backward(cot, out, 0),
     nn.Tanh: lambda layer, cot, out: torch.ops.aten.tanh_backward(cot, out),
+    # From the output, as for ELU: with a slope >= 0 its sign is the input's.
+    nn.LeakyReLU: lambda layer, cot, out: torch.ops.aten.leaky_relu_backward(
+        cot, out, layer.negative_slope, True
+    ),
 }
 _LINEARS = (nn.Linear, ScaledLinear)
 
@@ -55,6 +59,8 @@ def supports_score(net: nn.Module) -> bool:
         if type(layer) in _LINEARS:
             continue
         if type(layer) not in ACTIVATION_VJPS or getattr(layer, "alpha", 1.0) <= 0:
+            return False
+        if getattr(layer, "negative_slope", 0.0) < 0:  # the output's sign is not the input's
             return False
     return True
 

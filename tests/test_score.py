@@ -15,8 +15,10 @@ F64 = {"dtype": torch.float64}
 
 
 @pytest.mark.parametrize(
-    "activation", [nn.ELU, partial(nn.ELU, alpha=0.5), nn.ReLU, nn.Tanh],
-    ids=["ELU", "ELU-alpha-0.5", "ReLU", "Tanh"],
+    "activation",
+    [nn.ELU, partial(nn.ELU, alpha=0.5), nn.ReLU, nn.Tanh, nn.LeakyReLU,
+     partial(nn.LeakyReLU, 0.2), partial(nn.LeakyReLU, 0.0)],
+    ids=["ELU", "ELU-alpha-0.5", "ReLU", "Tanh", "LeakyReLU", "LeakyReLU-0.2", "LeakyReLU-0"],
 )  # fmt: skip
 @pytest.mark.parametrize("fan_in_scaling", [False, True], ids=["Linear", "ScaledLinear"])
 def test_conditioner_vjp_equals_autograd(activation, fan_in_scaling):
@@ -59,6 +61,9 @@ def test_unknown_activations_custom_nets_and_hooks_are_not_supported():
     assert supports_score(conditioner(2, 4, (8,)))
     assert not supports_score(conditioner(2, 4, (8,), activation=nn.SiLU))
     assert not supports_score(nn.Sequential(nn.Linear(2, 4), nn.ELU(alpha=-1.0)))
+    # A negative slope flips the sign: the output no longer tells where the input was.
+    assert not supports_score(nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(-0.5)))
+    assert supports_score(nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(0.2)))
     net = conditioner(2, 4, (8,))
     for module in (net, net[0], net[1]):
         handle = module.register_forward_hook(lambda *_: None)
