@@ -22,6 +22,12 @@ __all__ = ["FiniteELBO", "NonFiniteLossError", "SVIStep", "explain_non_finite", 
 
 logger = logging.getLogger(__name__)
 
+#: ``fit``'s clip on the gradients' total norm where ``clip_norm=None``: 10 on Pyro's ELBO,
+#: as Pyro's ``ClippedAdam``; none on the fast path, whose largest gradients come from the
+#: rare particles far in p's tails, the only ones that teach q those tails (clipped at
+#: 10, the funnel's PSIS k-hat read 0.59; unclipped, 0.46: docs/tuning.md).
+CLIP_NORMS = {"svi": 10.0, "fast": math.inf}
+
 
 class SVIStep:
     """One ``SVI`` step with :class:`FiniteELBO`: Pyro's ELBO, any guide, any model.
@@ -67,7 +73,7 @@ def fit(
     loss: ELBO | None = None,
     optim: PyroOptim | None = None,
     lr_decay: float = 0.1,
-    clip_norm: float = 10.0,
+    clip_norm: float | None = None,
     max_redraws: int = 3,
     fast: bool | None = None,
     compile: bool | str = False,
@@ -78,7 +84,10 @@ def fit(
     """Run SVI for ``num_steps`` and return the loss history (negative ELBO per step).
 
     Adam at ``lr``, decayed geometrically to ``lr * lr_decay`` by the last step, the
-    gradients' total norm clipped at ``clip_norm`` (:class:`~pyro_realnvp.train.Schedule`).
+    gradients' total norm clipped at ``clip_norm`` (:class:`~pyro_realnvp.train.Schedule`);
+    ``None`` (the default) clips at 10 on Pyro's ELBO and not at all on the fast path
+    (``CLIP_NORMS``), where a rare particle far in p's tails makes the large gradient that
+    teaches q those tails.
     Particles are vectorized. For an :class:`~pyro_realnvp.AutoRealNVP` with no ``loss``
     or ``optim`` given, each step is the captured :class:`~pyro_realnvp.FastELBO` step
     with up to 32 particles (``fast.MAX_PARTICLES``; fewer where the model's own arithmetic
@@ -123,14 +132,18 @@ def fit(
     _check_callables(model, guide, loss, optim)
     check_training_args(
         num_steps=num_steps, lr=lr, num_particles=1 if num_particles is None else num_particles,
-        lr_decay=lr_decay, clip_norm=clip_norm, max_redraws=max_redraws,
-        tail_fraction=tail_fraction,
+        lr_decay=lr_decay, clip_norm=CLIP_NORMS["svi"] if clip_norm is None else clip_norm,
+        max_redraws=max_redraws, tail_fraction=tail_fraction,
     )  # fmt: skip
-    schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
+    schedules = {
+        path: Schedule(lr=lr, lr_decay=lr_decay, num_steps=num_steps,
+                       clip_norm=default if clip_norm is None else clip_norm)
+        for path, default in CLIP_NORMS.items()
+    }  # fmt: skip
     fast = True if compile else fast
     tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
-                              (schedule, compile, *tail))  # fmt: skip
+                              (schedules, compile, *tail))  # fmt: skip
     history = History(method="fast" if isinstance(step, FastStep) else "svi", note=note)
     return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
 
@@ -147,11 +160,11 @@ def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:
 
 def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, how):
     """The fast step where asked or possible, else Pyro's; and why not fast, if not."""
-    schedule, compile, beta, tail_steps = how
+    schedules, compile, beta, tail_steps = how
     if fast is not False and isinstance(guide, AutoRealNVP) and loss is None and optim is None:
         try:
-            step = FastStep.build(model, guide, args, kwargs, num_particles, schedule, compile,
-                                  beta, tail_steps)  # fmt: skip
+            step = FastStep.build(model, guide, args, kwargs, num_particles, schedules["fast"],
+                                  compile, beta, tail_steps)  # fmt: skip
             return step, ""
         except FastPathError as error:
             if fast:
@@ -169,6 +182,7 @@ def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, h
         )
     else:
         note = ""
+    schedule = schedules["svi"]
     return _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule), note
 
 

@@ -8,6 +8,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_median
 
 from pyro_realnvp import AutoRealNVP, FastPathError, FiniteELBO, NonFiniteLossError, fit
+from pyro_realnvp import fast as fast_module
+from pyro_realnvp import train as train_module
 from pyro_realnvp.finite import explain_non_finite
 
 SMALL = {"num_layers": 2, "hidden_dims": (8,)}
@@ -225,6 +227,31 @@ def test_fit_falls_back_to_pyro_saying_why_once(caplog):
         fit(model, AutoRealNVP(model, **SMALL), num_steps=5, progress=False, fast=True)
     with pytest.raises(FastPathError, match="needs an AutoRealNVP"):
         fit(model, AutoNormal(model), num_steps=5, progress=False, fast=True)
+
+
+@pytest.mark.parametrize(
+    ("clip_norm", "fast", "applied"),
+    [(None, True, math.inf), (None, False, 10.0), (3.0, True, 3.0), (3.0, False, 3.0)],
+    ids=["default-fast", "default-pyro", "given-fast", "given-pyro"],
+)  # fmt: skip
+def test_fit_clips_pyros_elbo_at_10_and_leaves_the_fast_path_unclipped(
+    monkeypatch, clip_norm, fast, applied
+):
+    # Unclipped, the rare particles far in p's tails teach q those tails (docs/tuning.md).
+    applied_clips = []
+    real = train_module.clip_total_norm
+
+    def spy(params, clip, total_norm=None):
+        applied_clips.append(clip)
+        return real(params, clip, total_norm)
+
+    monkeypatch.setattr(train_module, "clip_total_norm", spy)
+    monkeypatch.setattr(fast_module, "clip_total_norm", spy)
+    model = regression()
+    history = fit(model, AutoRealNVP(model, **SMALL), num_steps=3, progress=False,
+                  fast=fast, clip_norm=clip_norm)  # fmt: skip
+    assert history.method == ("fast" if fast else "svi")
+    assert applied_clips == [applied] * 3
 
 
 def test_fast_path_redraws_a_rare_non_finite_step():
