@@ -135,11 +135,7 @@ def fit(
         lr_decay=lr_decay, clip_norm=CLIP_NORMS["svi"] if clip_norm is None else clip_norm,
         max_redraws=max_redraws, tail_fraction=tail_fraction,
     )  # fmt: skip
-    schedules = {
-        path: Schedule(lr=lr, lr_decay=lr_decay, num_steps=num_steps,
-                       clip_norm=default if clip_norm is None else clip_norm)
-        for path, default in CLIP_NORMS.items()
-    }  # fmt: skip
+    schedules = _schedules(lr, lr_decay, clip_norm, num_steps)
     fast = True if compile else fast
     tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
@@ -158,8 +154,21 @@ def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:
     return beta, None if steps >= num_steps else steps
 
 
+def _schedules(
+    lr: float, lr_decay: float, clip_norm: float | None, num_steps: int
+) -> dict[str, Schedule]:
+    """``fit``'s schedule on each path (``"svi"``, ``"fast"``): clipped at ``clip_norm``,
+    or where it is ``None`` at the path's own (``CLIP_NORMS``)."""
+    return {
+        path: Schedule(lr=lr, lr_decay=lr_decay, num_steps=num_steps,
+                       clip_norm=default if clip_norm is None else clip_norm)
+        for path, default in CLIP_NORMS.items()
+    }  # fmt: skip
+
+
 def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, how):
-    """The fast step where asked or possible, else Pyro's; and why not fast, if not."""
+    """The fast step where asked or possible, else Pyro's; and why not fast, if not.
+    ``how`` is ``(schedules, compile, beta, tail_steps)``, ``schedules`` by path."""
     schedules, compile, beta, tail_steps = how
     if fast is not False and isinstance(guide, AutoRealNVP) and loss is None and optim is None:
         try:
