@@ -471,7 +471,7 @@ def render(
         f"{args.seeds}. posteriordb targets: {', '.join(pdb)}; {args.pdb_steps} steps, "
         f"seeds {args.pdb_seeds}.",
         "- Every guide: `pyro_realnvp.fit` at its defaults (Adam, lr 0.01 decayed to 0.001, "
-        "the gradients' total norm clipped at 10 on Pyro's ELBO, unclipped on the fast path), "
+        "the gradients' total norm clipped at 10 on Pyro's ELBO, at 100 on the fast path), "
         + _particles_prose(args.particles)
         + ", guide defaults. ANF = `AutoNormalizingFlow`: `partial(iterated, 4, affine_coupling)` "
         "as Pyro documents it, and `+perm` with a reversal `Permute` between the layers. "

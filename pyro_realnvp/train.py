@@ -103,7 +103,7 @@ class Schedule:
     total norm keeps each step's direction and only shortens a rare huge one. Clipping
     each entry instead, as Pyro's ``ClippedAdam`` does, bends the direction: density
     estimation lost to a 10-component GMM on two moons that way (docs/tuning.md). By
-    default ``fit`` does not clip its fast path at all (``pyro_realnvp.infer.CLIP_NORMS``).
+    default ``fit`` clips its fast path at 100, not 10 (``pyro_realnvp.infer.CLIP_NORMS``).
 
     Example:
         >>> Schedule(lr=0.01, lr_decay=0.1, clip_norm=10.0, num_steps=2).gamma

@@ -231,13 +231,14 @@ def test_fit_falls_back_to_pyro_saying_why_once(caplog):
 
 @pytest.mark.parametrize(
     ("clip_norm", "fast", "applied"),
-    [(None, True, math.inf), (None, False, 10.0), (3.0, True, 3.0), (3.0, False, 3.0)],
+    [(None, True, 100.0), (None, False, 10.0), (3.0, True, 3.0), (3.0, False, 3.0)],
     ids=["default-fast", "default-pyro", "given-fast", "given-pyro"],
 )  # fmt: skip
-def test_fit_clips_pyros_elbo_at_10_and_leaves_the_fast_path_unclipped(
+def test_fit_clips_pyros_elbo_at_10_and_the_fast_path_at_100(
     monkeypatch, clip_norm, fast, applied
 ):
-    # Unclipped, the rare particles far in p's tails teach q those tails (docs/tuning.md).
+    # At 10, the fast path cut the rare particles far in p's tails, which teach q those
+    # tails; unclipped, one early spike stalled Adam (docs/tuning.md).
     applied_clips = []
     real = train_module.clip_total_norm
 
