@@ -102,10 +102,12 @@ def _elementwise_sign(transform: Transform) -> Tensor | int | None:
 
 
 class AutoRealNVP(AutoContinuous):
-    r"""RealNVP posterior over the unconstrained latents, :math:`z = \mu + L f(\varepsilon)`.
+    r"""RealNVP posterior over the unconstrained latents,
+    :math:`z = \mu + L (f(\varepsilon) - f(0))`.
 
     :math:`\varepsilon \sim \mathcal N(0, I)`, :math:`f` is a :class:`~pyro_realnvp.RealNVP`
-    flow and :math:`L = \operatorname{diag}(\sigma)\,U` an affine scale: with
+    flow (centred, so :math:`\mu` is the draw at :math:`\varepsilon = 0`) and
+    :math:`L = \operatorname{diag}(\sigma)\,U` an affine scale: with
     ``affine="lower"`` :math:`U` is a learnable unit lower-triangular matrix (so linear
     correlations are captured exactly, as by ``AutoMultivariateNormal``), with
     ``"diagonal"`` it is the identity; ``"auto"`` picks ``"lower"`` up to
@@ -518,14 +520,24 @@ class AutoRealNVP(AutoContinuous):
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
     def _affine_transform(self, detach: bool = False) -> LowerCholeskyAffine | AffineTransform:
-        r""":math:`u = \mu + L x`; with ``detach`` its parameters carry no gradient."""
+        r""":math:`u = \mu + L (x - f(0))`; with ``detach`` its parameters carry no gradient.
+
+        Centred on :math:`f(0)`, :math:`\mu` is the draw at :math:`\varepsilon = 0`, and a
+        constant shift of the flow is no longer a second way to move q that :math:`\mu`
+        cancels. Uncentred, which of the two held an offset drifted with the start and
+        the noise wherever later layers scale the flow's shifts away, as in a funnel's
+        neck, and q's x sat there up to 12 of its own sds off centre (docs/tuning.md).
+        """
         loc, scale = self.loc, self.scale
+        # One pass of one row; at the identity flow it is 0, so the start is unchanged.
+        center = self.flow._forward(torch.zeros_like(loc))[0]
         if detach:
-            loc, scale = loc.detach(), scale.detach()
+            loc, scale, center = loc.detach(), scale.detach(), center.detach()
         if "scale_tril" in self._pyro_params:
             unit = self.scale_tril.detach() if detach else self.scale_tril
-            return LowerCholeskyAffine(loc, scale[..., None] * unit, cache_size=1)
-        return AffineTransform(loc, scale, event_dim=1, cache_size=1)
+            tril = scale[..., None] * unit
+            return LowerCholeskyAffine(loc - tril @ center, tril, cache_size=1)
+        return AffineTransform(loc - scale * center, scale, event_dim=1, cache_size=1)
 
     def get_transform(self, *args, **kwargs) -> ComposeTransform:
         return ComposeTransform([self.flow, self._affine_transform()], cache_size=1)
