@@ -526,7 +526,7 @@ class AutoRealNVP(AutoContinuous):
         constant shift of the flow is no longer a second way to move q that :math:`\mu`
         cancels. Uncentred, which of the two held an offset drifted with the start and
         the noise wherever later layers scale the flow's shifts away, as in a funnel's
-        neck, and q's x sat there up to 12 of its own sds off centre (docs/tuning.md).
+        neck, and q's x sat there tens of its own sds off centre (docs/tuning.md).
         """
         loc, scale = self.loc, self.scale
         # One pass of one row; at the identity flow it is 0, so the start is unchanged.
