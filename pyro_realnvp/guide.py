@@ -102,12 +102,10 @@ def _elementwise_sign(transform: Transform) -> Tensor | int | None:
 
 
 class AutoRealNVP(AutoContinuous):
-    r"""RealNVP posterior over the unconstrained latents,
-    :math:`z = \mu + L (f(\varepsilon) - f(0))`.
+    r"""RealNVP posterior over the unconstrained latents, :math:`z = \mu + L f(\varepsilon)`.
 
     :math:`\varepsilon \sim \mathcal N(0, I)`, :math:`f` is a :class:`~pyro_realnvp.RealNVP`
-    flow (centred, so :math:`\mu` is the draw at :math:`\varepsilon = 0`) and
-    :math:`L = \operatorname{diag}(\sigma)\,U` an affine scale: with
+    flow and :math:`L = \operatorname{diag}(\sigma)\,U` an affine scale: with
     ``affine="lower"`` :math:`U` is a learnable unit lower-triangular matrix (so linear
     correlations are captured exactly, as by ``AutoMultivariateNormal``), with
     ``"diagonal"`` it is the identity; ``"auto"`` picks ``"lower"`` up to
@@ -519,27 +517,15 @@ class AutoRealNVP(AutoContinuous):
         zeros = torch.zeros_like(self.loc)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 
-    def _affine_transform(
-        self, detach: bool = False, center: Tensor | None = None
-    ) -> LowerCholeskyAffine | AffineTransform:
-        r""":math:`u = \mu + L (x - f(0))`; with ``detach`` its parameters carry no gradient.
-
-        Centred on :math:`f(0)`, :math:`\mu` is the draw at :math:`\varepsilon = 0`, and a
-        constant shift of the flow is no longer a second way to move q that :math:`\mu`
-        cancels. Uncentred, which of the two held an offset drifted with the start and
-        the noise wherever later layers scale the flow's shifts away, as in a funnel's
-        neck, and q's x sat there tens of its own sds off centre (docs/tuning.md).
-        """
+    def _affine_transform(self, detach: bool = False) -> LowerCholeskyAffine | AffineTransform:
+        r""":math:`u = \mu + L x`; with ``detach`` its parameters carry no gradient."""
         loc, scale = self.loc, self.scale
-        if center is None:  # f(0), unless the caller's pass computed it beside its draws
-            center = self.flow._forward(torch.zeros_like(loc))[0]
         if detach:
-            loc, scale, center = loc.detach(), scale.detach(), center.detach()
+            loc, scale = loc.detach(), scale.detach()
         if "scale_tril" in self._pyro_params:
             unit = self.scale_tril.detach() if detach else self.scale_tril
-            tril = scale[..., None] * unit
-            return LowerCholeskyAffine(loc - tril @ center, tril, cache_size=1)
-        return AffineTransform(loc - scale * center, scale, event_dim=1, cache_size=1)
+            return LowerCholeskyAffine(loc, scale[..., None] * unit, cache_size=1)
+        return AffineTransform(loc, scale, event_dim=1, cache_size=1)
 
     def get_transform(self, *args, **kwargs) -> ComposeTransform:
         return ComposeTransform([self.flow, self._affine_transform()], cache_size=1)
@@ -594,17 +580,12 @@ class AutoRealNVP(AutoContinuous):
             >>> torch.allclose(log_q, guide.log_density_detached(u))
             True
         """
+        affine = self._affine_transform()
         score = None
-        # f(0), which centres the flow, as one more row of the same pass: a pass of its
-        # own cost a third of a fast step (funnel_d10, 32 particles).
-        both = _with_origin(eps)
         if torch.is_grad_enabled() and self.flow.supports_score():
-            x, flow_log_det, score = self.flow._forward_with_score(both, -both)
-            score = score[:-1].reshape(eps.shape)
+            x, flow_log_det, score = self.flow._forward_with_score(eps, -eps)
         else:
-            x, flow_log_det = self.flow._forward(both)
-        affine = self._affine_transform(center=x[-1])
-        x, flow_log_det = x[:-1].reshape(eps.shape), flow_log_det[:-1].reshape(eps.shape[:-1])
+            x, flow_log_det = self.flow._forward(eps)
         u = affine(x)
         if torch.is_grad_enabled() and score is None:
             return u, self.log_density_detached(u)
@@ -792,12 +773,6 @@ def _raw_loc_of_older_states(module, state_dict, prefix, *args) -> None:
     if raw is not None and prefix + "start_loc" not in state_dict:
         state_dict[prefix + "start_loc"] = torch.zeros_like(raw)
         state_dict[prefix + "start_scale"] = torch.ones_like(raw)
-
-
-def _with_origin(eps: Tensor) -> Tensor:
-    """``eps``'s rows, flattened to ``(N, D)``, and a last row of zeros."""
-    flat = eps.reshape(-1, eps.shape[-1])
-    return torch.cat([flat, flat.new_zeros(1, flat.shape[-1])])
 
 
 def _affine_score(affine: LowerCholeskyAffine | AffineTransform, score: Tensor) -> Tensor:
