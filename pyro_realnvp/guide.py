@@ -348,14 +348,14 @@ class AutoRealNVP(AutoContinuous):
             self._warn_bad_curvature(start.bad)
         return start
 
-    def _restart_by_elbo(self) -> bool:
+    def _restart_by_elbo(self) -> None:
         """Undo the set-up where ``start_rule`` took the Laplace start over the ELBO's
-        choice, so that the next call sets the guide up from that choice; ``True`` if it
-        did. For ``fit``, whose fast path set the guide up for tail-adaptive weights and
-        then fell back on Pyro's reverse KL: not for a guide that has trained."""
+        choice, so that the next call sets the guide up from that choice. For ``fit``,
+        whose fast path set the guide up for tail-adaptive weights and then fell back on
+        Pyro's reverse KL: not for a guide that has trained."""
         start = self.start
         if self.prototype_trace is None or start is None or start.elbo_choice is None:
-            return False
+            return
         prefix = self._pyro_get_fullname("")
         store = pyro.get_param_store()
         for name in [name for name in store.keys() if name.startswith(prefix)]:
@@ -367,7 +367,6 @@ class AutoRealNVP(AutoContinuous):
             self._buffers.pop(name, None)
         self.prototype_trace, self.start = None, None
         self._next_start = start.elbo_choice
-        return True
 
     def _warn_bad_curvature(self, bad: Tensor) -> None:
         sites, position = [], 0

@@ -131,12 +131,12 @@ def fit(
         (300, 3, 'svi')
     """
     _check_callables(model, guide, loss, optim)
+    schedules = _schedules(lr, lr_decay, clip_norm, num_steps)
     check_training_args(
         num_steps=num_steps, lr=lr, num_particles=1 if num_particles is None else num_particles,
-        lr_decay=lr_decay, clip_norm=CLIP_NORMS["svi"] if clip_norm is None else clip_norm,
-        max_redraws=max_redraws, tail_fraction=tail_fraction,
+        lr_decay=lr_decay, clip_norm=schedules["svi"].clip_norm, max_redraws=max_redraws,
+        tail_fraction=tail_fraction,
     )  # fmt: skip
-    schedules = _schedules(lr, lr_decay, clip_norm, num_steps)
     fast = True if compile else fast
     tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
@@ -192,8 +192,8 @@ def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, h
         )
     else:
         note = ""
-    schedule = schedules["svi"]
-    return _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule), note
+    step = _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedules["svi"])
+    return step, note
 
 
 def _check_callables(model, guide, loss, optim) -> None:
