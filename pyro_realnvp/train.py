@@ -212,7 +212,7 @@ def _finite(value) -> bool:
 
 def check_training_args(
     *, num_steps=1, lr=1e-2, num_particles=1, lr_decay=0.1, clip_norm=10.0, max_redraws=0,
-    tail_fraction=1.0,
+    tail_fraction=1.0, average=None,
 ) -> None:  # fmt: skip
     """Refuse, before any step, a training argument outside its range, naming it.
 
@@ -235,6 +235,8 @@ def check_training_args(
          "an integer >= 0"),
         ("tail_fraction", tail_fraction, _finite(tail_fraction) and 0 <= tail_fraction <= 1,
          "a number in [0, 1] (the fraction of steps with tail-adaptive weights)"),
+        ("average", average, average is None or (_finite(average) and 0 <= average <= 1),
+         "None or a number in [0, 1] (the average's time constant, a fraction of num_steps)"),
     ]  # fmt: skip
     for name, value, ok, accepted in checks:
         if not ok:
