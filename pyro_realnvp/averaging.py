@@ -7,7 +7,7 @@ tails, which the rare particles that reach them move the most (Polyak & Juditsky
 for stochastic VI, Dhaka et al. 2020, "Robust, Accurate Stochastic Optimization for
 Variational Inference"). On Neal's funnel the same five runs of ``fit`` read PSIS k-hat
 0.48, 0.47, 0.42, 0.62, 0.62 at their last iterate and 0.46, 0.41, 0.42, 0.51, 0.51
-averaged over the last fifteenth of the steps (docs/tuning.md).
+averaged with a time constant of a fifteenth of the steps (docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ class AveragedStep:
     def __call__(self) -> float:
         value = self.step()
         with torch.no_grad():
-            if not self._average:
-                self._params = list(self._find())
-                self._average = [param.detach().clone() for param in self._params]
+            if not self._average:  # both at once: an interrupt cannot leave them unpaired
+                params = list(self._find())
+                self._params, self._average = params, [p.detach().clone() for p in params]
             else:
                 self._update(self._average, [param.detach() for param in self._params], None)
         return value

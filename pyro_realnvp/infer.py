@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
@@ -51,20 +52,26 @@ class SVIStep:
     def __init__(self, model, guide, loss: ELBO, optim: PyroOptim, args, kwargs) -> None:
         self.svi = SVI(model, guide, optim, FiniteELBO(loss))
         self.guide, self.args, self.kwargs = guide, args, kwargs
+        self._trained: list[torch.Tensor] = []
 
     def __call__(self) -> float:
-        return self.svi.step(*self.args, **self.kwargs)
+        with poutine.trace(param_only=True) as capture:
+            loss = self.svi.step(*self.args, **self.kwargs)
+        # What SVI itself steps: the unconstrained values of the param sites it met.
+        trained = (site["value"].unconstrained() for site in capture.trace.nodes.values())
+        self._trained = list({id(p): p for p in trained}.values())
+        return loss
 
     def parameters(self) -> list[torch.Tensor]:
-        """The param store's tensors and the guide's, each once."""
-        params = [p for _, p in pyro.get_param_store().named_parameters()]
-        if isinstance(self.guide, torch.nn.Module):
-            params += list(self.guide.parameters())
-        return list({id(p): p for p in params}.values())
+        """The unconstrained tensors the last step trained (none before the first)."""
+        return list(self._trained)
 
     def clear_grads(self) -> None:
         # Pyro zeroes gradients only after its update; an interrupt before it leaves them.
-        for param in self.parameters():
+        params = [p for _, p in pyro.get_param_store().named_parameters()]
+        if isinstance(self.guide, torch.nn.Module):
+            params += list(self.guide.parameters())
+        for param in params + self._trained:
             param.grad = None
 
 
@@ -114,12 +121,13 @@ def fit(
     where reverse KL thins q's tails (gp_pois_regr 0.68 to 0.73, docs/tuning.md), so the
     default stays 1. The loss reported is the negative ELBO either way.
 
-    The parameters end at an exponential moving average of the iterates, with a time
+    A whole run ends at an exponential moving average of the iterates, with a time
     constant of ``average * num_steps`` steps (:class:`~pyro_realnvp.averaging.AveragedStep`,
     Polyak averaging): the last iterate is a noisy point about the optimum, and its
     average cut the funnel's k-hat from 0.62 to 0.51 at the worst of five seeds. ``None``
-    or 0 ends at the last iterate, as Pyro's ``SVI`` loop does. The losses are those of
-    the iterates either way; an interrupted or failed run also ends at the average.
+    or 0 ends at the last iterate, as Pyro's ``SVI`` loop does, and so does a run stopped
+    early (Ctrl-C, a step that stayed non-finite), whose average would lag behind it. The
+    losses are those of the iterates either way.
 
     Every step either updates every parameter or none: a step with a non-finite loss or
     gradient is redrawn, up to ``max_redraws`` times in a row (a rare draw far in the
@@ -155,13 +163,12 @@ def fit(
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
                               (schedules, compile, *tail))  # fmt: skip
     history = History(method="fast" if isinstance(step, FastStep) else "svi", note=note)
-    if average:
-        step = AveragedStep(step, step.parameters, horizon=average * num_steps)
-    try:
+    if not average or average * num_steps <= 1:  # a time constant of one step: the last
         return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
-    finally:
-        if average:
-            step.write()
+    step = AveragedStep(step, step.parameters, horizon=average * num_steps)
+    history = train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
+    step.write()  # only after a whole run: one stopped early is still on its way
+    return history
 
 
 def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:
