@@ -45,9 +45,9 @@ from benchmarks.metrics import moment_errors, sliced_w1, standardize
 from benchmarks.posteriordb import POSTERIORDB_TARGETS
 from benchmarks.targets import EXACT_TARGETS, Target
 from pyro_realnvp import NonFiniteLossError
-from pyro_realnvp.averaging import AVERAGE, AveragedStep
+from pyro_realnvp.averaging import AVERAGE
 from pyro_realnvp.fast import MAX_PARTICLES
-from pyro_realnvp.infer import _choose_step, _schedules
+from pyro_realnvp.infer import _averaged, _choose_step, _schedules
 from pyro_realnvp.losses import TAIL_BETA
 from pyro_realnvp.train import Schedule, train
 
@@ -215,7 +215,7 @@ def _fit_step(target: Target, guide, schedules: dict[str, Schedule]):
     """The step ``fit`` would run for ``guide`` at its defaults, built but not yet run."""
     how = (schedules, False, TAIL_BETA, None)
     step = _choose_step(target.model, guide, target.args, {}, None, None, None, None, how)[0]
-    return AveragedStep(step, step.parameters, horizon=AVERAGE * schedules["fast"].num_steps)
+    return _averaged(step, AVERAGE, schedules["fast"].num_steps)
 
 
 def _warm_up(target: Target, schedules: dict[str, Schedule]) -> None:

@@ -55,15 +55,18 @@ class SVIStep:
         self._trained: list[torch.Tensor] = []
 
     def __call__(self) -> float:
+        if self._trained:
+            return self.svi.step(*self.args, **self.kwargs)
+        # Until a step succeeds: what SVI steps, the unconstrained values of the param sites
+        # it meets, which a step that raised need not have met yet.
         with poutine.trace(param_only=True) as capture:
             loss = self.svi.step(*self.args, **self.kwargs)
-        # What SVI itself steps: the unconstrained values of the param sites it met.
         trained = (site["value"].unconstrained() for site in capture.trace.nodes.values())
         self._trained = list({id(p): p for p in trained}.values())
         return loss
 
     def parameters(self) -> list[torch.Tensor]:
-        """The unconstrained tensors the last step trained (none before the first)."""
+        """The unconstrained tensors the first successful step trained (none before it)."""
         return list(self._trained)
 
     def clear_grads(self) -> None:
@@ -163,12 +166,21 @@ def fit(
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
                               (schedules, compile, *tail))  # fmt: skip
     history = History(method="fast" if isinstance(step, FastStep) else "svi", note=note)
-    if not average or average * num_steps <= 1:  # a time constant of one step: the last
-        return train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
-    step = AveragedStep(step, step.parameters, horizon=average * num_steps)
+    step = _averaged(step, average, num_steps)
     history = train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
-    step.write()  # only after a whole run: one stopped early is still on its way
+    if isinstance(step, AveragedStep):  # only after a whole run: one stopped early is
+        step.write()  # still on its way, and its average would lag behind it
     return history
+
+
+def _averaged(
+    step: SVIStep | FastStep, average: float | None, num_steps: int
+) -> SVIStep | FastStep | AveragedStep:
+    """``step`` as ``fit`` runs it: within an :class:`AveragedStep` whose time constant is
+    ``average * num_steps`` steps, or as it is where that is one step or less."""
+    if not average or average * num_steps <= 1:
+        return step
+    return AveragedStep(step, step.parameters, horizon=average * num_steps)
 
 
 def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:
