@@ -45,11 +45,7 @@ from benchmarks.metrics import moment_errors, sliced_w1, standardize
 from benchmarks.posteriordb import POSTERIORDB_TARGETS
 from benchmarks.targets import EXACT_TARGETS, Target
 from pyro_realnvp import NonFiniteLossError
-from pyro_realnvp.averaging import AVERAGE
-from pyro_realnvp.fast import MAX_PARTICLES
-from pyro_realnvp.infer import _averaged, _choose_step, _schedules
-from pyro_realnvp.losses import TAIL_BETA
-from pyro_realnvp.train import Schedule, train
+from pyro_realnvp.infer import MAX_PARTICLES, fit_step, train
 
 __all__ = ["main", "parse_args", "run_job"]
 
@@ -181,8 +177,7 @@ def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) ->
     width 10 D, as ``affine_coupling``'s default) for a like-for-like comparison."""
     torch.set_num_threads(1)
     target = get_target(target_name, draws)
-    schedules = _schedules(lr=1e-2, lr_decay=0.1, clip_norm=None, num_steps=3000)  # fit's
-    _warm_up(target, schedules)
+    _warm_up(target)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guides = {name: make_guide(name, target.model) for name in GUIDES}
@@ -194,7 +189,7 @@ def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) ->
     for name, guide in guides.items():
         start = time.perf_counter()
         # fit's own choice of step, built once so that the clock sees steps only.
-        built[name] = _fit_step(target, guide, schedules)
+        built[name] = _fit_step(target, guide)
         train(built[name], 5, progress=False)  # the first steps set Pyro guides up
         setup[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in guides}
@@ -211,20 +206,19 @@ def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) ->
     return {name: (value, value / ms["AutoNormal"], setup[name]) for name, value in ms.items()}
 
 
-def _fit_step(target: Target, guide, schedules: dict[str, Schedule]):
-    """The step ``fit`` would run for ``guide`` at its defaults, built but not yet run."""
-    how = (schedules, False, TAIL_BETA, None)
-    step = _choose_step(target.model, guide, target.args, {}, None, None, None, None, how)[0]
-    return _averaged(step, AVERAGE, schedules["fast"].num_steps)
+def _fit_step(target: Target, guide):
+    """The step ``fit`` would run for ``guide`` at its defaults (3000 steps), built but not
+    yet run."""
+    return fit_step(target.model, guide, *target.args, num_steps=3000)[0]
 
 
-def _warm_up(target: Target, schedules: dict[str, Schedule]) -> None:
+def _warm_up(target: Target) -> None:
     """Build and run every guide's step once, untimed, so that one-off imports (torch's
     first LBFGS imports the compiler stack, about 1.4 s) are charged to no guide."""
     for name in GUIDES:
         pyro.clear_param_store()
         guide = make_guide(name, target.model)
-        step = _fit_step(target, guide, schedules)
+        step = _fit_step(target, guide)
         train(step, 2, progress=False)
 
 
@@ -426,7 +420,7 @@ def _particles_prose(particles: int | None) -> str:
         return f"{particles} particle(s) per step for every guide"
     return (
         f"particles as `fit` chooses them: up to {MAX_PARTICLES} on the captured fast path "
-        "(fewer where the model's work per particle is large, `pyro_realnvp.fast."
+        "(fewer where the model's work per particle is large, `pyro_realnvp.infer.fast."
         "particles_for`: garch11 8, diamonds 16), which `fit` takes for AutoRealNVP when "
         "the model allows it (every target here), 1 for the other guides (Pyro's "
         "`Trace_ELBO`)"

@@ -35,9 +35,8 @@ from pyro.infer.autoguide import AutoIAFNormal, AutoNormal, AutoNormalizingFlow
 from pyro.optim import Adam
 
 from benchmarks.zuko_guide import AutoZukoRealNVP, zuko_available
-from pyro_realnvp import AutoRealNVP
-from pyro_realnvp.coupling import default_hidden_dims
-from pyro_realnvp.fast import FastELBO
+from pyro_realnvp import AutoRealNVP, FastELBO
+from pyro_realnvp.flows.coupling import default_hidden_dims
 
 NUM_LAYERS = 4
 LR = 1e-3

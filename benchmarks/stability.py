@@ -40,7 +40,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
 
 from benchmarks.guides import fit_counting_redraws
 from pyro_realnvp import AutoRealNVP, fit_fast
-from pyro_realnvp._compat import full_data_plates
+from pyro_realnvp._internal.compat import full_data_plates
 
 __all__ = ["hierarchical", "main", "parse_args", "regression", "run_job"]
 

@@ -21,9 +21,8 @@ import pyro.distributions as dist
 import torch
 from torch.distributions.transforms import AffineTransform, ComposeTransform, SigmoidTransform
 
-from pyro_realnvp import RealNVP
+from pyro_realnvp import RealNVP, multiscale_realnvp
 from pyro_realnvp.density import bits_per_dim, dequantize, fit_density, flow_distribution
-from pyro_realnvp.image import multiscale_realnvp
 
 LEVELS, ALPHA = 17, 0.05
 

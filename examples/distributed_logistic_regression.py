@@ -23,9 +23,9 @@ import pyro.distributions as dist
 import torch
 
 from pyro_realnvp import AutoRealNVP
-from pyro_realnvp.ddp import fit_distributed
 from pyro_realnvp.distributed import (
     data_plate,
+    fit_distributed,
     is_main_process,
     process_group,
     save_checkpoint,

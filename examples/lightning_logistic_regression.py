@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from pyro_realnvp import AutoRealNVP
 from pyro_realnvp.distributed import Blocks, data_plate
-from pyro_realnvp.lightning import SVIModule
+from pyro_realnvp.distributed.lightning import SVIModule
 
 
 def make_data(num_data: int, dim: int, dtype: torch.dtype, seed: int = 0):

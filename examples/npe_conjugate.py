@@ -17,7 +17,7 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import Predictive
 
-from pyro_realnvp.conditional import ConditionalRealNVP
+from pyro_realnvp import ConditionalRealNVP
 from pyro_realnvp.density import fit_density, flow_distribution
 
 

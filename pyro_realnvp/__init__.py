@@ -1,20 +1,35 @@
-"""RealNVP normalizing-flow posteriors for Pyro SVI."""
+"""RealNVP normalizing-flow posteriors for Pyro SVI.
 
-from .conditional import ConditionalRealNVP, ConditionedRealNVP, conditional_realnvp
-from .coupling import MaskedAffineCoupling, masked_affine_coupling
-from .ddp import DataParallelELBO, fit_distributed
+The package is in layers, each importing only those below it (docs/architecture.md):
+``flows`` (the transforms), ``guide`` (:class:`AutoRealNVP`), ``infer`` (``fit`` and the
+one training loop), ``distributed`` (data-parallel training), and the use cases
+``density``, ``diagnostics`` and ``plots``; ``errors`` holds what users catch.
+"""
+
+import importlib as _importlib
+
 from .density import anomaly_scores, bits_per_dim, dequantize, fit_density, flow_distribution
 from .diagnostics import KHat, khat_reading, psis_khat, to_inference_data
-from .distributed import RankFailedError
-from .fast import FastELBO, FastPathError
-from .flow import RealNVP, realnvp
-from .guide import AutoRealNVP
-from .image import ConvConditioner, channel_mask, checkerboard_mask, multiscale_realnvp, squeeze
-from .infer import FiniteELBO, NonFiniteLossError, fit, fit_fast
-from .losses import particle_objective, tail_adaptive_weights
-from .masks import alternating_mask, bit_mask, coupling_masks, half_mask, separating_codes
+from .distributed.ddp import DataParallelELBO, fit_distributed
+from .errors import FastPathError, NonFiniteLossError, RankFailedError, TrainingInterrupted
+from .flows.conditional import ConditionalRealNVP, ConditionedRealNVP, conditional_realnvp
+from .flows.coupling import MaskedAffineCoupling
+from .flows.image import (
+    ConvConditioner,
+    channel_mask,
+    checkerboard_mask,
+    multiscale_realnvp,
+    squeeze,
+)
+from .flows.masks import alternating_mask, bit_mask, coupling_masks, half_mask, separating_codes
+from .flows.realnvp import RealNVP, masked_affine_coupling, realnvp
+from .guide.auto_realnvp import AutoRealNVP
+from .infer.fast import FastELBO
+from .infer.finite import FiniteELBO
+from .infer.loop import History
+from .infer.losses import particle_objective, tail_adaptive_weights
+from .infer.svi import fit, fit_fast
 from .plots import plot_loss, plot_pair
-from .train import History, TrainingInterrupted
 
 __all__ = [
     "AutoRealNVP",
@@ -62,3 +77,35 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+#: Modules of the flat layout before 0.2, each an alias (that warns) of where it moved.
+_MOVED = {
+    "averaging": "infer.averaging",
+    "conditional": "flows.conditional",
+    "coupling": "flows.coupling",
+    "ddp": "distributed.ddp",
+    "fast": "infer.fast",
+    "finite": "infer.finite",
+    "flat": "infer.flat",
+    "flow": "flows.realnvp",
+    "image": "flows.image",
+    "init_checks": "guide.checks",
+    "laplace": "guide.laplace",
+    "lightning": "distributed.lightning",
+    "losses": "infer.losses",
+    "masks": "flows.masks",
+    "nn": "flows.conditioner",
+    "one_pass": "flows.one_pass",
+    "potential": "guide.potential",
+    "score": "flows.conditioner",
+    "start_units": "guide.units",
+    "train": "infer.loop",
+}
+
+
+def __getattr__(name: str):
+    # ``pyro_realnvp.ddp`` and the like, as attributes, after a plain ``import pyro_realnvp``
+    # (the old package imported them eagerly): the alias module, which warns.
+    if name in _MOVED:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 
@@ -14,9 +15,10 @@ from pyro.distributions.conditional import (
 from torch import Tensor, nn
 from torch.distributions.transforms import Transform
 
-from ._checks import check_int
-from .conditional import ConditionalRealNVP
-from .train import History, NonFiniteLossError, Schedule, check_training_args, train
+from ._internal.checks import check_int
+from .errors import NonFiniteLossError
+from .flows.conditional import ConditionalRealNVP
+from .infer.loop import History, Schedule, check_training_args, train
 
 __all__ = [
     "anomaly_scores",
@@ -179,56 +181,36 @@ def _check_inputs(
 
 
 def fit_density(
-    flow_or_distribution,
-    data: Tensor,
-    *,
-    context: Tensor | None = None,
-    num_steps: int = 2000,
-    batch_size: int = 256,
-    lr: float = 1e-2,
-    lr_decay: float = 0.1,
-    clip_norm: float = 10.0,
-    weight_decay: float = 0.0,
-    valid_data: Tensor | None = None,
-    valid_context: Tensor | None = None,
-    valid_every: int = 100,
-    allow_integer_values: bool = False,
-    progress: bool = True,
+    flow_or_distribution, data: Tensor, *, context: Tensor | None = None,
+    num_steps: int = 2000, batch_size: int = 256, lr: float = 1e-2, lr_decay: float = 0.1,
+    clip_norm: float = 10.0, weight_decay: float = 0.0, valid_data: Tensor | None = None,
+    valid_context: Tensor | None = None, valid_every: int = 100,
+    allow_integer_values: bool = False, progress: bool = True,
     generator: torch.Generator | None = None,
-) -> History:
+) -> History:  # fmt: skip
     r"""Maximum likelihood, :math:`\max_\phi \frac1B \sum_i \log q_\phi(y_i \mid c_i)`, by Adam.
 
-    Each step scores a mini-batch drawn without replacement (reshuffled every epoch);
-    the learning rate decays geometrically to ``lr * lr_decay`` by the last step and the
-    gradients' total norm is clipped at ``clip_norm``, as in ``fit``
-    (:class:`~pyro_realnvp.train.Schedule`). Modules are
-    in training mode while fitting (so a ``BatchNorm`` layer uses batch statistics) and in
-    evaluation mode afterwards. A non-finite loss raises
-    :class:`~pyro_realnvp.NonFiniteLossError` before any parameter is updated; Ctrl-C stops
-    after the current step (both errors carry ``.history``). Batches move to the flow's
-    device, so ``data`` may stay on
-    the CPU. With ``valid_data`` the held-out negative log-likelihood is computed every
-    ``valid_every`` steps and the parameters that scored best are restored at the end
-    (early stopping: a flow that overfits puts near-zero density, and huge scores, on
-    held-out points).
+    Each step scores a mini-batch drawn without replacement (reshuffled every epoch), on
+    ``fit``'s one loop and schedule (:class:`~pyro_realnvp.infer.loop.Schedule`): a
+    non-finite loss raises :class:`~pyro_realnvp.NonFiniteLossError` having updated
+    nothing, Ctrl-C stops after the step (both carry ``.history``). Modules train in
+    training mode (a ``BatchNorm`` uses batch statistics), end in evaluation mode. With
+    ``valid_data`` the held-out negative log-likelihood is computed every ``valid_every``
+    steps and the best parameters are restored at the end (early stopping).
 
     Args:
         flow_or_distribution: A flow (``RealNVP``, ``ConditionalRealNVP``), wrapped by
             :func:`flow_distribution`, or a (conditional) transformed distribution.
-        data: Observations of shape ``(N, D)``, real-valued.
-        context: Conditioning values of shape ``(N, C)``, required for a conditional
-            density and refused otherwise.
+        data, context: Observations ``(N, D)``, and for a conditional density their
+            contexts ``(N, C)``; batches move to the flow's device.
         num_steps, batch_size, lr, lr_decay, clip_norm, weight_decay: Optimisation.
-        valid_data, valid_context: Held-out observations (and their contexts) for early
-            stopping, checked like ``data`` and ``context``.
-        valid_every: Steps between held-out evaluations, an integer >= 1.
-        allow_integer_values: Accept data whose values are all whole numbers (refused by
-            default: integer pixels need :func:`dequantize`).
-        progress: Show a tqdm bar with the loss (off when stderr is not a terminal).
-        generator: Random generator for the mini-batch order.
+        valid_data, valid_context, valid_every: Held-out rows for early stopping.
+        allow_integer_values: Accept data of whole numbers only (integer pixels need
+            :func:`dequantize` first, so they are refused by default).
+        progress, generator: The progress bar; the mini-batch order's random generator.
 
     Returns:
-        The loss history: mean negative log-likelihood (nats per observation) per step.
+        The mean negative log-likelihood (nats per observation) of each step.
 
     Example:
         >>> from pyro_realnvp import RealNVP
@@ -242,40 +224,63 @@ def fit_density(
     check_training_args(num_steps=num_steps, lr=lr, lr_decay=lr_decay, clip_norm=clip_norm)
     batch_size = check_int("batch_size", batch_size, 1)
     valid_every = check_int("valid_every", valid_every, 1)
-    integers = {"allow_integer_values": allow_integer_values}
-    data, context = _check_inputs(density, data, context, ("data", "context"), **integers)
-    if valid_data is not None:
-        valid = ("valid_data", "valid_context")
-        valid_data, valid_context = _check_inputs(
-            density, valid_data, valid_context, valid, **integers
-        )
+    data, context, valid_data, valid_context = _check_all_inputs(
+        density, data, context, valid_data, valid_context, allow_integer_values
+    )
     modules = list(_modules(density.transforms))
     params = _trainable_parameters(modules)
     schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
     step = _LikelihoodStep(density, params, data, context, batch_size, generator)
-    step.optimizer, step.decay = schedule.torch_optimizer(params, weight_decay=weight_decay)
-    step.clip = schedule.clip
-    best = [math.inf, None]
+    step.optimize(schedule, weight_decay)
+    best = _BestHeldOut(density, modules, valid_data, valid_context, valid_every, num_steps)
+    with best.training():
+        return train(step, num_steps, max_redraws=0, progress=progress, monitor=best.monitor)
 
-    def validate(index: int, loss: float) -> dict:
-        if valid_data is None or ((index + 1) % valid_every and index + 1 != num_steps):
+
+def _check_all_inputs(density, data, context, valid_data, valid_context, integers: bool):
+    """``data``, ``context`` and their held-out counterparts, checked by name."""
+    data, context = _check_inputs(
+        density, data, context, ("data", "context"), allow_integer_values=integers
+    )
+    if valid_data is not None:
+        names = ("valid_data", "valid_context")
+        valid_data, valid_context = _check_inputs(
+            density, valid_data, valid_context, names, allow_integer_values=integers
+        )
+    return data, context, valid_data, valid_context
+
+
+class _BestHeldOut:
+    """Early stopping: the held-out negative log-likelihood every ``every`` steps (and at
+    the last), the modules' best state kept and restored. Nothing without held-out data."""
+
+    def __init__(self, density, modules, data, context, every: int, num_steps: int) -> None:
+        self.density, self.modules, self.data, self.context = density, modules, data, context
+        self.every, self.num_steps = every, num_steps
+        self.best = (math.inf, None)
+
+    def monitor(self, index: int, loss: float) -> dict:
+        """The progress bar's field, after step ``index`` (the loop's ``monitor``)."""
+        if self.data is None or ((index + 1) % self.every and index + 1 != self.num_steps):
             return {}
-        best[:] = _keep_best(tuple(best), density, modules, valid_data, valid_context)
-        return {"valid_nll": f"{best[0]:.4g}"}
+        self.best = _keep_best(self.best, self.density, self.modules, self.data, self.context)
+        return {"valid_nll": f"{self.best[0]:.4g}"}
 
-    for module in modules:
-        module.train()
-    try:
-        history = train(step, num_steps, max_redraws=0, progress=progress, monitor=validate)
-    finally:
-        for module in modules:
-            module.eval()
-        if best[1] is not None:
-            for module, state in zip(modules, best[1], strict=True):
-                module.load_state_dict(state)
-    return history
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """The modules in training mode; after, in evaluation mode at their best state."""
+        for module in self.modules:
+            module.train()
+        try:
+            yield
+        finally:
+            for module in self.modules:
+                module.eval()
+            if self.best[1] is not None:
+                for module, state in zip(self.modules, self.best[1], strict=True):
+                    module.load_state_dict(state)
 
 
 def _trainable_parameters(modules: list[nn.Module]) -> list[Tensor]:
@@ -301,6 +306,11 @@ class _LikelihoodStep:
     optimizer: torch.optim.Optimizer
     decay: torch.optim.lr_scheduler.LRScheduler
     clip: Callable[[list[Tensor]], None]
+
+    def optimize(self, schedule: Schedule, weight_decay: float) -> None:
+        """Step by ``schedule``'s optimizer, decay and clipping."""
+        self.optimizer, self.decay = schedule.torch_optimizer(self.params, weight_decay)
+        self.clip = schedule.clip
 
     def __init__(self, density, params, data, context, batch_size, generator):
         self.density, self.params, self.data, self.context = density, params, data, context

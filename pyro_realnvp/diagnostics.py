@@ -20,9 +20,9 @@ from pyro.infer.autoguide import AutoContinuous, AutoGuideList
 from pyro.infer.importance import vectorized_importance_weights
 from pyro.poutine.util import site_is_subsample
 
-from ._checks import check_int
-from ._compat import full_data_plates, is_deterministic_site
-from .potential import subsampled_sites
+from ._internal.checks import check_int
+from ._internal.compat import full_data_plates, is_deterministic_site
+from .guide.potential import subsampled_sites
 
 if TYPE_CHECKING:
     from arviz import InferenceData
@@ -338,9 +338,21 @@ def to_inference_data(
     num_samples = check_int("num_samples", num_samples, 1)
     max_plate_nesting = _check_nesting(max_plate_nesting)
     _ensure_setup(guide, args, kwargs)
-    log_weights, model_trace, predictive_trace, one_draw = _full_data_traces(
+    log_weights, *traces = _full_data_traces(
         model, guide, args, kwargs, num_samples, max_plate_nesting
     )
+    groups, dims = _groups(*traces, num_samples)
+    return az.from_dict(
+        **{group: data or None for group, data in groups.items()},
+        sample_stats={"log_weight": log_weights.reshape(1, num_samples).cpu().numpy()},
+        dims=dims,
+        attrs={"inference_library": "pyro", "guide": type(guide).__name__},
+    )
+
+
+def _groups(model_trace, predictive_trace, one_draw, num_samples: int) -> tuple[dict, dict]:
+    """InferenceData's groups of arrays ``(1, num_samples, ...)`` by site, and the dims
+    named after plates, from the vectorized traces and one draw's (its per-draw shapes)."""
     shapes = _sites(one_draw)
     groups: dict[str, dict] = {
         "posterior": {},
@@ -369,9 +381,4 @@ def to_inference_data(
         if one["value"].shape == batch_shape + one["fn"].event_shape:
             # Batch dims only: ArviZ names event dims ``<site>_dim_<i>`` as we would.
             dims[name] = _dim_names(one, len(batch_shape))
-    return az.from_dict(
-        **{group: data or None for group, data in groups.items()},
-        sample_stats={"log_weight": log_weights.reshape(1, num_samples).cpu().numpy()},
-        dims=dims,
-        attrs={"inference_library": "pyro", "guide": type(guide).__name__},
-    )
+    return groups, dims

@@ -5,11 +5,10 @@ import numpy as np
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import autograd_log_det, randomize_
 from pyro.distributions.transforms import BatchNorm
 
-from conftest import autograd_log_det, randomize_
 from pyro_realnvp import NonFiniteLossError, RealNVP
-from pyro_realnvp.conditional import ConditionalRealNVP
 from pyro_realnvp.density import (
     anomaly_scores,
     bits_per_dim,
@@ -17,6 +16,7 @@ from pyro_realnvp.density import (
     fit_density,
     flow_distribution,
 )
+from pyro_realnvp.flows.conditional import ConditionalRealNVP
 
 
 def random_flow(dim, seed=0, dtype=torch.float32):

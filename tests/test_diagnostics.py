@@ -12,7 +12,7 @@ import torch
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal, init_to_value
 
 from pyro_realnvp import AutoRealNVP, KHat, fit, khat_reading, psis_khat, to_inference_data
-from pyro_realnvp.potential import Potential
+from pyro_realnvp.guide.potential import Potential
 
 SIGMA = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
 Y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])

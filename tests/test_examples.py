@@ -66,8 +66,8 @@ SMOKED_ELSEWHERE = {
     "density_two_moons": "test_density_examples.py",
     "digits": "test_density_examples.py",
     "npe_conjugate": "test_density_examples.py",
-    "distributed_logistic_regression": "test_distributed.py",
-    "lightning_logistic_regression": "test_lightning.py",
+    "distributed_logistic_regression": "distributed/test_distributed.py",
+    "lightning_logistic_regression": "distributed/test_lightning.py",
 }
 
 

@@ -1,0 +1,444 @@
+"""AutoRealNVP: a RealNVP flow as a Pyro posterior family over all continuous latents."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.distributions.transforms import ComposeTransform
+from pyro.infer.autoguide import AutoContinuous
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
+from pyro.nn import PyroParam
+from pyro.util import get_rng_state, set_rng_state
+from torch import Tensor, nn
+
+from .._internal.compat import prototype_hide_fn, stored_constraint, unpack_latent
+from ..flows.realnvp import RealNVP
+from . import checks, store, summaries
+from .laplace import START_RULES, GaussianStart, laplace_start, local_start
+from .options import AUTO_LOWER_MAX_DIM, check_options, flow_options
+from .posterior import (
+    Affine,
+    PathGradientPosterior,
+    affine_transform,
+    inverse_log_density,
+    path_gradient_draw,
+    total_gradient_draw,
+)
+from .potential import Potential
+from .summaries import PackedPosterior, check_finite_params, flow_is_identity
+from .units import StartUnits, loc_units
+
+__all__ = ["AutoRealNVP"]
+
+_log = logging.getLogger(__name__)
+
+
+def _hide_enumerated(msg: dict) -> bool:
+    """Hide what the prototype must not see, and sites an ELBO will enumerate."""
+    return prototype_hide_fn(msg) or bool(msg.get("infer", {}).get("enumerate"))
+
+
+class AutoRealNVP(AutoContinuous):
+    r"""RealNVP posterior over the unconstrained latents, :math:`z = \mu + L f(\varepsilon)`.
+
+    :math:`\varepsilon \sim \mathcal N(0, I)`; :math:`f` is a :class:`~pyro_realnvp.RealNVP`
+    that starts as the identity; :math:`L = \operatorname{diag}(\sigma)\,U`, :math:`U` unit
+    lower-triangular (``affine="lower"``) or the identity (``"diagonal"``). It starts as
+    the Gaussian of :mod:`~pyro_realnvp.guide.laplace` (``self.start``); ``biject_to``
+    maps each site to its support. Parameters are made at the first call, on the device
+    and dtype of the model's latents, in Pyro's param store under the guide's name
+    (sharing, saving, loading: docs/index.md). Enumerated sites are left to the ELBO.
+
+    Args:
+        model: A Pyro model with continuous latent sites (none in a subsampling plate).
+        num_layers: Coupling layers in the flow, an integer >= 2 (even, for balance).
+        hidden_dims: Conditioner widths; default two of ``4 * latent_dim`` in [32, 256].
+        init_loc_fn: ``None`` for the Laplace start, or an ``init_to_*`` strategy to start
+            at its point (values off their support, or naming no site, are refused).
+        init_scale: ``"auto"``, the start's scales and correlations; or a number in
+            :math:`(0, 10^6]` for every :math:`\sigma` (and :math:`U = I`).
+        scale_bound, activation: Each coupling's log-scale bound and hidden activation.
+        affine: ``"lower"``, ``"diagonal"``, or ``"auto"`` (``"lower"`` up to
+            ``AUTO_LOWER_MAX_DIM`` latents).
+        estimator: ``"path"`` (sticking the landing, :meth:`path_draw`) or ``"total"``
+            (Pyro's; for ``RenyiELBO``): the same loss value.
+        num_quantile_samples: Fixed-seed draws (>= 100) behind :meth:`quantiles`.
+        start_rule: ``laplace_start``'s rule, or ``"auto"`` (see :meth:`auto_start_rule`).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        >>> guide = AutoRealNVP(model, num_layers=2)
+        >>> sorted(guide().keys()), guide.latent_dim
+        (['s', 'x'], 2)
+    """
+
+    _prototype_hide_fn = staticmethod(_hide_enumerated)
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        num_layers: int = 6,
+        hidden_dims: Sequence[int] | None = None,
+        init_loc_fn: Callable | None = None,
+        init_scale: float | str = "auto",
+        scale_bound: float = 5.0,
+        activation: type[nn.Module] = nn.ELU,
+        affine: str = "auto",
+        estimator: str = "path",
+        num_quantile_samples: int = 4096,
+        start_rule: str = "auto",
+    ) -> None:
+        check_options(
+            num_layers=num_layers, hidden_dims=hidden_dims, init_scale=init_scale,
+            scale_bound=scale_bound, affine=affine, estimator=estimator,
+            num_quantile_samples=num_quantile_samples, activation=activation,
+            start_rule=start_rule,
+        )  # fmt: skip
+        self._flow_options = flow_options(num_layers, hidden_dims, scale_bound, activation)
+        self._init_scale = init_scale if init_scale == "auto" else float(init_scale)
+        self._find_mode = init_loc_fn is None
+        self._init_value_names = checks.init_value_names(init_loc_fn)
+        self._affine = affine
+        self.estimator = estimator
+        self.start_rule = start_rule
+        self._auto_start_rule = "elbo"  # what "auto" reads at set-up (auto_start_rule)
+        self.num_quantile_samples = num_quantile_samples
+        self.start: GaussianStart | None = None
+        self._requires_grad = True
+        self._init_loc_fn = init_to_median if init_loc_fn is None else init_loc_fn
+        super().__init__(model, init_loc_fn=self._init_loc_fn)
+        self.register_load_state_dict_pre_hook(store.raw_loc_of_older_states)
+
+    @property
+    def _dense(self) -> bool:
+        """Whether the affine has a learnable lower-triangular factor."""
+        return self._affine == "lower" or (
+            self._affine == "auto" and self.latent_dim <= AUTO_LOWER_MAX_DIM
+        )
+
+    def _setup_prototype(self, *args, **kwargs) -> None:
+        try:
+            self._build(*args, **kwargs)
+        except BaseException:
+            # A failed or interrupted set-up (Ctrl-C in the mode search, say) must not
+            # leave a half-built guide: the next call sets it up from scratch.
+            self.prototype_trace = None
+            raise
+
+    def _build(self, *args, **kwargs) -> None:
+        self._trace_prototype(*args, **kwargs)
+        checks.check_one_device_and_dtype(self.prototype_trace)
+        init_loc = self._init_loc()
+        checks.check_finite_init(init_loc, unpack_latent(self, init_loc))
+        self.start = start = self._gaussian_start(init_loc, *args, **kwargs)
+        scale, unit = start.scale, start.scale_tril / start.scale[:, None]
+        if self._init_scale != "auto":
+            scale = torch.full_like(scale, self._init_scale)
+            unit = torch.eye(self.latent_dim, dtype=scale.dtype, device=scale.device)
+        # Trained in the start's units (guide.units); buffers, so that a state_dict
+        # carries them with the unconstrained value they give meaning to.
+        stored = stored_constraint(self._pyro_get_fullname("loc"))
+        center, width = loc_units(start, stored)
+        self.register_buffer("start_loc", center)
+        self.register_buffer("start_scale", width)
+        units = StartUnits(self.start_loc, self.start_scale)
+        self.loc = PyroParam(start.loc.detach().clone(), units)
+        stored_constraint(self._pyro_get_fullname("loc"), units)  # one object for both
+        self.scale = PyroParam(scale.detach().clone(), constraints.softplus_positive)
+        if self._dense:
+            self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
+        # Each site a mask group: a scale and what it scales are split by as many pairs
+        # of layers as the mask bits allow (flows.masks.coupling_masks).
+        sites = [shape.numel() for shape in self._unconstrained_shapes.values()]
+        factory = {"device": init_loc.device, "dtype": init_loc.dtype}
+        self.flow = RealNVP(self.latent_dim, **self._flow_options, groups=sites, **factory)
+        if not self._requires_grad:  # frozen before set-up: before the store sees them
+            nn.Module.requires_grad_(self, False)
+        self._register_flow()
+
+    def _trace_prototype(self, *args, **kwargs) -> None:
+        """Pyro's prototype trace at ``init_loc_fn``'s values, its failures named by site."""
+        rng = get_rng_state()
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        except NotImplementedError as error:
+            checks.name_unsupported_site(self.prototype_trace, error)
+            if checks.raised_by_init_strategy(error):  # a site that cannot be sampled
+                raise checks.unsampleable_error(error, self._find_mode) from error
+            raise
+        except (ValueError, TypeError) as error:
+            if self._find_mode:  # our own init: the model's failure is its own
+                raise
+            set_rng_state(rng)  # init_to_median draws: re-run at the same values
+            raise checks.init_values_error(self.model, error, args, kwargs) from error
+        checks.check_prototype(self.prototype_trace, self.model, self._init_value_names,
+                               not self._find_mode, args, kwargs)  # fmt: skip
+
+    def _gaussian_start(self, init_loc: Tensor, *args, **kwargs) -> GaussianStart:
+        """Where the affine starts: the Laplace start, or a local one at ``init_loc``."""
+        chosen = self.__dict__.pop("_next_start", None)
+        if chosen is not None:  # set by restart_by_elbo
+            return chosen
+        # The full-data potential: set-up refused latents in subsampling plates.
+        potential = Potential(self.model, self, args, kwargs, full_data=True)
+        if not self._find_mode:
+            return local_start(potential, init_loc)
+        rule = getattr(self, "start_rule", "auto")  # a guide pickled before it had one
+        if rule == "auto":
+            rule = getattr(self, "_auto_start_rule", "elbo")
+        start = laplace_start(potential, init_loc, dense=self._dense, rule=rule)
+        _log.info("AutoRealNVP starts from the %s Gaussian (ELBO %.4g)", start.kind, start.elbo)
+        if start.kind.startswith("laplace") and bool(start.bad.any()):
+            message = checks.bad_curvature_warning(start.bad, self._unconstrained_shapes)
+            warnings.warn(message, UserWarning, stacklevel=4)
+        return start
+
+    @contextlib.contextmanager
+    def auto_start_rule(self, rule: str) -> Iterator[AutoRealNVP]:
+        """Within, a set-up reads ``start_rule="auto"`` as ``rule``; outside, as ``"elbo"``.
+
+        ``"proper"`` for an objective that covers p's tails (tail-adaptive weights): the
+        Laplace width wherever the mode is proper; ``"elbo"`` for Pyro's reverse KL.
+
+        Example:
+            >>> import pyro.distributions as dist
+            >>> guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+            >>> with guide.auto_start_rule("proper"):
+            ...     _ = guide()
+            >>> guide.start.kind
+            'laplace'
+        """
+        if rule not in START_RULES:
+            raise ValueError(f"rule must be one of {START_RULES}, got {rule!r}")
+        self._auto_start_rule = rule
+        try:
+            yield self
+        finally:
+            self._auto_start_rule = "elbo"
+
+    def restart_by_elbo(self) -> None:
+        """Undo the set-up where ``start_rule`` took the Laplace start over the start the
+        ELBO's rule would take, so that the next call sets the guide up from that one.
+
+        For a set-up made for tail-adaptive weights whose training falls back on Pyro's
+        reverse KL (``fit``), before any step; nothing happens where the ELBO's rule
+        chose the same start.
+        """
+        start = self.start
+        if self.prototype_trace is None or start is None or start.elbo_choice is None:
+            return
+        store.forget(self._pyro_get_fullname(""))
+        for name in list(self._pyro_params):
+            delattr(self, name)
+        self._modules.pop("flow", None)
+        for name in ("start_loc", "start_scale"):
+            self._buffers.pop(name, None)
+        self.prototype_trace, self.start = None, None
+        self._next_start = start.elbo_choice
+
+    @property
+    def flow(self) -> RealNVP:
+        """The flow :math:`f`, built at the first call. A property, so that reading it is
+        not ``PyroModule``'s implicit ``pyro.module``: each call declares it once."""
+        try:
+            return self._modules["flow"]
+        except KeyError:
+            raise AttributeError("the guide builds its flow at its first call") from None
+
+    def forward(self, *args, **kwargs) -> dict[str, Tensor]:
+        if self.prototype_trace is not None:  # set-up registers the flow it builds
+            self._register_flow()
+        return super().forward(*args, **kwargs)
+
+    def _register_flow(self) -> None:
+        store.register_flow(self.flow, self._pyro_get_fullname("flow"))
+
+    def requires_grad_(self, requires_grad: bool = True) -> AutoRealNVP:
+        """``nn.Module.requires_grad_``, remembered for the parameters set-up creates:
+        before the first call there are none to freeze, and the request would be lost."""
+        self._requires_grad = bool(requires_grad)
+        return super().requires_grad_(requires_grad)
+
+    @property
+    def model(self) -> Callable:
+        """The model, as given (wrapped to start at ``init_loc_fn``'s values)."""
+        if self._model is None:
+            raise RuntimeError(
+                "this guide was loaded (unpickled) without its model: Pyro's autoguides do "
+                "not save the model with the guide (it is often an unpicklable closure). "
+                "Re-attach it with guide.model = model; median(), quantiles() and calls "
+                "of the set-up guide work without it"
+            )
+        return self._model[0]
+
+    @model.setter
+    def model(self, model: Callable) -> None:
+        # As AutoContinuous.__init__ does: the model starts at init_loc_fn's values (a
+        # loaded guide's were not saved; it is set up, so they matter only to a new set-up).
+        self._model = (InitMessenger(self._init_loc_fn or init_to_median)(model),)
+
+    def __getstate__(self) -> dict:
+        # Pyro's AutoGuide.__getstate__ drops the model (often an unpicklable closure) from
+        # the state by deleting it from the guide itself: give it back to the original.
+        model, master = self._model, self.master
+        state = dict(super().__getstate__())
+        self._model, self.master = model, master
+        state["_init_loc_fn"] = None  # as unpicklable as the model can be; it set up already
+        return state
+
+    def __deepcopy__(self, memo: dict) -> AutoRealNVP:
+        """A deep copy that keeps the (shared, not copied) model, which pickling drops."""
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        copied._model, copied._init_loc_fn = self._model, self._init_loc_fn
+        return copied
+
+    def get_base_dist(self) -> dist.Distribution:
+        zeros = torch.zeros_like(self.loc)
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+
+    def _affine_transform(self, detach: bool = False) -> Affine:
+        loc, scale = self.loc, self.scale  # in this order: Pyro's order of param sites
+        unit = self.scale_tril if "scale_tril" in self._pyro_params else None
+        return affine_transform(loc, scale, unit, detach)
+
+    def get_transform(self, *args, **kwargs) -> ComposeTransform:
+        return ComposeTransform([self.flow, self._affine_transform()], cache_size=1)
+
+    def get_posterior(self, *args, **kwargs) -> dist.TransformedDistribution:
+        """:math:`q(u)`; with ``estimator="path"`` its ``log_prob`` is the path-gradient one."""
+        base, transform = self.get_base_dist(), self.get_transform(*args, **kwargs)
+        if self.estimator == "total":
+            return dist.TransformedDistribution(base, transform)
+        return PathGradientPosterior(base, transform, self.log_density_detached, self.path_draw)
+
+    def log_density_detached(self, u: Tensor) -> Tensor:
+        r""":math:`\log q(u)` with every guide parameter detached: a gradient reaches them
+        only through ``u`` (:func:`~pyro_realnvp.guide.posterior.inverse_log_density`).
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+            >>> _ = guide()
+            >>> u = guide.get_posterior().rsample((3,))
+            >>> q = dist.TransformedDistribution(guide.get_base_dist(), guide.get_transform())
+            >>> torch.allclose(guide.log_density_detached(u), q.log_prob(u))
+            True
+        """
+        return inverse_log_density(self.flow, self._affine_transform(detach=True), u)
+
+    def path_draw(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        r"""``(u, log q(u))`` at base noise ``eps``: ``log q`` has the value
+        :math:`\log q(u)` and only the path gradient :math:`\nabla_u \log q(u) \cdot
+        \partial u / \partial \theta` (:func:`~pyro_realnvp.guide.posterior.path_gradient_draw`).
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+            >>> _ = guide()
+            >>> u, log_q = guide.path_draw(torch.randn(3, 1))
+            >>> torch.allclose(log_q, guide.log_density_detached(u))
+            True
+        """
+        return path_gradient_draw(self.flow, self._affine_transform(), eps,
+                                  self.log_density_detached)  # fmt: skip
+
+    def draw(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """``(u, log q(u))`` at base noise ``eps``, ``(N, latent_dim)``, with ``estimator``'s
+        gradient: what an ELBO over ``N`` particles needs.
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+            >>> _ = guide()
+            >>> [tuple(t.shape) for t in guide.draw(torch.randn(4, 1))]
+            [(4, 1), (4,)]
+        """
+        if self.estimator == "path":
+            return self.path_draw(eps)
+        return total_gradient_draw(self.flow, self._affine_transform(), self.get_base_dist(), eps)
+
+    def latent_draws(self, num_samples: int, seed: int = 0) -> Tensor:
+        """Fixed-seed draws of the packed unconstrained latent, shape ``(num_samples, D)``.
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+            >>> _ = guide()
+            >>> torch.equal(guide.latent_draws(5), guide.latent_draws(5))
+            True
+        """
+        loc = self.loc.detach()
+        generator = torch.Generator(device=loc.device).manual_seed(seed)
+        eps = torch.randn(
+            (num_samples, self.latent_dim), generator=generator, device=loc.device, dtype=loc.dtype
+        )
+        return self.get_transform()(eps)
+
+    def _packed(self, *args, **kwargs) -> PackedPosterior:
+        """What :mod:`~pyro_realnvp.guide.summaries` reads: the guide set up (or its stored
+        values taken, as a call would, so summaries agree before and after one), finite."""
+        if self.prototype_trace is None:
+            with pyro.poutine.block():
+                self(*args, **kwargs)
+        else:
+            with pyro.poutine.block(), self._pyro_context:
+                for name in self._pyro_params:
+                    getattr(self, name)  # PyroModule syncs a parameter with the store
+                self._register_flow()
+        params = {name: getattr(self, name) for name in self._pyro_params}
+        params.update({f"flow.{n}": p for n, p in self.flow.named_parameters()})
+        check_finite_params(params)
+        sd = self.scale.detach()
+        if "scale_tril" in self._pyro_params:
+            sd = sd * self.scale_tril.detach().norm(dim=-1)
+        sites = [(site, self._unconstrained_shapes[name])
+                 for name, site in self.prototype_trace.iter_stochastic_nodes()]  # fmt: skip
+        return PackedPosterior(sites, self.loc.detach(), sd, flow_is_identity(self.flow),
+                               lambda: self.latent_draws(self.num_quantile_samples))  # fmt: skip
+
+    @torch.no_grad()
+    def quantiles(self, quantiles: Sequence[float] | Tensor, *args, **kwargs) -> dict[str, Tensor]:
+        r"""Marginal quantiles of each latent site's coordinates, in its support, as tensors
+        of shape ``quantiles.shape + site_shape`` (:mod:`~pyro_realnvp.guide.summaries`):
+        exact while the flow is the identity, from fixed-seed draws after.
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+            >>> q = guide.quantiles([0.25, 0.5, 0.75])["x"]
+            >>> q.shape, bool(q[0] < q[1] < q[2])
+            (torch.Size([3]), True)
+        """
+        packed = self._packed(*args, **kwargs)
+        return summaries.marginal_quantiles(packed, summaries.check_levels(quantiles, packed.loc))
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> dict[str, Tensor]:
+        r"""Each latent site at :math:`T(\operatorname{med} u)`, the unconstrained median
+        mapped to its support: :math:`\mu` before training (``init_loc_fn``'s values,
+        where given), the marginal median for elementwise supports, else a point on it.
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> from pyro.infer.autoguide import init_to_value
+            >>> start = init_to_value(values={"s": torch.tensor(2.0)})
+            >>> guide = AutoRealNVP(lambda: pyro.sample("s", dist.LogNormal(0.0, 1.0)),
+            ...                     init_loc_fn=start)
+            >>> guide.median()["s"]
+            tensor(2.)
+        """
+        return summaries.median(self._packed(*args, **kwargs))

@@ -1,0 +1,165 @@
+"""The model's potential at a packed unconstrained latent: one module, used everywhere.
+
+:math:`U(u) = -\\log p(x, T(u)) - \\log|\\det J_T(u)|`, where :math:`T` maps the guide's
+packed unconstrained latent ``u`` to each site's support with ``biject_to``. The Laplace
+start (:mod:`pyro_realnvp.laplace`), the fast path (:mod:`pyro_realnvp.fast`) and the
+guide's set-up all read the model through this one object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoContinuous
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+from torch.distributions import biject_to
+
+from .._internal.compat import full_data_plates, unpack_latent
+
+__all__ = ["Potential", "subsampled_sites"]
+
+_PARTICLES = "_potential_particles"
+
+
+def _per_particle(log_prob: Tensor, particle_dims: int) -> Tensor:
+    """Sum a log-density over all but its particle dimension: shape ``(N,)``, ``(1,)`` or ``()``.
+
+    ``particle_dims`` counts the particle dimension and the plate dimensions right of it.
+    """
+    if log_prob.dim() < particle_dims:
+        return log_prob.sum()
+    return log_prob.reshape(log_prob.shape[: log_prob.dim() - particle_dims + 1] + (-1,)).sum(-1)
+
+
+def subsampled_sites(trace: poutine.Trace) -> list[tuple[str, CondIndepStackFrame]]:
+    r"""Each sample site inside a plate that holds fewer indices than its full size.
+
+    :math:`\{(s, p) : s \in p,\ |p| < N_p\}`, one pair per site (its first such plate):
+    what a full-data computation has to switch off, or refuse when it cannot.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     with pyro.plate("data", 100, subsample_size=10):
+        ...         pyro.sample("y", dist.Normal(0.0, 1.0), obs=torch.zeros(10))
+        >>> [(name, plate.name, plate.size) for name, plate in subsampled_sites(
+        ...     poutine.trace(model).get_trace())]
+        [('y', 'data', 10)]
+    """
+    found = []
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        frames = site["cond_indep_stack"]
+        plate = next((f for f in frames if f.full_size not in (None, f.size)), None)
+        if plate is not None:
+            found.append((name, plate))
+    return found
+
+
+class Potential:
+    r"""The model's log-joint at packed unconstrained latents of an ``AutoContinuous`` guide.
+
+    ``potential(u)`` for one latent of shape ``(D,)`` is :math:`U(u)`; :meth:`log_joint`
+    takes a batch of shape :meth:`latent_shape` (particles left of the model's plates, as
+    ``Trace_ELBO(vectorize_particles=True)`` lays them out) and gives
+    :math:`\log p(x, T(u_n)) + \log|\det J_T(u_n)|` per particle.
+
+    Args:
+        model: The Pyro model.
+        guide: A set-up ``AutoContinuous`` guide of ``model`` (it says how ``u`` splits
+            into sites).
+        args, kwargs: The model's arguments.
+        full_data: Switch subsampling plates off, so the potential is the full-data one
+            (what a mode, a curvature or a diagnostic needs), not a random minibatch's.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoDiagonalNormal
+        >>> def model():
+        ...     pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        >>> guide = AutoDiagonalNormal(model); _ = guide()
+        >>> potential = Potential(model, guide)
+        >>> round(potential(torch.zeros(1)).item(), 4)  # -log N(0; 0, 1)
+        0.9189
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: AutoContinuous,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        *,
+        full_data: bool = False,
+    ) -> None:
+        self.model, self.guide = model, guide
+        self.args, self.kwargs = args, kwargs or {}
+        self.full_data = full_data
+        self.max_plate_nesting = 0
+
+    def latent_shape(self, num_particles: int) -> tuple[int, ...]:
+        """Shape of a batch of packed latents: particles left of every plate."""
+        return (num_particles,) + (1,) * self.max_plate_nesting + (self.guide.latent_dim,)
+
+    def _values(self, u: Tensor, batch: int | None) -> tuple[dict, Tensor]:
+        """Constrained site values at ``u`` and ``log|det J_T|`` (per particle if batched)."""
+        values, log_det = {}, u.new_zeros(() if batch is None else (batch,))
+        for site, unconstrained in unpack_latent(self.guide, u):
+            transform = biject_to(site["fn"].support)
+            values[site["name"]] = value = transform(unconstrained)
+            jacobian = transform.log_abs_det_jacobian(unconstrained, value)
+            log_det = log_det + (
+                jacobian.sum() if batch is None else jacobian.reshape(batch, -1).sum(-1)
+            )
+        return values, log_det
+
+    def trace(self, u: Tensor) -> tuple[poutine.Trace, Tensor]:
+        """The model conditioned on ``u`` (one latent, or a batch), and ``log|det J_T|``."""
+        batch = None if u.dim() == 1 else u.shape[0]
+        values, log_det = self._values(u, batch)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(poutine.block())
+            if self.full_data:
+                stack.enter_context(full_data_plates())
+            if batch is not None:
+                dim = -(self.max_plate_nesting + 1)
+                stack.enter_context(pyro.plate(_PARTICLES, batch, dim=dim))
+            model = poutine.condition(self.model, data=values)
+            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+        trace.compute_log_prob()
+        return trace, log_det
+
+    def log_joint(self, u: Tensor) -> Tensor:
+        r""":math:`\log p(x, T(u)) + \log|\det J_T(u)|` per particle, shape ``(N,)``."""
+        trace, total = self.trace(u)
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                total = total + _per_particle(site["log_prob"], self.max_plate_nesting + 1)
+        return total
+
+    def __call__(self, u: Tensor) -> Tensor:
+        """:math:`U(u)` at one packed latent of shape ``(D,)``: a scalar."""
+        trace, log_det = self.trace(u)
+        return -(trace.log_prob_sum() + log_det)
+
+    def set_max_plate_nesting(self) -> int:
+        """Read how many plates the model nests (particles go left of them) and keep it."""
+        data = {n: s["value"] for n, s in self.guide.prototype_trace.iter_stochastic_nodes()}
+        with torch.no_grad(), poutine.block():
+            model = poutine.condition(self.model, data=data)
+            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
+        dims = [
+            -f.dim
+            for s in trace.nodes.values()
+            for f in s.get("cond_indep_stack", ())
+            if f.vectorized
+        ]
+        self.max_plate_nesting = max(dims, default=0)
+        return self.max_plate_nesting

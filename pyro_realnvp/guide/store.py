@@ -1,0 +1,94 @@
+"""The guide's side of Pyro's global param store: the flow's parameters declared to it,
+stale entries refused, and states saved by older versions read."""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from pyro.distributions import constraints
+from pyro.params.param_store import param_with_module_name
+from pyro.poutine.runtime import effectful
+from torch import Tensor, nn
+
+__all__ = ["check_stored_shape", "forget", "register_flow"]
+
+
+def register_flow(flow: nn.Module, prefix: str) -> None:
+    """Declare ``flow``'s parameters to Pyro under ``prefix``, as ``pyro.module(...,
+    update_module_params=True)`` does, with two differences that make the flow behave
+    like a guide's ``PyroParam``\\ s: a parameter frozen by ``requires_grad_(False)`` and
+    not in the store is skipped without a warning (``pyro.module`` warns at every call),
+    and where the store holds another tensor under the name (a store loaded from disk,
+    or the original of a same-named deep copy) the flow takes it. Under Pyro's
+    ``module_local_params`` each parameter is a ``param`` statement for handlers only.
+
+    Example:
+        >>> layer = nn.Linear(2, 1)
+        >>> register_flow(layer, "guide.flow")
+        >>> pyro.get_param_store()["guide.flow$$$weight"] is layer.weight
+        True
+    """
+    if pyro.settings.get("module_local_params"):
+        for name, param in flow.named_parameters():
+            full_name = param_with_module_name(prefix, name)
+            effectful(type="param")(lambda *_, _p=param, **__: _p)(
+                full_name, param, constraint=constraints.real, name=full_name
+            )
+        return
+    store = pyro.get_param_store()
+    for module_name, module in flow.named_modules():
+        for leaf, param in list(module._parameters.items()):
+            full_name = param_with_module_name(prefix, f"{module_name}.{leaf}".lstrip("."))
+            if param is None or (full_name not in store and not param.requires_grad):
+                continue  # frozen and never stored: nothing to train or to load
+            check_stored_shape(full_name, param)
+            pyro.param(full_name, param)  # the statement SVI collects parameters from
+            stored = store[full_name]
+            if stored is not param:
+                module._parameters[leaf] = stored
+
+
+def check_stored_shape(full_name: str, param: Tensor) -> None:
+    """Refuse a stored parameter of another shape under ``full_name``, saying what to do.
+
+    Example:
+        >>> _ = pyro.param("w", torch.zeros(3))
+        >>> check_stored_shape("w", torch.zeros(2))
+        Traceback (most recent call last):
+        ...
+        ValueError: the param store holds 'w' with shape (3,), but this model needs (2,): call pyro.clear_param_store() or give this guide's model a different latent layout
+    """  # noqa: E501
+    store = pyro.get_param_store()
+    if torch.jit.is_tracing():  # shapes are fixed by then; comparing them would warn
+        return
+    if full_name in store and store[full_name].shape != param.shape:
+        raise ValueError(
+            f"the param store holds '{full_name}' with shape "
+            f"{tuple(store[full_name].shape)}, but this model needs "
+            f"{tuple(param.shape)}: call pyro.clear_param_store() or give this "
+            "guide's model a different latent layout"
+        )
+
+
+def forget(prefix: str) -> None:
+    """Delete every entry of the param store whose name starts with ``prefix``.
+
+    Example:
+        >>> _ = pyro.param("guide.loc", torch.zeros(1))
+        >>> forget("guide.")
+        >>> "guide.loc" in pyro.get_param_store()
+        False
+    """
+    store = pyro.get_param_store()
+    for name in [name for name in store.keys() if name.startswith(prefix)]:
+        del store[name]
+
+
+def raw_loc_of_older_states(module, state_dict, prefix, *args) -> None:
+    """A ``load_state_dict`` pre-hook: a state saved before the location was trained in
+    the start's units holds the raw location as its unconstrained value, so read it in
+    units of 1 about 0."""
+    raw = state_dict.get(prefix + "loc_unconstrained")
+    if raw is not None and prefix + "start_loc" not in state_dict:
+        state_dict[prefix + "start_loc"] = torch.zeros_like(raw)
+        state_dict[prefix + "start_scale"] = torch.ones_like(raw)

@@ -1,0 +1,41 @@
+"""Training: ``fit`` and the one loop every trainer runs (``loop``: progress, schedule,
+clipping, redraws, Ctrl-C), the captured fast path (``fast``), the non-finite policy
+for Pyro's ELBOs (``finite``), iterate averaging (``averaging``), the particles'
+objective (``losses``) and the optimizer's flat buffer (``flat``)."""
+
+from ..errors import FastPathError, NonFiniteLossError, TrainingInterrupted
+from .averaging import AVERAGE, AveragedStep
+from .fast import MAX_PARTICLES, FastELBO, FastStep, FlowGuide, particles_for
+from .finite import FiniteELBO, explain_non_finite
+from .loop import History, RedrawPolicy, Schedule, Step, check_training_args, train
+from .losses import TAIL_BETA, particle_objective, tail_adaptive_weights
+from .svi import CLIP_NORMS, SVIStep, fit, fit_fast, fit_step
+
+__all__ = [
+    "AVERAGE",
+    "CLIP_NORMS",
+    "MAX_PARTICLES",
+    "TAIL_BETA",
+    "AveragedStep",
+    "FastELBO",
+    "FastPathError",
+    "FastStep",
+    "FiniteELBO",
+    "FlowGuide",
+    "History",
+    "NonFiniteLossError",
+    "RedrawPolicy",
+    "SVIStep",
+    "Schedule",
+    "Step",
+    "TrainingInterrupted",
+    "check_training_args",
+    "explain_non_finite",
+    "fit",
+    "fit_fast",
+    "fit_step",
+    "particle_objective",
+    "particles_for",
+    "tail_adaptive_weights",
+    "train",
+]

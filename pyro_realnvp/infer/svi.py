@@ -1,0 +1,276 @@
+"""``fit``: SVI for any guide, on the captured fast path when the model allows it.
+
+``fit`` is :func:`fit_step`, which builds the step (Pyro's ``SVI`` with
+:class:`~pyro_realnvp.FiniteELBO`, or the :class:`~pyro_realnvp.infer.fast.FastStep`),
+then the one loop, :func:`~pyro_realnvp.infer.loop.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.elbo import ELBO
+from pyro.optim import PyroOptim
+
+from ..errors import FastPathError
+from .averaging import AVERAGE, AveragedStep
+from .fast import FastStep, FlowGuide
+from .finite import FiniteELBO
+from .loop import History, Schedule, Step, check_training_args, train
+from .losses import TAIL_BETA, check_beta
+
+__all__ = ["CLIP_NORMS", "SVIStep", "fit", "fit_fast", "fit_step"]
+
+logger = logging.getLogger(__package__)  # "pyro_realnvp.infer", the name users configure
+
+#: ``fit``'s clip on the gradients' total norm where ``clip_norm=None``, per path: Pyro's
+#: ``ClippedAdam``'s 10 on Pyro's ELBO; 100 on the fast path, whose largest gradients come
+#: from the rare particles far in p's tails that teach q those tails (docs/tuning.md).
+CLIP_NORMS = {"svi": 10.0, "fast": 100.0}
+
+
+class SVIStep:
+    """One ``SVI`` step with :class:`~pyro_realnvp.FiniteELBO`: Pyro's ELBO, any guide, any model.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> step = SVIStep(model, AutoNormal(model), Trace_ELBO(),
+        ...                pyro.optim.Adam({"lr": 0.01}), (), {})
+        >>> len(train(step, 3, progress=False))
+        3
+    """
+
+    name = "SVI"
+
+    def __init__(self, model, guide, loss: ELBO, optim: PyroOptim, args, kwargs) -> None:
+        self.svi = SVI(model, guide, optim, FiniteELBO(loss))
+        self.guide, self.args, self.kwargs = guide, args, kwargs
+        self._trained: list[torch.Tensor] = []
+
+    def __call__(self) -> float:
+        if self._trained:
+            return self.svi.step(*self.args, **self.kwargs)
+        # Until a step succeeds: what SVI steps, the unconstrained values of the param sites
+        # it meets, which a step that raised need not have met yet.
+        with poutine.trace(param_only=True) as capture:
+            loss = self.svi.step(*self.args, **self.kwargs)
+        trained = (site["value"].unconstrained() for site in capture.trace.nodes.values())
+        self._trained = list({id(p): p for p in trained}.values())
+        return loss
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The unconstrained tensors the first successful step trained (none before it)."""
+        return list(self._trained)
+
+    def clear_grads(self) -> None:
+        # Pyro zeroes gradients only after its update; an interrupt before it leaves them.
+        params = [p for _, p in pyro.get_param_store().named_parameters()]
+        if isinstance(self.guide, torch.nn.Module):
+            params += list(self.guide.parameters())
+        for param in params + self._trained:
+            param.grad = None
+
+
+def fit(
+    model: Callable, guide: Callable, *args, num_steps: int = 2000, lr: float = 1e-2,
+    num_particles: int | None = None, progress: bool = True, loss: ELBO | None = None,
+    optim: PyroOptim | None = None, lr_decay: float = 0.1, clip_norm: float | None = None,
+    max_redraws: int = 3, fast: bool | None = None, compile: bool | str = False,
+    tail_beta: float | None = TAIL_BETA, tail_fraction: float = 1.0,
+    average: float | None = AVERAGE, **kwargs,
+) -> History:  # fmt: skip
+    r"""Run SVI for ``num_steps`` and return the loss history (negative ELBO per step).
+
+    Each step is :func:`fit_step`'s: Adam at ``lr`` decayed to ``lr * lr_decay`` by the
+    last step, the gradients' total norm clipped
+    (:class:`~pyro_realnvp.infer.loop.Schedule`); for an
+    :class:`~pyro_realnvp.AutoRealNVP` the captured fast path with tail-adaptive weights
+    where the model allows, else Pyro's ``Trace_ELBO`` (``history.note`` says why). A
+    whole run ends at the iterates' moving average
+    (:class:`~pyro_realnvp.infer.averaging.AveragedStep`).
+
+    Every step updates every parameter or none: a non-finite step is redrawn up to
+    ``max_redraws`` times in a row (:class:`~pyro_realnvp.infer.loop.RedrawPolicy`), then
+    raises :class:`~pyro_realnvp.NonFiniteLossError` saying which side failed. Ctrl-C
+    stops after the current step with :class:`~pyro_realnvp.TrainingInterrupted`; both
+    carry ``.history``. ``progress=False`` hides the bar (hidden too off a terminal).
+
+    Args:
+        model, guide: A Pyro model and guide; ``*args`` and ``**kwargs`` go to both.
+        num_steps, progress, max_redraws: The run, as above.
+        lr, num_particles, loss, optim, lr_decay, clip_norm, fast, compile, tail_beta,
+            tail_fraction, average: The step's options, see :func:`fit_step`.
+
+    Returns:
+        A :class:`~pyro_realnvp.History`: the losses, with ``.redraws``, ``.method``
+        (``"fast"`` or ``"svi"``) and ``.note``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(3.0, 1.0))
+        >>> guide = pyro.infer.autoguide.AutoNormal(model)
+        >>> losses = fit(model, guide, num_steps=300, lr=0.05, progress=False)
+        >>> len(losses), round(guide.median()["x"].item()), losses.method
+        (300, 3, 'svi')
+    """
+    check_training_args(num_steps=num_steps, max_redraws=max_redraws)
+    step, history = fit_step(
+        model, guide, *args, num_steps=num_steps, lr=lr, num_particles=num_particles,
+        loss=loss, optim=optim, lr_decay=lr_decay, clip_norm=clip_norm, fast=fast,
+        compile=compile, tail_beta=tail_beta, tail_fraction=tail_fraction, average=average,
+        **kwargs,
+    )  # fmt: skip
+    history = train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
+    if isinstance(step, AveragedStep):  # only after a whole run: one stopped early is
+        step.write()  # still on its way, and its average would lag behind it
+    return history
+
+
+def fit_step(
+    model: Callable, guide: Callable, *args, num_steps: int = 2000, lr: float = 1e-2,
+    num_particles: int | None = None, loss: ELBO | None = None, optim: PyroOptim | None = None,
+    lr_decay: float = 0.1, clip_norm: float | None = None, fast: bool | None = None,
+    compile: bool | str = False, tail_beta: float | None = TAIL_BETA,
+    tail_fraction: float = 1.0, average: float | None = AVERAGE, **kwargs,
+) -> tuple[Step, History]:  # fmt: skip
+    """The step :func:`fit` runs for ``num_steps``, built but not yet run, and its history.
+
+    ``clip_norm=None`` clips at the path's own (``CLIP_NORMS``). The fast path
+    (:class:`~pyro_realnvp.FastELBO`) is taken for an :class:`~pyro_realnvp.AutoRealNVP`
+    with no ``loss`` or ``optim`` unless ``fast=False`` (``fast=True`` or ``compile``
+    requires it); ``num_particles=None`` lets it choose (up to 32), 1 on Pyro's ELBO.
+    There the particles' gradients carry tail-adaptive weights of exponent ``tail_beta``
+    (:func:`~pyro_realnvp.particle_objective`; ``None``: reverse KL) for the first
+    ``tail_fraction`` of the steps. ``average`` is the iterate average's time constant,
+    a fraction of ``num_steps`` (``None`` or 0: the last iterate). docs/tuning.md says
+    how each default was chosen.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro_realnvp import AutoRealNVP
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(3.0, 1.0))
+        >>> step, history = fit_step(model, AutoRealNVP(model, num_layers=2), num_steps=10)
+        >>> history.method, len(train(step, 10, progress=False))
+        ('fast', 10)
+    """
+    _check_callables(model, guide, loss, optim)
+    schedules = _schedules(lr, lr_decay, clip_norm, num_steps)
+    check_training_args(
+        num_steps=num_steps, lr=lr, num_particles=1 if num_particles is None else num_particles,
+        lr_decay=lr_decay, clip_norm=schedules["svi"].clip_norm, tail_fraction=tail_fraction,
+        average=average,
+    )  # fmt: skip
+    fast = True if compile else fast
+    tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
+    step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
+                              (schedules, compile, *tail))  # fmt: skip
+    history = History(method="fast" if isinstance(step, FastStep) else "svi", note=note)
+    return _averaged(step, average, num_steps), history
+
+
+def _averaged(step: SVIStep | FastStep, average: float | None, num_steps: int) -> Step:
+    """``step`` within an :class:`AveragedStep` whose time constant is ``average *
+    num_steps`` steps, or as it is where that is one step or less."""
+    if not average or average * num_steps <= 1:
+        return step
+    return AveragedStep(step, step.parameters, horizon=average * num_steps)
+
+
+def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:
+    """``(beta, steps)``: the tail-adaptive exponent and how many first steps it weighs
+    (``None``: all), from ``fit``'s ``tail_beta`` and ``tail_fraction``."""
+    steps = math.ceil(fraction * num_steps)
+    if beta is None or steps == 0:
+        return None, None
+    return beta, None if steps >= num_steps else steps
+
+
+def _schedules(
+    lr: float, lr_decay: float, clip_norm: float | None, num_steps: int
+) -> dict[str, Schedule]:
+    """``fit``'s schedule on each path (``"svi"``, ``"fast"``): clipped at ``clip_norm``,
+    or where it is ``None`` at the path's own (``CLIP_NORMS``)."""
+    return {
+        path: Schedule(lr=lr, lr_decay=lr_decay, num_steps=num_steps,
+                       clip_norm=default if clip_norm is None else clip_norm)
+        for path, default in CLIP_NORMS.items()
+    }  # fmt: skip
+
+
+def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, how):
+    """The fast step where asked or possible, else Pyro's; and why not fast, if not.
+    ``how`` is ``(schedules, compile, beta, tail_steps)``, ``schedules`` by path."""
+    schedules, compile, beta, tail_steps = how
+    if fast is not False and isinstance(guide, FlowGuide) and loss is None and optim is None:
+        try:
+            step = FastStep.build(model, guide, args, kwargs, num_particles, schedules["fast"],
+                                  compile, beta, tail_steps)  # fmt: skip
+            return step, ""
+        except FastPathError as error:
+            if fast:
+                raise
+            # Set up for tail-adaptive weights it will not get: from the start reverse KL
+            # would have taken instead (pyro_realnvp.guide.laplace.START_RULES).
+            guide.restart_by_elbo()
+            note = f"Pyro's Trace_ELBO, not the fast path: {error}"
+            logger.info("fit: %s", note)
+    elif fast:
+        raise FastPathError(
+            "fast=True (or compile) needs an AutoRealNVP guide and no loss or optim, got "
+            f"a {type(guide).__name__}{' and a loss' if loss is not None else ''}"
+            f"{' and an optim' if optim is not None else ''}"
+        )
+    else:
+        note = ""
+    step = _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedules["svi"])
+    return step, note
+
+
+def _check_callables(model, guide, loss, optim) -> None:
+    """Refuse, naming it, a model or guide that cannot be called, or a loss or optim class."""
+    for name, value in (("model", model), ("guide", guide)):
+        if not callable(value):
+            raise TypeError(f"{name} must be a callable Pyro {name}, got {value!r}")
+    if loss is not None and not isinstance(loss, ELBO):
+        raise TypeError(f"loss must be an ELBO instance such as Trace_ELBO(), got {loss!r}")
+    if optim is not None and not isinstance(optim, PyroOptim):
+        raise TypeError(f"optim must be a Pyro optimizer such as Adam({{...}}), got {optim!r}")
+
+
+def _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule) -> SVIStep:
+    num_particles = 1 if num_particles is None else num_particles
+    if loss is None:
+        loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    if optim is None:
+        optim = schedule.pyro_optim()
+    return SVIStep(model, guide, loss, optim, args, kwargs)
+
+
+def fit_fast(model: Callable, guide: Callable, *args, **kwargs) -> History:
+    """:func:`fit` on the captured fast path only: ``fit(..., fast=True)``.
+
+    Set-up raises :class:`~pyro_realnvp.FastPathError` where the model does not allow
+    it; ``compile=True`` compiles the step. The model's arguments are fixed for the run.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro_realnvp import AutoRealNVP
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(3.0, 1.0))
+        >>> guide = AutoRealNVP(model, num_layers=2)
+        >>> losses = fit_fast(model, guide, num_steps=300, lr=0.05, progress=False)
+        >>> len(losses), round(guide.median()["x"].item()), losses.method
+        (300, 3, 'fast')
+    """
+    return fit(model, guide, *args, fast=True, **kwargs)

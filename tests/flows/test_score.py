@@ -1,0 +1,139 @@
+from functools import partial
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from helpers import no_host_sync, randomize_
+from torch import nn
+
+from pyro_realnvp import AutoRealNVP, RealNVP
+from pyro_realnvp.flows.conditioner import (
+    conditioner,
+    conditioner_vjp,
+    recorded_call,
+    supports_score,
+)
+
+F64 = {"dtype": torch.float64}
+
+
+@pytest.mark.parametrize(
+    "activation",
+    [nn.ELU, partial(nn.ELU, alpha=0.5), nn.ReLU, nn.Tanh, nn.LeakyReLU,
+     partial(nn.LeakyReLU, 0.2), partial(nn.LeakyReLU, 0.0)],
+    ids=["ELU", "ELU-alpha-0.5", "ReLU", "Tanh", "LeakyReLU", "LeakyReLU-0.2", "LeakyReLU-0"],
+)  # fmt: skip
+@pytest.mark.parametrize("fan_in_scaling", [False, True], ids=["Linear", "ScaledLinear"])
+def test_conditioner_vjp_equals_autograd(activation, fan_in_scaling):
+    net = conditioner(3, 4, (6, 5), activation=activation, fan_in_scaling=fan_in_scaling, **F64)
+    randomize_(net, std=0.7)
+    h = torch.randn(7, 3, **F64, requires_grad=True)
+    cot = torch.randn(7, 4, **F64)
+    tape = []
+    out = recorded_call(net, h, tape)
+    assert torch.equal(out, net(h))
+    expected = 2.5 * torch.autograd.grad(out, h, cot)[0]
+    assert torch.allclose(conditioner_vjp(net, tape, cot, 2.5), expected, rtol=1e-12)
+
+
+def inverse_score(flow: RealNVP, y: torch.Tensor) -> torch.Tensor:
+    """``grad_y log q(y)`` by autograd through the inverse pass, q = f_* N(0, I)."""
+    y = y.detach().requires_grad_()
+    x, log_det = flow.inverse_and_log_det(y)
+    log_q = dist.Normal(0.0, 1.0).log_prob(x).sum(-1) - log_det
+    return torch.autograd.grad(log_q.sum(), y)[0]
+
+
+@pytest.mark.parametrize("num_layers", [2, 3, 5], ids=["pair", "odd", "pairs-and-one"])
+@pytest.mark.parametrize("input_bound", [float("inf"), 0.5], ids=["unbounded", "bounded"])
+def test_score_carried_forward_equals_autograd_through_the_inverse(num_layers, input_bound):
+    torch.manual_seed(0)
+    flow = RealNVP(5, num_layers, hidden_dims=(8, 8), fan_in_scaling=True,
+                   input_bound=input_bound, **F64)  # fmt: skip
+    randomize_(flow, std=0.5)
+    x = 2.0 * torch.randn(64, 5, **F64)  # a bound of 0.5 clamps many of the inputs
+    y, log_det, score = flow.forward_with_score(x, -x)
+    expected_y, expected_log_det = flow.forward_and_log_det(x)
+    assert torch.equal(y, expected_y)
+    assert torch.equal(log_det, expected_log_det)
+    assert not score.requires_grad
+    assert torch.allclose(score, inverse_score(flow, y), rtol=1e-9, atol=1e-9)
+
+
+def test_unknown_activations_custom_nets_and_hooks_are_not_supported():
+    assert supports_score(conditioner(2, 4, (8,)))
+    assert not supports_score(conditioner(2, 4, (8,), activation=nn.SiLU))
+    assert not supports_score(nn.Sequential(nn.Linear(2, 4), nn.ELU(alpha=-1.0)))
+    # A negative slope flips the sign: the output no longer tells where the input was.
+    assert not supports_score(nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(-0.5)))
+    assert supports_score(nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(0.2)))
+    net = conditioner(2, 4, (8,))
+    for module in (net, net[0], net[1]):
+        handle = module.register_forward_hook(lambda *_: None)
+        assert not supports_score(net)
+        handle.remove()
+        assert supports_score(net)
+    handle = nn.modules.module.register_module_forward_hook(lambda *_: None)
+    try:
+        assert not supports_score(net)  # a hook on every module
+    finally:
+        handle.remove()
+    net[1] = nn.SiLU()  # a layer swapped after a first check is seen
+    assert not supports_score(net)
+
+
+def test_a_hook_that_changes_a_layer_falls_back_to_the_inverse_pass():
+    torch.manual_seed(0)
+    flow = RealNVP(4, 2, hidden_dims=(8,), **F64)
+    randomize_(flow, std=0.5)
+    flow.layers[0].net[1].register_forward_hook(lambda module, inputs, output: 2 * output)
+    assert not flow.supports_score()
+    x = torch.randn(16, 4, **F64)
+    y, _ = flow.forward_and_log_det(x)
+    assert torch.allclose(flow.inverse_and_log_det(y)[0], x)  # the hook acts on both passes
+
+
+def model():
+    pyro.sample("a", dist.Normal(torch.zeros(2, **F64), 1.0).to_event(1))
+    pyro.sample("b", dist.LogNormal(torch.zeros((), **F64), 1.0))
+
+
+def path_gradients(guide, eps):
+    params = [p for p in guide.parameters() if p.requires_grad]
+    for param in params:
+        param.grad = None
+    u, log_q = guide.path_draw(eps)
+    (log_q - dist.Normal(0.0, 2.0).log_prob(u).sum(-1)).sum().backward()
+    return log_q.detach(), [param.grad.clone() for param in params]
+
+
+@pytest.mark.parametrize("affine", ["lower", "diagonal"])
+def test_path_draw_gives_the_inverse_pass_value_and_gradient(affine):
+    pyro.clear_param_store()
+    guide = AutoRealNVP(model, num_layers=4, hidden_dims=(8,), affine=affine)
+    guide()
+    randomize_(guide, std=0.3)
+    eps = torch.randn(16, 3, **F64)
+    fast, fast_grads = path_gradients(guide, eps)
+    assert guide.flow.supports_score()
+    guide.flow.layers[1].net.register_forward_hook(lambda *_: None)
+    assert not guide.flow.supports_score()  # the inverse pass instead
+    slow, slow_grads = path_gradients(guide, eps)
+    assert torch.allclose(fast, slow, rtol=1e-10)
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.cuda
+def test_cuda_score_carried_forward_waits_on_no_host_sync_and_equals_the_inverse_pass():
+    torch.manual_seed(0)
+    flow = RealNVP(5, 3, hidden_dims=(8, 8), fan_in_scaling=True, input_bound=1.0,
+                   device="cuda", **F64)  # fmt: skip
+    randomize_(flow, std=0.5)
+    x = 2.0 * torch.randn(64, 5, device="cuda", **F64)
+    with no_host_sync():
+        y, log_det, score = flow.forward_with_score(x, -x)
+    assert score.is_cuda
+    assert log_det.is_cuda
+    assert torch.allclose(score, inverse_score(flow, y), rtol=1e-9, atol=1e-9)

@@ -1,0 +1,115 @@
+"""Set-up failures at an autoguide's initial values, named by site."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.distributions import constraints
+from pyro.infer.autoguide import init_to_median, init_to_value
+
+from pyro_realnvp import AutoRealNVP
+from pyro_realnvp.guide.checks import (
+    MAX_LISTED_SITES,
+    check_init_values,
+    format_values,
+    init_value_names,
+    partial_trace,
+)
+
+SMALL = {"num_layers": 2, "hidden_dims": (8,)}
+
+
+def scalar_latents(count):
+    def model():
+        for i in range(count):
+            pyro.sample(f"z{i}", dist.Normal(0.0, 1.0))
+
+    return model
+
+
+def trace_at(model, values):
+    init = init_to_value(values={k: torch.as_tensor(v) for k, v in values.items()})
+    return partial_trace(pyro.infer.autoguide.initialization.InitMessenger(init)(model))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "site 'z0' a non-finite value: nan"),
+        ([0.0, 1.0], r"site 'z0' a value of shape \(2,\), but the site's shape is \(\)"),
+    ],
+)
+def test_a_bad_initial_value_is_named_by_its_site(value, message):
+    trace = trace_at(scalar_latents(2), {"z0": value})
+    with pytest.raises(ValueError, match=message):
+        check_init_values(trace, shapes=True)
+
+
+def test_a_value_outside_the_support_is_named():
+    def model():
+        pyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="site 's' a value outside its support GreaterThan"):
+        check_init_values(trace_at(model, {"s": -1.0}))
+
+
+def test_the_values_listed_are_cut_after_a_few_sites():
+    sites = MAX_LISTED_SITES + 3
+    trace = trace_at(scalar_latents(sites), {f"z{i}": 0.5 for i in range(sites)})
+    text = format_values(trace)
+    assert text.startswith("z0=0.5, z1=0.5, ")
+    assert text.endswith(", ... (3 more)")
+    assert text.count("=") == MAX_LISTED_SITES
+
+
+def test_a_big_value_is_listed_by_its_shape():
+    def model():
+        pyro.sample("w", dist.Normal(torch.zeros(10), 1.0).to_event(1))
+
+    assert format_values(trace_at(model, {"w": torch.zeros(10)})) == "w=<tensor of shape (10,)>"
+
+
+def test_a_model_failing_at_good_values_names_where_and_the_values():
+    def model():
+        v = pyro.sample("v", dist.Normal(0.0, 1.0))
+        pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        pyro.factor("bad", v * torch.nan)
+
+    values = {"v": torch.tensor(0.1), "s": torch.tensor(2.0)}
+    guide = AutoRealNVP(model, init_loc_fn=init_to_value(values=values), **SMALL)
+    with pytest.raises(ValueError, match="the model raised at site 'bad'") as error:
+        guide()
+    assert "after site 's' (the last sample site it reached)" in str(error.value)
+    assert "at init_loc_fn's values (v=0.1, s=2)" in str(error.value)
+
+
+def test_a_random_initialisation_is_reported_at_the_values_it_failed_at():
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(torch.sqrt(x - 10.0), 1.0), obs=torch.tensor(0.0))
+
+    pyro.set_rng_seed(3)
+    median = init_to_median({"name": "x", "fn": dist.Normal(0.0, 1.0), "value": None})
+    pyro.set_rng_seed(3)
+    guide = AutoRealNVP(model, init_loc_fn=init_to_median, **SMALL)
+    with pytest.raises(ValueError, match="at init_loc_fn's values") as error:
+        guide()
+    assert f"(x={median.item():.4g})" in str(error.value)
+
+
+def test_only_init_to_value_has_names():
+    assert init_value_names(init_to_value(values={"a": torch.zeros(())})) == {"a"}
+    assert init_value_names(init_to_median) == frozenset()
+    assert init_value_names(None) == frozenset()
+
+
+def test_an_unknown_support_is_not_what_is_checked():
+    # A value the checks cannot read (not a tensor) is left to Pyro's own messages.
+    def model():
+        pyro.sample("o", dist.ImproperUniform(constraints.real, (), ()))
+
+    trace = trace_at(model, {"o": 0.0})
+    check_init_values(trace, shapes=True)
+    trace.nodes["o"]["value"] = "x"
+    check_init_values(trace, shapes=True)
+    assert format_values(trace) == "o='x'"

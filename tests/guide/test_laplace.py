@@ -1,0 +1,177 @@
+"""The Laplace start: mode search, Hessian, covariance factor, and the choice of start."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_realnvp import AutoRealNVP
+from pyro_realnvp.guide.laplace import (
+    covariance_factor,
+    find_mode,
+    gaussian_elbo,
+    hessian,
+    laplace_start,
+)
+
+
+def spd(dim: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    return a @ a.T + dim * torch.eye(dim, dtype=torch.float64)
+
+
+def quadratic(precision: torch.Tensor, mode: torch.Tensor):
+    return lambda u: 0.5 * (u - mode) @ precision @ (u - mode)
+
+
+def test_find_mode_reaches_the_minimum_of_a_quadratic():
+    precision, mode = spd(6), torch.arange(6, dtype=torch.float64)
+    found, converged = find_mode(quadratic(precision, mode), torch.zeros(6, dtype=torch.float64))
+    assert converged
+    assert torch.allclose(found, mode, atol=1e-6)
+
+
+def test_find_mode_keeps_the_best_finite_point_where_the_model_raises():
+    def potential(u):
+        if u[0] > 2.0:  # a model that cannot score part of the space
+            raise ValueError("Expected parameter scale to satisfy GreaterThan")
+        return ((u - 3.0) ** 2).sum()
+
+    found, _ = find_mode(potential, torch.zeros(1, dtype=torch.float64))
+    assert torch.isfinite(found).all()
+    assert 0.0 < found.item() <= 2.0
+
+
+def test_find_mode_stops_at_its_budget():
+    rosenbrock = lambda u: (1 - u[0]) ** 2 + 100 * (u[1] - u[0] ** 2) ** 2  # noqa: E731
+    _, converged = find_mode(rosenbrock, torch.tensor([-1.5, 2.0]), max_iter=3)
+    assert not converged
+
+
+@pytest.mark.parametrize("chunk", [2, 128], ids=["chunked", "one-batch"])
+def test_hessian_of_a_quadratic_is_its_precision(chunk):
+    precision, mode = spd(5), torch.randn(5, dtype=torch.float64)
+    u = torch.randn(5, dtype=torch.float64)
+    assert torch.allclose(hessian(quadratic(precision, mode), u, chunk=chunk), precision)
+    diagonal = hessian(quadratic(precision, mode), u, diagonal=True, chunk=chunk)
+    assert torch.allclose(diagonal, precision.diagonal())
+
+
+def test_hessian_of_a_linear_potential_is_zero():
+    assert torch.equal(hessian(lambda u: u.sum() * 3.0, torch.ones(3)), torch.zeros(3, 3))
+
+
+def test_covariance_factor_inverts_a_positive_definite_precision():
+    precision = spd(6)
+    factor, bad = covariance_factor(precision)
+    assert not bad.any()
+    assert torch.allclose(factor @ factor.T, torch.linalg.inv(precision))
+    assert torch.equal(factor, factor.tril())
+
+
+def test_covariance_factor_decouples_non_finite_and_non_positive_coordinates():
+    precision = spd(4)
+    precision[1, :] = precision[:, 1] = math.nan
+    precision[3, 3] = -2.0
+    factor, bad = covariance_factor(precision)
+    assert bad.tolist() == [False, True, False, True]
+    covariance = factor @ factor.T
+    assert covariance[1, 1] == pytest.approx(1.0)  # no usable curvature: scale 1
+    assert covariance[3, 3] == pytest.approx(1.0)
+    assert covariance[1, [0, 2, 3]].abs().max() < 1e-12  # decoupled
+    kept = precision[[0, 2]][:, [0, 2]]
+    assert torch.allclose(covariance[[0, 2]][:, [0, 2]], torch.linalg.inv(kept))
+
+
+def test_covariance_factor_falls_back_coordinate_by_coordinate_when_indefinite():
+    # Positive diagonal but indefinite: the strong 0-2 coupling is not a valid precision.
+    precision = torch.tensor(
+        [[1.0, 0.0, 3.0, 0.0], [0.0, 2.0, 0.0, 0.5], [3.0, 0.0, 1.0, 0.0], [0.0, 0.5, 0.0, 2.0]],
+        dtype=torch.float64,
+    )
+    factor, bad = covariance_factor(precision)
+    assert bad.tolist() == [False, False, True, False]
+    covariance = factor @ factor.T
+    assert covariance[2, 2] == pytest.approx(1.0)  # its own diagonal curvature, 1
+    block = precision[[1, 3]][:, [1, 3]]  # the correlated pair keeps its correlation
+    assert torch.allclose(covariance[[1, 3]][:, [1, 3]], torch.linalg.inv(block))
+
+
+def test_gaussian_elbo_is_log_z_with_no_noise_when_q_is_the_target():
+    precision = spd(3)
+    covariance = torch.linalg.inv(precision)
+    mode = torch.randn(3, dtype=torch.float64)
+    log_z = 0.5 * torch.logdet(2 * math.pi * covariance)
+    elbo = gaussian_elbo(quadratic(precision, mode), mode, torch.linalg.cholesky(covariance))
+    assert elbo == pytest.approx(log_z.item(), abs=1e-9)
+
+
+def test_laplace_start_takes_the_mode_of_a_gaussian_and_its_covariance():
+    precision, mode = spd(4), torch.randn(4, dtype=torch.float64)
+    start = laplace_start(quadratic(precision, mode), torch.zeros(4, dtype=torch.float64))
+    assert start.kind == "laplace"
+    assert start.elbo_choice is None
+    assert torch.allclose(start.loc, mode, atol=1e-6)
+    assert torch.allclose(start.scale_tril @ start.scale_tril.T, torch.linalg.inv(precision))
+
+
+@pytest.mark.parametrize("start_rule", ["elbo", "proper"])
+def test_laplace_start_refuses_a_degenerate_mode(start_rule):
+    # Neal's funnel: the joint density peaks at v = -40 with x_i pinned to e^{-20}; the
+    # Laplace Gaussian there holds none of the posterior's mass, and no rule takes it.
+    def model():
+        v = pyro.sample("v", dist.Normal(0.0, 3.0))
+        pyro.sample("x", dist.Normal(0.0, torch.exp(v / 2)).expand([9]).to_event(1))
+
+    guide = AutoRealNVP(model, num_layers=2, start_rule=start_rule)
+    guide()
+    assert guide.start.kind == "local"
+    assert guide.scale.detach().max() <= 1.0
+
+
+def banana_potential(u):
+    # Haario's banana, x2 | x1 ~ N(0.1 (x1^2 - 100), 1): the Laplace Gaussian does not
+    # bend, so its ELBO is far below a narrow local one's, yet it has x1's width of 10.
+    x1, x2 = u[0], u[1]
+    return x1**2 / 200 + (x2 - 0.1 * (x1**2 - 100)) ** 2 / 2
+
+
+BANANA_INIT = (-4.0, -8.25)
+
+
+def test_laplace_start_at_a_proper_mode_wins_by_the_proper_rule_though_it_scores_lower():
+    init = torch.tensor(BANANA_INIT, dtype=torch.float64)
+    start = laplace_start(banana_potential, init, rule="proper")
+    assert start.kind == "laplace"
+    assert start.elbo_choice is not None
+    assert start.elbo_choice.kind == "local"
+    assert start.scale[0].item() == pytest.approx(10.0, rel=1e-3)
+    assert start.loc.tolist() == pytest.approx([0.0, -10.0], abs=1e-4)
+    scored = gaussian_elbo(banana_potential, start.loc, start.scale_tril)
+    assert scored < gaussian_elbo(banana_potential, init, torch.eye(2, dtype=torch.float64)) - 50
+
+
+def test_laplace_start_by_the_elbo_rule_keeps_the_better_scoring_local_one():
+    init = torch.tensor(BANANA_INIT, dtype=torch.float64)
+    start = laplace_start(banana_potential, init)  # rule="elbo", the default
+    assert start.kind == "local"
+    assert start.loc.tolist() == list(BANANA_INIT)
+    assert start.scale.max().item() <= 1.0
+
+
+def test_laplace_start_refuses_an_unknown_rule():
+    with pytest.raises(ValueError, match="rule must be one of"):
+        laplace_start(banana_potential, torch.zeros(2), rule="laplace")
+
+
+def test_find_mode_preconditioned_by_a_scale_reaches_an_ill_scaled_minimum():
+    # Curvatures 1e8 and 1: with the posterior's scale as preconditioner it is a unit bowl.
+    scales = torch.tensor([1e-4, 1.0], dtype=torch.float64)
+    mode = torch.tensor([0.3, -2.0], dtype=torch.float64)
+    potential = lambda u: 0.5 * (((u - mode) / scales) ** 2).sum()  # noqa: E731
+    found, converged = find_mode(potential, torch.zeros(2, dtype=torch.float64), scale=scales)
+    assert converged
+    assert torch.allclose(found, mode, atol=1e-8)

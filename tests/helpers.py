@@ -1,0 +1,52 @@
+"""Helpers the tests share: transforms moved off the identity, log-dets by autograd, no
+host syncs on a GPU."""
+
+from contextlib import contextmanager
+
+import torch
+
+from pyro_realnvp.flows.conditioner import ScaledLinear
+
+
+@contextmanager
+def no_host_sync():
+    """Raise at any call that waits on the GPU (``torch.cuda.set_sync_debug_mode``)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def randomize_(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter away from the identity initialisation (effective weights
+    of :class:`~pyro_realnvp.nn.ScaledLinear` layers get the same ``std``)."""
+    generator = torch.Generator().manual_seed(seed)
+    gains = {id(m.weight): m.gain for m in module.modules() if isinstance(m, ScaledLinear)}
+    with torch.no_grad():
+        for param in module.parameters():
+            noise = torch.randn(param.shape, generator=generator, dtype=param.dtype) * std
+            param.copy_(noise.to(param.device) / gains.get(id(param), 1.0))
+    return module
+
+
+def saturate_(module: torch.nn.Module, level: float = 1e3) -> torch.nn.Module:
+    """Push every coupling's raw log-scale far past its bound, alternating in sign."""
+    couplings = [m for m in module.modules() if hasattr(m, "scale_bound")]
+    with torch.no_grad():
+        for index, coupling in enumerate(couplings):
+            last = coupling.net[-1]
+            dim = last.bias.numel() // 2
+            sign = 1.0 if index % 2 == 0 else -1.0
+            last.bias[:dim] = sign * level / coupling.output_gain
+    return module
+
+
+def autograd_log_det(transform, x: torch.Tensor) -> torch.Tensor:
+    """``log|det J|`` of ``transform`` at each row of ``x`` by the autograd Jacobian."""
+    values = []
+    for row in x.reshape(-1, x.shape[-1]):
+        jacobian = torch.autograd.functional.jacobian(lambda v: transform._call(v), row)
+        values.append(torch.linalg.slogdet(jacobian)[1])
+    return torch.stack(values).reshape(x.shape[:-1])

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from pyro_realnvp.infer.flat import FlatParameters
+
+
+def make_params(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(3, 4), (4,), (2, 2, 2)]
+    return [torch.randn(shape, generator=generator).requires_grad_() for shape in shapes]
+
+
+def loss_of(params):
+    return sum((p.sin() * (i + 1)).sum() for i, p in enumerate(params))
+
+
+def adam_steps(params, optimized, zero_grad, steps=5):
+    optimizer = torch.optim.Adam(optimized, lr=0.1, fused=True)
+    for _ in range(steps):
+        zero_grad(optimizer)
+        loss_of(params).backward()
+        optimizer.step()
+    return optimizer
+
+
+def test_adam_on_the_flat_buffer_updates_as_on_the_separate_tensors():
+    separate, shared = make_params(), make_params()
+    adam_steps(separate, separate, lambda opt: opt.zero_grad(set_to_none=True))
+    flat = FlatParameters(shared)
+    flat.bind()
+    adam_steps(shared, [flat.flat], lambda opt: flat.zero_grad())
+    for a, b in zip(separate, shared, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+        assert torch.allclose(a.grad, b.grad)
+
+
+def test_release_gives_back_separate_storage_with_the_values_and_keeps_adam_state():
+    params = make_params()
+    flat = FlatParameters(params)
+    flat.bind()
+    storage = flat.flat.untyped_storage().data_ptr()
+    assert all(p.untyped_storage().data_ptr() == storage for p in params)
+    optimizer = adam_steps(params, [flat.flat], lambda opt: flat.zero_grad(), steps=2)
+    values = [p.detach().clone() for p in params]
+    flat.release()
+    assert all(p.untyped_storage().data_ptr() != storage for p in params)
+    assert all(p.grad is None for p in params)
+    assert all(torch.equal(p, v) for p, v in zip(params, values, strict=True))
+    with torch.no_grad():
+        params[0].add_(1.0)  # a change between loops is what the next bind starts from
+    flat.bind()
+    assert torch.equal(flat.flat[:12], (values[0] + 1.0).reshape(-1))
+    assert optimizer.state[flat.flat]["step"] == 2
+
+
+def test_mixed_dtypes_and_non_leaves_are_refused():
+    with pytest.raises(ValueError, match="one dtype and device"):
+        FlatParameters([torch.zeros(2, requires_grad=True),
+                        torch.zeros(2, dtype=torch.float64, requires_grad=True)])  # fmt: skip
+    with pytest.raises(ValueError, match="leaf"):
+        FlatParameters([torch.zeros(2, requires_grad=True) * 2])
+    with pytest.raises(ValueError, match="at least one"):
+        FlatParameters([])
+
+
+def test_gradients_cleared_elsewhere_are_bound_again_at_the_next_zero_grad():
+    separate, shared = make_params(), make_params()
+    adam_steps(separate, separate, lambda opt: opt.zero_grad(set_to_none=True), steps=4)
+    flat = FlatParameters(shared)
+    flat.bind()
+
+    def zero_grad(optimizer):
+        shared[1].grad = None  # as module.zero_grad() would, between steps
+        flat.zero_grad()
+
+    adam_steps(shared, [flat.flat], zero_grad, steps=4)
+    for a, b in zip(separate, shared, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert flat.intact()
