@@ -9,7 +9,7 @@ wraps the module in DistributedDataParallel, and writes and resumes checkpoints.
     python examples/lightning_logistic_regression.py                  # one process
     python examples/lightning_logistic_regression.py --devices 2      # two, on CPU (gloo)
     python examples/lightning_logistic_regression.py --accelerator gpu --devices 4  # NCCL
-    python examples/lightning_logistic_regression.py --resume out/checkpoints/last.ckpt
+    python examples/lightning_logistic_regression.py --resume out/lightning/checkpoints/last.ckpt
 
 Needs ``pip install "pyro-realnvp[lightning]"``. ``--num-steps 20`` gives a fast smoke
 run. See docs/distributed.md for several machines.
@@ -139,7 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--checkpoint-every", type=int, default=500, help="steps")
     parser.add_argument("--resume", default=None, help="a checkpoint to continue from")
-    parser.add_argument("--out-dir", default="lightning_out")
+    parser.add_argument("--out-dir", default="out/lightning", help="checkpoints, logs, result")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return parser.parse_args(argv)
 

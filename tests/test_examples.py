@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import io
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,12 @@ def test_every_example_has_a_smoke_run():
     tests = Path(__file__).parent
     for name, test_file in SMOKED_ELSEWHERE.items():
         assert f"{name}" in (tests / test_file).read_text(), f"{name} has no smoke run"
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.stem)
+def test_an_example_writes_under_out_by_default(script):
+    defaults = re.findall(r'"--out-dir",\s*default="([^"]*)"', script.read_text())
+    assert all(default.startswith("out/") for default in defaults), defaults
 
 
 def test_results_are_finite(smoke):

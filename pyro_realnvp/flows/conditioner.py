@@ -51,13 +51,9 @@ class ScaledLinear(nn.Linear):
 
     ``n`` is ``in_features``. torch initialises :math:`W` within :math:`\pm 1/\sqrt n`, so
     the stored :math:`w` starts within :math:`\pm 1` at every width, and Adam's step of
-    about ``lr`` per entry is the same relative change in every layer. A plain layer's
-    output can move by ``lr * n`` per step instead: at ``lr=1e-2`` and width 84 a
-    coupling's log-scale moved by most of a unit in a few steps, and eight such layers
-    compounded until the flow overflowed (docs/math.md). Scaling by :math:`1/n` (muP's
-    rule for Adam) was stable too but learned too slowly within 3000 steps (10-d funnel
-    KL 0.44 against 0.27, banana 0.78 against 0.64, seed 0). The initial function is
-    torch's usual one.
+    about ``lr`` per entry is the same relative change in every layer, where a plain
+    layer's output can move by ``lr * n`` per step (docs/math.md; why not :math:`1/n`:
+    docs/tuning.md). The initial function is torch's usual one.
 
     Example:
         >>> layer = ScaledLinear(64, 4)

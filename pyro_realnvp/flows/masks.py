@@ -123,20 +123,19 @@ def coupling_masks(
     is transformed by every pair. Pair ``k`` uses :func:`bit_mask` with bit
     ``k mod ceil(log2 dim)``: any two coordinates differ in some bit of their index, so
     with ``2 * ceil(log2 dim)`` layers every coordinate is, in some layer, moved by a
-    conditioner that reads any other (8 layers cover ``dim <= 16``). Masks that only
+    conditioner that reads any other (8 layers cover ``dim <= 16``); masks that only
     alternate, or alternate with halves, leave pairs such as ``0`` and ``2`` together in
-    every layer; on Neal's funnel (``v`` first) this cost AutoRealNVP 0.2-0.3 nats of KL.
-    With ``dim == 1`` there is nothing to condition on: every mask is ``[0]`` and each
-    layer is an affine map with learned constant scale and shift.
+    every layer (docs/tuning.md says what that cost). With ``dim == 1`` there is nothing
+    to condition on: every mask is ``[0]`` and each layer is an affine map with learned
+    constant scale and shift.
 
     ``groups``, the sizes of consecutive runs of coordinates (a model's sites), says what
     belongs together: with two or more, the bits are read from :func:`separating_codes`
     instead of the index, so coordinates of different groups are split by as many pairs
     of layers as the codes allow, and only a group's own coordinates share a code. By
     index, 6 layers kept the 10-d funnel's ``v`` beside one ``x`` in every layer, whose
-    scale could then not follow ``e^{v/2}`` (KL(q‖p) 0.04-0.07; by sites apart, 0.015-0.028;
-    with ``v`` two or three bits from every ``x``, 0.011-0.016, docs/tuning.md), and
-    moved a banana's ``x2`` reading ``x1`` in one layer of six.
+    scale could then not follow ``e^{v/2}``, and moved a banana's ``x2`` reading ``x1``
+    in one layer of six (docs/tuning.md).
 
     Example:
         >>> [m.tolist() for m in coupling_masks(4, 4)]

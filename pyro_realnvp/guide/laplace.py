@@ -135,10 +135,9 @@ def hessian(
 ) -> Tensor:
     r""":math:`\nabla^2 U(u)`, shape ``(D, D)``, or only its diagonal, shape ``(D,)``.
 
-    ``D`` Hessian-vector products, one backward pass each (``is_grads_batched``'s vmap
-    was 7x slower on a 20,000-row regression with 250 latents: 10.4 s against 1.6 s),
-    rows kept ``chunk`` at a time; non-finite where the model cannot be differentiated
-    twice at ``u``.
+    ``D`` Hessian-vector products, one backward pass each (faster than
+    ``is_grads_batched``'s vmap, docs/tuning.md), rows kept ``chunk`` at a time;
+    non-finite where the model cannot be differentiated twice at ``u``.
 
     Example:
         >>> hessian(lambda u: (u**2).sum() + u[0] * u[1], torch.zeros(2))
@@ -251,8 +250,7 @@ def local_start(potential: Callable[[Tensor], Tensor], init: Tensor) -> Gaussian
     r""":math:`\mathcal N(\text{init}, \operatorname{diag}(\min(1, H_{ii}^{-1/2}))^2)`.
 
     The curvature at ``init`` narrows only what the data pin down; the cap at 1 is wide on
-    purpose, since reverse KL lets a too-narrow start stay narrow (at 3000 steps a
-    constant 1.0 beat 0.1 on the 10-d funnel, KL 0.64 against 1.16).
+    purpose, since reverse KL lets a too-narrow start stay narrow (docs/tuning.md).
 
     Example:
         >>> local_start(lambda u: (u**2).sum() * 50 + (u**2).sum() / 200, torch.zeros(2)).scale
@@ -281,12 +279,9 @@ def laplace_start(
     the local one where the mode is degenerate (Neal's funnel peaks at a vanishing scale,
     far from the posterior's mass). With ``rule="proper"``, where the mode search
     converged and :math:`H` is positive definite, the Laplace Gaussian wins whatever its
-    ELBO: a banana's scores far below a local one (-112 against -2.5) since its x2 does
-    not bend, yet it has x1's width, which from the local start the flow had to make
-    itself (banana_d2 k-hat 0.43 against 0.80, seeds 0-4) and which tail-adaptive
-    weights keep; reverse KL in Pyro's loop narrows it (banana_d8: x1's sd from 10 to
-    2.3 within 300 steps) to the best unbent width and stays there (docs/math.md).
-    ``elbo_choice`` then holds the start the ELBO rule would have taken.
+    ELBO: a banana's scores far below a local one since its x2 does not bend, yet it has
+    x1's width, which tail-adaptive weights keep and reverse KL narrows (docs/math.md,
+    docs/tuning.md). ``elbo_choice`` then holds the start the ELBO rule would have taken.
 
     Example:
         >>> start = laplace_start(lambda u: ((u - 2.0) ** 2).sum() * 50, torch.zeros(2))
@@ -296,9 +291,7 @@ def laplace_start(
     if rule not in START_RULES:
         raise ValueError(f"rule must be one of {START_RULES}, got {rule!r}")
     local = local_start(potential, init)
-    # Preconditioning by local.scale reached the mode of a 20,000-row regression that this
-    # does not, but left kilpisjarvi_mod and diamonds worse after training (ELBO -169 vs
-    # -117, 3083 vs 3186): not the default until that is understood.
+    # Not preconditioned by local.scale: docs/tuning.md says why.
     mode, converged = find_mode(potential, init, max_iter=max_iter)
     curvature = hessian(potential, mode, diagonal=not dense)
     factor, bad = covariance_factor(curvature) if dense else diagonal_factor(curvature)
