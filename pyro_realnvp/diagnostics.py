@@ -3,7 +3,7 @@
 Both are built on Pyro's importance weights :math:`\\log w = \\log p(x, z) - \\log q(z)`,
 :math:`z \\sim q`, computed in one vectorized pass (``pyro.infer.importance``), for any
 guide. Both read the full data: subsampling plates are switched off (as for the
-:class:`~pyro_realnvp.potential.Potential` of the Laplace start), so a minibatch never
+:class:`~pyro_realnvp.guide.potential.Potential` of the Laplace start), so a minibatch never
 stands in for the model; where that cannot be done they refuse, naming the plate.
 """
 

@@ -82,7 +82,7 @@ class ConditionalRealNVP(ConditionalTransformModule):
         context_dim: Size ``C`` of the context, the last dimension of ``context``.
         num_layers: Number of coupling layers.
         hidden_dims: Conditioner hidden widths; default
-            :func:`~pyro_realnvp.coupling.default_hidden_dims` of ``D`` plus the
+            :func:`~pyro_realnvp.flows.coupling.default_hidden_dims` of ``D`` plus the
             (embedded) context width.
         embedding: Optional network applied to the context before the couplings.
         embedding_dim: Output width of ``embedding`` (required with it).

@@ -192,7 +192,7 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
     ) -> tuple[Tensor, Tensor]:
         r"""The density's score after this layer from the score ``(g_kept, g_free)`` before
         it: ``(w_free, w_kept)``, at the moved and the kept coordinates (see
-        :mod:`pyro_realnvp.score`). ``tape`` is what :meth:`_scale_shift` recorded and
+        :mod:`pyro_realnvp.flows.conditioner`). ``tape`` is what :meth:`_scale_shift` recorded and
         ``moved`` the layer's output :math:`x_f e^s + t`. Constants: no graph is built.
         """
         with torch.no_grad():
@@ -208,7 +208,7 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
 
     def _supports_score(self) -> bool:
         """Whether :meth:`_carry_score` applies: no context and a conditioner that
-        :func:`~pyro_realnvp.score.supports_score` accepts."""
+        :func:`~pyro_realnvp.flows.conditioner.supports_score` accepts."""
         return not self.context_dim and supports_score(self.net)
 
     def _derive_buffers(self, dtype: torch.dtype) -> None:

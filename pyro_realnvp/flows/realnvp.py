@@ -25,7 +25,7 @@ class RealNVP(OnePassLogDet, TransformModule):
     :math:`\log|\det \partial f/\partial x| = \sum_l \sum_i (1 - b^{(l)}_i) s^{(l)}_i`,
     accumulated during the same pass that computes ``f(x)`` (or its inverse), so
     :meth:`log_abs_det_jacobian` after a call costs nothing. Masks come from
-    :func:`~pyro_realnvp.masks.coupling_masks`: every pair of layers moves every
+    :func:`~pyro_realnvp.flows.masks.coupling_masks`: every pair of layers moves every
     coordinate. For ``input_dim = 1`` each layer is an affine map with learned constant
     scale and shift (its conditioner sees only zeros), so the flow is affine.
 
@@ -34,12 +34,12 @@ class RealNVP(OnePassLogDet, TransformModule):
         num_layers: Number of coupling layers (use an even number so each mask has its
             complement).
         hidden_dims: Conditioner hidden widths; default
-            :func:`~pyro_realnvp.coupling.default_hidden_dims`.
+            :func:`~pyro_realnvp.flows.coupling.default_hidden_dims`.
         groups: Sizes of consecutive runs of coordinates (a model's sites, as
             :class:`~pyro_realnvp.AutoRealNVP` passes them): coordinates of different
             groups are split by as many pairs of layers as the mask bits allow, and only
             a group's own may share every layer (see
-            :func:`~pyro_realnvp.masks.coupling_masks`); ``None``: by index.
+            :func:`~pyro_realnvp.flows.masks.coupling_masks`); ``None``: by index.
         **coupling_options: Every coupling's keyword options, as
             :class:`~pyro_realnvp.MaskedAffineCoupling` takes them: ``scale_bound``,
             ``output_gain``, ``activation``, ``context_dim`` (a context fed to every
@@ -81,7 +81,7 @@ class RealNVP(OnePassLogDet, TransformModule):
         """A RealNVP over couplings built elsewhere, applied in the order given.
 
         This is how other architectures reuse the stack, e.g.
-        :func:`~pyro_realnvp.image.multiscale_realnvp` (masks on images, convolutional
+        :func:`~pyro_realnvp.flows.image.multiscale_realnvp` (masks on images, convolutional
         conditioners). All couplings must share the event size and ``context_dim``.
 
         Example:

@@ -2,7 +2,7 @@
 
 :math:`q_0 = \\mathcal N(\\hat u, H^{-1})`, :math:`\\hat u = \\arg\\min U`, :math:`H =
 \\nabla^2 U(\\hat u)`, with :math:`U` the model's potential in unconstrained space
-(:class:`~pyro_realnvp.potential.Potential`). A guide that starts here has its location and
+(:class:`~pyro_realnvp.guide.potential.Potential`). A guide that starts here has its location and
 scale where the posterior is, so its flow only has to learn what is not Gaussian. Modes can
 mislead (a hierarchical model's density peaks where a scale goes to zero), so
 :func:`laplace_start` scores the Laplace Gaussian against a local one at the initial point

@@ -2,7 +2,7 @@
 
 :math:`U(u) = -\\log p(x, T(u)) - \\log|\\det J_T(u)|`, where :math:`T` maps the guide's
 packed unconstrained latent ``u`` to each site's support with ``biject_to``. The Laplace
-start (:mod:`pyro_realnvp.laplace`), the fast path (:mod:`pyro_realnvp.fast`) and the
+start (:mod:`pyro_realnvp.guide.laplace`), the fast path (:mod:`pyro_realnvp.infer.fast`) and the
 guide's set-up all read the model through this one object.
 """
 

@@ -183,7 +183,7 @@ class FastELBO:
             ``MAX_PARTICLES`` where a step costs its fixed overhead whatever :math:`N`,
             fewer where the model's own arithmetic grows with them.
         beta: Tail-adaptive weights on the particles' gradients, :math:`\rho_i \propto
-            \hat F(w_i)^\beta` (:func:`~pyro_realnvp.losses.particle_objective`); ``None``:
+            \hat F(w_i)^\beta` (:func:`~pyro_realnvp.infer.losses.particle_objective`); ``None``:
             each particle weighs :math:`1/N`, as ``Trace_ELBO``. The loss's value is the
             negative ELBO estimate either way.
         compile: Also ``torch.compile`` the loss and its backward pass, paying a one-off
@@ -396,7 +396,7 @@ class FastELBO:
 
 
 class FastStep:
-    """One :class:`FastELBO` step under a :class:`~pyro_realnvp.train.Schedule`.
+    """One :class:`FastELBO` step under a :class:`~pyro_realnvp.infer.loop.Schedule`.
 
     Example:
         >>> import pyro, pyro.distributions as dist

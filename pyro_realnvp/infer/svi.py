@@ -107,8 +107,9 @@ def fit(
     Args:
         model, guide: A Pyro model and guide; ``*args`` and ``**kwargs`` go to both.
         num_steps, progress, max_redraws: The run, as above.
-        lr, num_particles, loss, optim, lr_decay, clip_norm, fast, compile, tail_beta,
-            tail_fraction, average: The step's options, see :func:`fit_step`.
+        lr, num_particles, loss, optim, lr_decay, clip_norm: The step's options, as
+            are ``fast``, ``compile``, ``tail_beta``, ``tail_fraction`` and ``average``:
+            see :func:`fit_step`.
 
     Returns:
         A :class:`~pyro_realnvp.History`: the losses, with ``.redraws``, ``.method``
