@@ -2,8 +2,9 @@
 
 "Private" means a leading underscore or a module that neither library documents
 (``pyro.util``, ``pyro.infer.autoguide.guides``, ``torch.fx.experimental``). Each helper
-here is the package's only caller of its name, and ``tests/test_compat.py`` pins what
-the package relies on, so an upgrade that changes it fails a test named after it.
+here is the package's only caller of its name, and ``tests/_internal/test_compat.py``
+pins what the package relies on, so an upgrade that changes it fails a test named after
+it.
 
 Not wrapped, because they are a subclass's contract rather than calls (pinned all the
 same): ``AutoContinuous._setup_prototype``, ``_prototype_hide_fn``, ``_init_loc``,

@@ -108,7 +108,7 @@ def test_elbo_traces_replay_the_model_at_the_guide_draw():
 
 
 def test_an_elbo_reads_its_traces_through_the_overridable_get_trace():
-    # ELBOs that wrap another (infer.py, ddp.py) forward this hook to the inner ELBO.
+    # ELBOs that wrap another (infer/finite.py, distributed/ddp.py) forward this hook.
     calls = []
 
     class Recording(Trace_ELBO):
@@ -161,7 +161,7 @@ def test_capture_graph_replays_the_function_at_new_inputs():
 
 
 def test_capture_graph_refuses_data_dependent_control_flow_by_that_name():
-    # fast.py turns this RuntimeError into a FastPathError by its wording.
+    # infer/fast.py turns this RuntimeError into a FastPathError by its wording.
     with pytest.raises(RuntimeError, match="data-dependent"):
         capture_graph(lambda u: u if u.sum() > 0 else -u, torch.ones(3))
 
