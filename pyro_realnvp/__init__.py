@@ -6,8 +6,7 @@ one training loop), ``distributed`` (data-parallel training), and the use cases
 ``density``, ``diagnostics`` and ``plots``; ``errors`` holds what users catch.
 """
 
-import importlib as _importlib
-
+from ._internal.moved import moved_module as _moved_module
 from .density import anomaly_scores, bits_per_dim, dequantize, fit_density, flow_distribution
 from .diagnostics import KHat, khat_reading, psis_khat, to_inference_data
 from .distributed.ddp import DataParallelELBO, fit_distributed
@@ -89,7 +88,7 @@ _MOVED = {
     "flat": "infer.flat",
     "flow": "flows.realnvp",
     "image": "flows.image",
-    "init_checks": "guide.checks",
+    "init_checks": "guide.sites",
     "laplace": "guide.laplace",
     "lightning": "distributed.lightning",
     "losses": "infer.losses",
@@ -105,7 +104,7 @@ _MOVED = {
 
 def __getattr__(name: str):
     # ``pyro_realnvp.ddp`` and the like, as attributes, after a plain ``import pyro_realnvp``
-    # (the old package imported them eagerly): the alias module, which warns.
-    if name in _MOVED:
-        return _importlib.import_module(f"{__name__}.{name}")
+    # (the old package imported them eagerly; never lightning, an optional extra).
+    if name in _MOVED and name != "lightning":
+        return _moved_module(f"{__name__}.{name}", _MOVED[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

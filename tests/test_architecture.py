@@ -110,6 +110,41 @@ def test_no_module_reaches_another_sub_packages_private_names(module):
             assert not (foreign and private), f"{module} imports {private} from {node.module}"
 
 
+@cache
+def private_names(sub_package: str) -> frozenset[str]:
+    """The underscore names a sub-package defines: its classes' private methods and
+    attributes (``self._x = ...``), and its modules' private functions."""
+    found = set()
+    for module in (m for m in MODULES if part(m) == sub_package):
+        for node in ast.walk(ast.parse(MODULES[module].read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                found.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                found.add(node.attr)
+    return frozenset(n for n in found if n.startswith("_") and not n.startswith("__"))
+
+
+def on_itself(node: ast.Attribute) -> bool:
+    """``self._x``, ``cls._x`` or ``super()._x``: an object's own attribute."""
+    value = node.value
+    if isinstance(value, ast.Call):
+        return isinstance(value.func, ast.Name) and value.func.id == "super"
+    return isinstance(value, ast.Name) and value.id in ("self", "cls")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if part(m) != "_internal"))
+def test_no_module_calls_another_sub_packages_private_attributes(module):
+    # _internal is where calls into private names are meant to live (its compat module).
+    own = private_names(part(module)) | private_names("_internal")
+    others = set().union(*(private_names(p) for p in LAYERS if p != part(module))) - own
+    reached = {
+        node.attr
+        for node in ast.walk(ast.parse(MODULES[module].read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in others and not on_itself(node)
+    }
+    assert reached == set(), f"{module} reaches {sorted(reached)} of another sub-package"
+
+
 def sizes(module: str):
     """``(what, name, lines)`` of the module, its classes, functions and docstrings."""
     text = MODULES[module].read_text()

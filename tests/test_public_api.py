@@ -7,6 +7,7 @@ import pkgutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -179,12 +180,30 @@ def test_every_module_path_of_the_flat_layout_still_works(old):
         assert moved == [], path
 
 
-def test_an_old_module_as_an_attribute_of_the_package_warns_and_resolves():
+def test_an_old_module_as_an_attribute_of_the_package_warns_at_that_line_and_resolves():
     sys.modules.pop("pyro_realnvp.ddp", None)
     vars(pyro_realnvp).pop("ddp", None)
-    with pytest.warns(DeprecationWarning, match="pyro_realnvp.ddp moved"):
+    with pytest.warns(DeprecationWarning, match="pyro_realnvp.ddp moved") as caught:
         fit_distributed = pyro_realnvp.ddp.fit_distributed
     assert fit_distributed is pyro_realnvp.fit_distributed
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_the_optional_lightning_module_is_no_attribute_of_the_package():
+    assert getattr(pyro_realnvp, "lightning", None) is None or "lightning" in sys.modules
+
+
+def test_a_guide_pickled_before_the_split_loads_and_summarises_as_it_did():
+    # tests/data/guide_897fef0.pt: AutoRealNVP(num_layers=2, hidden_dims=(4,)) of
+    # x ~ N(1, 2), s ~ LogNormal(0, 0.5) after 50 steps of fit, saved at 897fef0.
+    import torch
+
+    with warnings.catch_warnings():  # it names the old modules: the aliases warn
+        warnings.simplefilter("ignore", DeprecationWarning)
+        guide = torch.load(Path(__file__).parent / "data" / "guide_897fef0.pt", weights_only=False)
+    quantiles = guide.quantiles([0.25, 0.5, 0.75])
+    torch.testing.assert_close(quantiles["x"], torch.tensor([-0.36980969, 0.94136655, 2.30070019]))
+    torch.testing.assert_close(quantiles["s"], torch.tensor([0.70581609, 1.00137091, 1.41422021]))
 
 
 def test_importing_the_package_imports_no_extra_and_warns_nothing():

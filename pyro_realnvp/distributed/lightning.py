@@ -108,6 +108,11 @@ class SVIModule(pl.LightningModule):
         """Steps skipped after a non-finite loss, over the run so far."""
         return self.policy.total + self.policy.in_a_row
 
+    @property
+    def max_redraws(self) -> int:
+        """Non-finite steps in a row that are skipped before the next one raises."""
+        return self.policy.max_redraws
+
     def schedule(self) -> Schedule:
         """``fit``'s schedule for this run: the decay reaches ``lr * lr_decay`` at
         ``Trainer(max_steps=...)``, and does not decay without it."""
@@ -158,4 +163,5 @@ class SVIModule(pl.LightningModule):
         self.log("loss", value, prog_bar=True)
 
     def on_fit_end(self) -> None:
-        self.policy.warn(len(self.losses) + self.policy.total)
+        if self.trainer.is_global_zero:  # every rank skipped the same steps: say it once
+            self.policy.warn(len(self.losses) + self.policy.total)

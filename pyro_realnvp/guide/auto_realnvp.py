@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .._internal.compat import prototype_hide_fn, stored_constraint, unpack_latent
 from ..flows.realnvp import RealNVP
-from . import checks, store, summaries
+from . import sites, store, summaries
 from .laplace import START_RULES, GaussianStart, laplace_start, local_start
 from .options import AUTO_LOWER_MAX_DIM, check_options, flow_options
 from .posterior import (
@@ -38,7 +38,7 @@ from .units import StartUnits, loc_units
 
 __all__ = ["AutoRealNVP"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger(__package__)  # "pyro_realnvp.guide", as before the split
 
 
 def _hide_enumerated(msg: dict) -> bool:
@@ -109,7 +109,7 @@ class AutoRealNVP(AutoContinuous):
         self._flow_options = flow_options(num_layers, hidden_dims, scale_bound, activation)
         self._init_scale = init_scale if init_scale == "auto" else float(init_scale)
         self._find_mode = init_loc_fn is None
-        self._init_value_names = checks.init_value_names(init_loc_fn)
+        self._init_value_names = sites.init_value_names(init_loc_fn)
         self._affine = affine
         self.estimator = estimator
         self.start_rule = start_rule
@@ -119,6 +119,7 @@ class AutoRealNVP(AutoContinuous):
         self._requires_grad = True
         self._init_loc_fn = init_to_median if init_loc_fn is None else init_loc_fn
         super().__init__(model, init_loc_fn=self._init_loc_fn)
+        self._bare_model = (model,)  # without init_loc_fn: what the potential reads
         self.register_load_state_dict_pre_hook(store.raw_loc_of_older_states)
 
     @property
@@ -139,9 +140,9 @@ class AutoRealNVP(AutoContinuous):
 
     def _build(self, *args, **kwargs) -> None:
         self._trace_prototype(*args, **kwargs)
-        checks.check_one_device_and_dtype(self.prototype_trace)
+        sites.check_one_device_and_dtype(self.prototype_trace)
         init_loc = self._init_loc()
-        checks.check_finite_init(init_loc, unpack_latent(self, init_loc))
+        sites.check_finite_init(init_loc, unpack_latent(self, init_loc))
         self.start = start = self._gaussian_start(init_loc, *args, **kwargs)
         scale, unit = start.scale, start.scale_tril / start.scale[:, None]
         if self._init_scale != "auto":
@@ -161,9 +162,9 @@ class AutoRealNVP(AutoContinuous):
             self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
         # Each site a mask group: a scale and what it scales are split by as many pairs
         # of layers as the mask bits allow (flows.masks.coupling_masks).
-        sites = [shape.numel() for shape in self._unconstrained_shapes.values()]
+        groups = [shape.numel() for shape in self._unconstrained_shapes.values()]
         factory = {"device": init_loc.device, "dtype": init_loc.dtype}
-        self.flow = RealNVP(self.latent_dim, **self._flow_options, groups=sites, **factory)
+        self.flow = RealNVP(self.latent_dim, **self._flow_options, groups=groups, **factory)
         if not self._requires_grad:  # frozen before set-up: before the store sees them
             nn.Module.requires_grad_(self, False)
         self._register_flow()
@@ -174,16 +175,16 @@ class AutoRealNVP(AutoContinuous):
         try:
             super()._setup_prototype(*args, **kwargs)
         except NotImplementedError as error:
-            checks.name_unsupported_site(self.prototype_trace, error)
-            if checks.raised_by_init_strategy(error):  # a site that cannot be sampled
-                raise checks.unsampleable_error(error, self._find_mode) from error
+            sites.name_unsupported_site(self.prototype_trace, error)
+            if sites.raised_by_init_strategy(error):  # a site that cannot be sampled
+                raise sites.unsampleable_error(error, self._find_mode) from error
             raise
         except (ValueError, TypeError) as error:
             if self._find_mode:  # our own init: the model's failure is its own
                 raise
             set_rng_state(rng)  # init_to_median draws: re-run at the same values
-            raise checks.init_values_error(self.model, error, args, kwargs) from error
-        checks.check_prototype(self.prototype_trace, self.model, self._init_value_names,
+            raise sites.init_values_error(self.model, error, args, kwargs) from error
+        sites.check_prototype(self.prototype_trace, self.model, self._init_value_names,
                                not self._find_mode, args, kwargs)  # fmt: skip
 
     def _gaussian_start(self, init_loc: Tensor, *args, **kwargs) -> GaussianStart:
@@ -191,8 +192,10 @@ class AutoRealNVP(AutoContinuous):
         chosen = self.__dict__.pop("_next_start", None)
         if chosen is not None:  # set by restart_by_elbo
             return chosen
-        # The full-data potential: set-up refused latents in subsampling plates.
-        potential = Potential(self.model, self, args, kwargs, full_data=True)
+        # The full-data potential of the model as given: through init_loc_fn's messenger
+        # each evaluation would redraw the initial values (init_to_median: 15 prior draws).
+        bare = self.__dict__.get("_bare_model") or (self.model,)
+        potential = Potential(bare[0], self, args, kwargs, full_data=True)
         if not self._find_mode:
             return local_start(potential, init_loc)
         rule = getattr(self, "start_rule", "auto")  # a guide pickled before it had one
@@ -201,7 +204,7 @@ class AutoRealNVP(AutoContinuous):
         start = laplace_start(potential, init_loc, dense=self._dense, rule=rule)
         _log.info("AutoRealNVP starts from the %s Gaussian (ELBO %.4g)", start.kind, start.elbo)
         if start.kind.startswith("laplace") and bool(start.bad.any()):
-            message = checks.bad_curvature_warning(start.bad, self._unconstrained_shapes)
+            message = sites.bad_curvature_warning(start.bad, self._unconstrained_shapes)
             warnings.warn(message, UserWarning, stacklevel=4)
         return start
 
@@ -229,13 +232,9 @@ class AutoRealNVP(AutoContinuous):
             self._auto_start_rule = "elbo"
 
     def restart_by_elbo(self) -> None:
-        """Undo the set-up where ``start_rule`` took the Laplace start over the start the
-        ELBO's rule would take, so that the next call sets the guide up from that one.
-
-        For a set-up made for tail-adaptive weights whose training falls back on Pyro's
-        reverse KL (``fit``), before any step; nothing happens where the ELBO's rule
-        chose the same start.
-        """
+        """Undo a set-up whose ``start_rule`` took another start than the ELBO's rule would,
+        so that the next call sets the guide up from that one: for ``fit``, where the set-up
+        for tail-adaptive weights falls back on Pyro's reverse KL before any step."""
         start = self.start
         if self.prototype_trace is None or start is None or start.elbo_choice is None:
             return
@@ -288,6 +287,7 @@ class AutoRealNVP(AutoContinuous):
         # As AutoContinuous.__init__ does: the model starts at init_loc_fn's values (a
         # loaded guide's were not saved; it is set up, so they matter only to a new set-up).
         self._model = (InitMessenger(self._init_loc_fn or init_to_median)(model),)
+        self._bare_model = (model,)
 
     def __getstate__(self) -> dict:
         # Pyro's AutoGuide.__getstate__ drops the model (often an unpicklable closure) from
@@ -295,7 +295,8 @@ class AutoRealNVP(AutoContinuous):
         model, master = self._model, self.master
         state = dict(super().__getstate__())
         self._model, self.master = model, master
-        state["_init_loc_fn"] = None  # as unpicklable as the model can be; it set up already
+        # As unpicklable as the model can be; it set up already.
+        state["_init_loc_fn"] = state["_bare_model"] = None
         return state
 
     def __deepcopy__(self, memo: dict) -> AutoRealNVP:
@@ -304,6 +305,7 @@ class AutoRealNVP(AutoContinuous):
         memo[id(self)] = copied
         copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
         copied._model, copied._init_loc_fn = self._model, self._init_loc_fn
+        copied._bare_model = self._bare_model
         return copied
 
     def get_base_dist(self) -> dist.Distribution:

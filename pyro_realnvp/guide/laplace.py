@@ -282,6 +282,7 @@ def laplace_start(
     ELBO: a banana's scores far below a local one since its x2 does not bend, yet it has
     x1's width, which tail-adaptive weights keep and reverse KL narrows (docs/math.md,
     docs/tuning.md). ``elbo_choice`` then holds the start the ELBO rule would have taken.
+    A search that hits its budget found no mode, so by either rule the start is local.
 
     Example:
         >>> start = laplace_start(lambda u: ((u - 2.0) ** 2).sum() * 50, torch.zeros(2))
@@ -293,15 +294,17 @@ def laplace_start(
     local = local_start(potential, init)
     # Not preconditioned by local.scale: docs/tuning.md says why.
     mode, converged = find_mode(potential, init, max_iter=max_iter)
+    local.elbo = gaussian_elbo(potential, local.loc, local.scale_tril, num_draws=num_draws)
+    if not converged:
+        # Still descending at its budget: a potential with no minimum there (a
+        # hierarchical scale on its way to zero), whose curvature would start the guide
+        # in the degenerate neck, too narrow to leave it (docs/tuning.md, issue 28).
+        return local
     curvature = hessian(potential, mode, diagonal=not dense)
     factor, bad = covariance_factor(curvature) if dense else diagonal_factor(curvature)
-    kind = "laplace" if converged else "laplace (mode search hit its budget)"
-    laplace = GaussianStart(mode, factor, bad, kind=kind)
-    for candidate in (laplace, local):
-        candidate.elbo = gaussian_elbo(
-            potential, candidate.loc, candidate.scale_tril, num_draws=num_draws
-        )
-    proper = converged and not bool(bad.any()) and math.isfinite(laplace.elbo)
+    laplace = GaussianStart(mode, factor, bad, kind="laplace")
+    laplace.elbo = gaussian_elbo(potential, laplace.loc, laplace.scale_tril, num_draws=num_draws)
+    proper = not bool(bad.any()) and math.isfinite(laplace.elbo)
     if rule == "proper" and proper:
         if laplace.elbo < local.elbo:
             laplace.elbo_choice = local

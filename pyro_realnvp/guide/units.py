@@ -56,9 +56,8 @@ def loc_units(start: GaussianStart, stored: object | None) -> tuple[Tensor, Tens
 
     Those of a loaded param store (``stored``, its constraint; units of 1 about 0 for one
     saved with a raw location); else the Laplace start's mode and width, where the
-    location starts at the mode and moves little; else units of 1: from a local start, a
-    mode search that hit its budget, or where the curvature was not positive, the
-    location may have far to go.
+    location starts at the mode and moves little; else units of 1: from a local start, or
+    where the curvature was not positive, the location may have far to go.
 
     Example:
         >>> start = GaussianStart(torch.ones(2), torch.diag(torch.tensor([0.1, 2.0])),

@@ -5,8 +5,9 @@ objective (``losses``) and the optimizer's flat buffer (``flat``)."""
 
 from ..errors import FastPathError, NonFiniteLossError, TrainingInterrupted
 from .averaging import AVERAGE, AveragedStep
-from .fast import MAX_PARTICLES, FastELBO, FastStep, FlowGuide, particles_for
+from .fast import MAX_PARTICLES, FastELBO, FastStep, particles_for
 from .finite import FiniteELBO, explain_non_finite
+from .flow_guide import FlowGuide
 from .loop import History, RedrawPolicy, Schedule, Step, check_training_args, train
 from .losses import TAIL_BETA, particle_objective, tail_adaptive_weights
 from .svi import CLIP_NORMS, SVIStep, fit, fit_fast, fit_step

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Protocol, runtime_checkable
 
 import pyro
 import torch
@@ -30,38 +28,17 @@ from ..errors import FastPathError, NonFiniteLossError
 from ..guide.potential import Potential
 from .finite import explain_non_finite, rejected_draws_are_non_finite, usability
 from .flat import FlatParameters
+from .flow_guide import FlowGuide
 from .loop import Schedule, clip_total_norm
 from .losses import check_beta, particle_objective
 
-__all__ = ["FastELBO", "FastStep", "FlowGuide", "particles_for"]
+__all__ = ["FastELBO", "FastStep", "particles_for"]
 
 #: Most particles per step the fast path chooses by itself, and the elements the model's
 #: log-density may compute per step before more particles cost more than the flow's own
 #: per-step overhead (docs/tuning.md): a step is overhead-bound below it.
 MAX_PARTICLES = 32
 PARTICLE_BUDGET = 2**21
-
-
-@runtime_checkable
-class FlowGuide(Protocol):
-    """What the fast path needs of a guide besides Pyro's ``AutoContinuous`` contract
-    (``latent_dim``, ``loc``, ``prototype_trace``): :class:`~pyro_realnvp.AutoRealNVP`'s
-    public methods, so that the path depends on them and not on the class.
-
-    Example:
-        >>> from pyro_realnvp import AutoRealNVP
-        >>> from pyro.infer.autoguide import AutoNormal
-        >>> isinstance(AutoRealNVP(print), FlowGuide), isinstance(AutoNormal(print), FlowGuide)
-        (True, False)
-    """
-
-    def draw(self, eps: Tensor) -> tuple[Tensor, Tensor]: ...
-
-    def latent_draws(self, num_samples: int, seed: int = 0) -> Tensor: ...
-
-    def auto_start_rule(self, rule: str) -> AbstractContextManager: ...
-
-    def restart_by_elbo(self) -> None: ...
 
 
 def _structure(trace: poutine.Trace) -> list[tuple]:

@@ -17,6 +17,7 @@ from torch.distributions import biject_to
 from .._internal.compat import elbo_traces, unpack_latent
 from .._internal.locate import first_line, model_raised, partial_trace, raised_at
 from ..errors import NonFiniteLossError
+from .flow_guide import FlowGuide
 
 __all__ = ["FiniteELBO", "explain_non_finite", "rejected_draws_are_non_finite", "usability"]
 
@@ -134,11 +135,10 @@ def _guide_finite(guide: Callable | None, args: tuple = (), kwargs: dict | None 
     try:
         with torch.no_grad(), poutine.block():
             values = list(median(*args, **kwargs).values())
-            draws = getattr(guide, "latent_draws", None)
-            if draws is not None:
+            if isinstance(guide, FlowGuide):
                 values += [
                     biject_to(site["fn"].support)(value)
-                    for site, value in unpack_latent(guide, draws(4096, seed=0))
+                    for site, value in unpack_latent(guide, guide.latent_draws(4096, seed=0))
                 ]
             else:
                 values += [v for _ in range(16) for v in guide(*args, **kwargs).values()]
@@ -254,7 +254,7 @@ def usability(
             "but the guide itself is not finite (its parameters are, its draws are not), so "
             "it is not usable: start again with a smaller lr."
         )
-    if guide is not None and getattr(guide, "latent_draws", None) is not None:
+    if isinstance(guide, FlowGuide):
         return (
             "its parameters, median and 4096 fixed-seed draws are finite: the guide is still "
             "usable."

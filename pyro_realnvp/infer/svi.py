@@ -20,8 +20,9 @@ from pyro.optim import PyroOptim
 
 from ..errors import FastPathError
 from .averaging import AVERAGE, AveragedStep
-from .fast import FastStep, FlowGuide
+from .fast import FastStep
 from .finite import FiniteELBO
+from .flow_guide import FlowGuide
 from .loop import History, Schedule, Step, check_training_args, train
 from .losses import TAIL_BETA, check_beta
 
@@ -124,7 +125,9 @@ def fit(
         >>> len(losses), round(guide.median()["x"].item()), losses.method
         (300, 3, 'svi')
     """
-    check_training_args(num_steps=num_steps, max_redraws=max_redraws)
+    _check(model, guide, loss, optim, num_steps=num_steps, lr=lr, num_particles=num_particles,
+           lr_decay=lr_decay, clip_norm=clip_norm, max_redraws=max_redraws,
+           tail_fraction=tail_fraction, average=average)  # fmt: skip
     step, history = fit_step(
         model, guide, *args, num_steps=num_steps, lr=lr, num_particles=num_particles,
         loss=loss, optim=optim, lr_decay=lr_decay, clip_norm=clip_norm, fast=fast,
@@ -165,13 +168,10 @@ def fit_step(
         >>> history.method, len(train(step, 10, progress=False))
         ('fast', 10)
     """
-    _check_callables(model, guide, loss, optim)
+    _check(model, guide, loss, optim, num_steps=num_steps, lr=lr, num_particles=num_particles,
+           lr_decay=lr_decay, clip_norm=clip_norm, tail_fraction=tail_fraction,
+           average=average)  # fmt: skip
     schedules = _schedules(lr, lr_decay, clip_norm, num_steps)
-    check_training_args(
-        num_steps=num_steps, lr=lr, num_particles=1 if num_particles is None else num_particles,
-        lr_decay=lr_decay, clip_norm=schedules["svi"].clip_norm, tail_fraction=tail_fraction,
-        average=average,
-    )  # fmt: skip
     fast = True if compile else fast
     tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
@@ -236,6 +236,16 @@ def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, h
         note = ""
     step = _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedules["svi"])
     return step, note
+
+
+def _check(model, guide, loss, optim, *, num_particles, clip_norm, **numbers) -> None:
+    """Refuse, before any set-up and in one order, an argument of ``fit`` that is wrong."""
+    _check_callables(model, guide, loss, optim)
+    check_training_args(
+        num_particles=1 if num_particles is None else num_particles,
+        clip_norm=CLIP_NORMS["svi"] if clip_norm is None else clip_norm,
+        **numbers,
+    )
 
 
 def _check_callables(model, guide, loss, optim) -> None:

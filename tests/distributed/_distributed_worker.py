@@ -1,4 +1,4 @@
-"""One rank of a test scenario for tests/test_distributed.py (run as a script per rank).
+"""One rank of a scenario of test_distributed.py beside it (run as a script per rank).
 
     python tests/distributed/_distributed_worker.py {train,failures,all} OUTDIR
 

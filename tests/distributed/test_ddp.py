@@ -1,4 +1,4 @@
-"""DataParallelELBO and fit_distributed in one process (tests/test_distributed.py runs 2)."""
+"""DataParallelELBO and fit_distributed in one process (test_distributed.py runs 2)."""
 
 from __future__ import annotations
 

@@ -162,6 +162,22 @@ def test_laplace_start_by_the_elbo_rule_keeps_the_better_scoring_local_one():
     assert start.scale.max().item() <= 1.0
 
 
+@pytest.mark.parametrize("rule", ["elbo", "proper"])
+def test_a_mode_search_that_hits_its_budget_starts_locally(rule):
+    # A hierarchical model's density grows without bound as its scale goes to zero: the
+    # search runs down that neck until its budget, and the curvature there would start
+    # the guide far too narrow to leave it, whatever the Gaussian's ELBO there.
+    def neck(u):  # -log N(u1; 0, e^{u0}): unbounded below as u0 -> -inf at u1 = 0
+        return u[0] / 2 + u[1] ** 2 / (2 * torch.exp(u[0]))
+
+    init = torch.tensor([0.0, 0.3], dtype=torch.float64)
+    assert not find_mode(neck, init)[1]
+    start = laplace_start(neck, init, rule=rule)
+    assert start.kind == "local"
+    assert start.loc.tolist() == [0.0, 0.3]
+    assert start.elbo_choice is None
+
+
 def test_laplace_start_refuses_an_unknown_rule():
     with pytest.raises(ValueError, match="rule must be one of"):
         laplace_start(banana_potential, torch.zeros(2), rule="laplace")

@@ -92,7 +92,6 @@ def test_units_come_only_from_a_converged_start_with_positive_curvature():
     bad = torch.tensor([False, True, False])
     kinds = {
         "laplace": torch.tensor([1e-3, 1.0, 3e-3]),  # bad curvature: a unit of 1 there
-        "laplace (mode search hit its budget)": torch.ones(3),
         "local": torch.ones(3),
     }
     for kind, expected in kinds.items():

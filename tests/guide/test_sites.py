@@ -8,7 +8,7 @@ from pyro.distributions import constraints
 from pyro.infer.autoguide import init_to_median, init_to_value
 
 from pyro_realnvp import AutoRealNVP
-from pyro_realnvp.guide.checks import (
+from pyro_realnvp.guide.sites import (
     MAX_LISTED_SITES,
     check_init_values,
     format_values,
