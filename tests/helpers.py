@@ -3,6 +3,8 @@ host syncs on a GPU."""
 
 from contextlib import contextmanager
 
+import pyro
+import pyro.distributions as dist
 import torch
 
 from pyro_realnvp.flows.conditioner import ScaledLinear
@@ -50,3 +52,25 @@ def autograd_log_det(transform, x: torch.Tensor) -> torch.Tensor:
         jacobian = torch.autograd.functional.jacobian(lambda v: transform._call(v), row)
         values.append(torch.linalg.slogdet(jacobian)[1])
     return torch.stack(values).reshape(x.shape[:-1])
+
+
+def hierarchical(data):
+    """Groups with a shared mean, observed ``data.shape[1]`` times each: a plate in a plate."""
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        with pyro.plate("groups", data.shape[0]):
+            theta = pyro.sample("theta", dist.Normal(mu, 1.0))
+            with pyro.plate("obs", data.shape[1]):
+                pyro.sample("y", dist.Normal(theta, 1.0), obs=data.T)
+
+    return model
+
+
+def poisonable_model(state):
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        shift = float("inf") if state["poison"] else 0.0
+        pyro.sample("likelihood", dist.Normal(x + shift, 1.0), obs=torch.tensor(1.0))
+
+    return model

@@ -12,15 +12,11 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
 
 from pyro_realnvp import fit
 from pyro_realnvp.distributed import (
-    Blocks,
-    data_plate,
     load_checkpoint,
     save_checkpoint,
-    shard,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -205,45 +201,3 @@ def test_example_runs_under_two_processes_and_only_rank_0_prints(tmp_path):
     assert results[1].stdout == ""
     load_checkpoint(checkpoint)
     assert "AutoRealNVP.loc" in pyro.get_param_store()
-
-
-def test_data_plate_scales_shard_to_full_data():
-    y = torch.zeros(5)
-
-    def model():
-        with data_plate("data", num_data=20, shard_size=5, batch_size=2) as idx:
-            pyro.sample("y", pyro.distributions.Normal(0.0, 1.0), obs=y[idx])
-
-    trace = pyro.poutine.trace(model).get_trace()
-    assert trace.nodes["y"]["scale"] == 10.0
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [({"rank": 2, "world_size": 2}, "rank must be"), ({"rank": 0, "world_size": 9}, "cannot")],
-    ids=["rank-out-of-range", "more-ranks-than-rows"],
-)
-def test_shard_rejects_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        shard(torch.zeros(4), **kwargs)
-
-
-@pytest.mark.parametrize("rank", [0, 1], ids=["rank-0", "rank-1"])
-def test_blocks_dealt_by_a_distributed_sampler_are_the_shards(rank):
-    x, y = torch.randn(10, 2), torch.arange(10)
-    blocks = Blocks(x, y, block_size=5)
-    sampler = DistributedSampler(blocks, num_replicas=2, rank=rank, shuffle=False)
-    (index,) = list(sampler)
-    for got, expected in zip(blocks[index], shard(x, y, rank=rank, world_size=2), strict=True):
-        assert torch.equal(got, expected)
-
-
-@pytest.mark.parametrize(
-    ("tensors", "block_size", "match"),
-    [((), 2, "at least one"), ((torch.zeros(3), torch.zeros(4)), 2, "share"),
-     ((torch.zeros(3),), 0, "block_size")],
-    ids=["no-tensors", "unequal-lengths", "empty-blocks"],
-)  # fmt: skip
-def test_blocks_reject_bad_arguments(tensors, block_size, match):
-    with pytest.raises(ValueError, match=match):
-        Blocks(*tensors, block_size=block_size)

@@ -1,13 +1,12 @@
 from functools import partial
 
-import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from helpers import no_host_sync, randomize_
 from torch import nn
 
-from pyro_realnvp import AutoRealNVP, RealNVP
+from pyro_realnvp import RealNVP
 from pyro_realnvp.flows.conditioner import (
     conditioner,
     conditioner_vjp,
@@ -92,37 +91,6 @@ def test_a_hook_that_changes_a_layer_falls_back_to_the_inverse_pass():
     x = torch.randn(16, 4, **F64)
     y, _ = flow.forward_and_log_det(x)
     assert torch.allclose(flow.inverse_and_log_det(y)[0], x)  # the hook acts on both passes
-
-
-def model():
-    pyro.sample("a", dist.Normal(torch.zeros(2, **F64), 1.0).to_event(1))
-    pyro.sample("b", dist.LogNormal(torch.zeros((), **F64), 1.0))
-
-
-def path_gradients(guide, eps):
-    params = [p for p in guide.parameters() if p.requires_grad]
-    for param in params:
-        param.grad = None
-    u, log_q = guide.path_draw(eps)
-    (log_q - dist.Normal(0.0, 2.0).log_prob(u).sum(-1)).sum().backward()
-    return log_q.detach(), [param.grad.clone() for param in params]
-
-
-@pytest.mark.parametrize("affine", ["lower", "diagonal"])
-def test_path_draw_gives_the_inverse_pass_value_and_gradient(affine):
-    pyro.clear_param_store()
-    guide = AutoRealNVP(model, num_layers=4, hidden_dims=(8,), affine=affine)
-    guide()
-    randomize_(guide, std=0.3)
-    eps = torch.randn(16, 3, **F64)
-    fast, fast_grads = path_gradients(guide, eps)
-    assert guide.flow.supports_score()
-    guide.flow.layers[1].net.register_forward_hook(lambda *_: None)
-    assert not guide.flow.supports_score()  # the inverse pass instead
-    slow, slow_grads = path_gradients(guide, eps)
-    assert torch.allclose(fast, slow, rtol=1e-10)
-    for a, b in zip(fast_grads, slow_grads, strict=True):
-        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.cuda

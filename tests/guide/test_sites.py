@@ -113,3 +113,110 @@ def test_an_unknown_support_is_not_what_is_checked():
     trace.nodes["o"]["value"] = "x"
     check_init_values(trace, shapes=True)
     assert format_values(trace) == "o='x'"
+
+
+def test_discrete_latent_is_rejected_with_the_site_name():
+    def model():
+        pyro.sample("count", dist.Poisson(3.0))
+
+    with pytest.raises(ValueError, match="discrete sample site 'count'"):
+        AutoRealNVP(model)()
+
+
+def test_model_without_latents_is_rejected():
+    def model():
+        pyro.sample("y", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+
+    with pytest.raises(RuntimeError, match="no latent variables"):
+        AutoRealNVP(model)()
+
+
+def test_mixed_dtypes_are_rejected_naming_the_sites():
+    def model():
+        pyro.sample("a", dist.Normal(0.0, 1.0))
+        pyro.sample("b", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+
+    with pytest.raises(
+        ValueError, match="'a' on cpu as torch.float32.*'b' on cpu as torch.float64"
+    ):
+        AutoRealNVP(model)()
+
+
+def test_non_finite_init_is_rejected_naming_the_site():
+    def model():
+        pyro.sample("s", dist.HalfNormal(1.0))
+
+    with pytest.raises(ValueError, match=r"\['s'\]"):
+        AutoRealNVP(model, init_loc_fn=lambda site: torch.tensor(0.0))()
+
+
+def test_an_unsupported_support_is_named_with_its_site():
+    def model():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.sample("w", dist.Wishart(df=torch.tensor(3.0), covariance_matrix=torch.eye(2)))
+
+    with pytest.raises(ValueError, match="site 'w' has support"):
+        AutoRealNVP(model)()
+
+
+def beta_and_scale_model():
+    s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+    pyro.sample("p", dist.Beta(2.0, 2.0))
+    pyro.sample("y", dist.Normal(0.0, s), obs=torch.tensor(0.0))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"p": 1.5}, "init_loc_fn gave site 'p' a value outside its support"),
+        ({"s": -1.0}, "init_loc_fn gave site 's' a value outside its support"),
+        ({"s": float("nan")}, "init_loc_fn gave site 's' a non-finite value"),
+    ],
+)
+def test_initial_values_the_model_cannot_take_are_refused_naming_init_loc_fn(values, message):
+    values = {name: torch.tensor(value) for name, value in values.items()}
+    guide = AutoRealNVP(beta_and_scale_model, init_loc_fn=init_to_value(values=values))
+    with pytest.raises(ValueError, match=message):
+        guide()
+
+
+def test_a_site_that_cannot_be_sampled_by_the_default_init_is_named():
+    def model():
+        o = pyro.sample("o", dist.ImproperUniform(dist.constraints.ordered_vector, (), (3,)))
+        pyro.sample("obs", dist.Normal(o, 1.0).to_event(1), obs=torch.tensor([-1.0, 0.0, 1.0]))
+
+    with pytest.raises(ValueError, match="the default init_to_median .* at site 'o'") as error:
+        AutoRealNVP(model, **SMALL)()
+    assert "init_loc_fn=pyro.infer.autoguide.init_to_feasible" in str(error.value)
+    start = init_to_value(values={"o": torch.tensor([-1.0, 0.0, 1.0])})
+    assert AutoRealNVP(model, init_loc_fn=start, **SMALL)()["o"].shape == (3,)
+
+
+def test_a_misspelt_init_to_value_name_is_refused():
+    start = init_to_value(values={"muu": torch.tensor(5.0)})
+    with pytest.raises(ValueError, match=r"values for \['muu'\], which are not sites") as error:
+        AutoRealNVP(beta_and_scale_model, init_loc_fn=start, **SMALL)()
+    assert "its latent sites are ['p', 's']" in str(error.value)
+
+
+def test_init_to_value_may_name_any_site_of_the_model():
+    # An observed site is a site (Pyro ignores its value there): not a misspelling.
+    start = init_to_value(values={"s": torch.tensor(2.0), "y": torch.tensor(0.0)})
+    guide = AutoRealNVP(beta_and_scale_model, init_loc_fn=start, **SMALL)
+    assert guide.median()["s"] == pytest.approx(2.0)
+
+
+def test_a_local_latent_in_a_subsampling_plate_is_refused_at_set_up():
+    data = torch.randn(100)
+
+    def model():
+        v = pyro.sample("v", dist.Normal(0.0, 3.0))
+        with pyro.plate("data", len(data), subsample_size=10) as index:
+            z = pyro.sample("z", dist.Normal(v, 1.0))
+            pyro.sample("y", dist.Normal(z, 1.0), obs=data[index])
+
+    guide = AutoRealNVP(model, **SMALL)
+    with pytest.raises(ValueError, match="site 'z' is in subsampling plate 'data'") as error:
+        guide()
+    assert "AutoNormal(poutine.block(model, expose=['z']))" in str(error.value)
+    assert guide.prototype_trace is None  # refused, not half built

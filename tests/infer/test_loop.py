@@ -1,3 +1,4 @@
+import io
 import json
 import os
 import signal
@@ -8,10 +9,13 @@ import time
 from pathlib import Path
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer.autoguide import AutoNormal
 
 import pyro_realnvp.infer.loop as loop
+from pyro_realnvp import fit
 from pyro_realnvp.infer.loop import (
     History,
     NonFiniteLossError,
@@ -240,3 +244,29 @@ def test_ctrl_c_during_fit_density_keeps_the_best_and_the_history(monkeypatch):
     assert all(p.grad is None for p in flow.parameters())
     assert all(bool(torch.isfinite(p).all()) for p in flow.parameters())
     assert not flow.training  # evaluation mode restored on the way out
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def model():
+    pyro.sample("x", dist.Normal(0.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("progress", "stream", "shown"),
+    [(True, Terminal, True), (True, io.StringIO, False), (False, Terminal, False)],
+    ids=["on-terminal", "on-pipe", "off-terminal"],
+)
+def test_progress_bar_shows_the_loss_only_on_a_terminal_when_asked(
+    monkeypatch, progress, stream, shown
+):
+    monkeypatch.setattr(sys, "stderr", stream())
+    losses = fit(model, AutoNormal(model), num_steps=20, progress=progress)
+    output = sys.stderr.getvalue()
+    assert ("loss=" in output) == shown
+    if shown:
+        assert f"loss={losses[-1]:.4g}" in output
+        assert "20/20" in output
