@@ -98,6 +98,7 @@ def conditioner(
         >>> net(torch.randn(2, 3)).abs().max().item()
         0.0
     """
+    _check_activation(activation)
     factory = {"device": device, "dtype": dtype}
     linear = ScaledLinear if fan_in_scaling else nn.Linear
     widths = [in_features, *hidden_dims]
@@ -112,6 +113,26 @@ def conditioner(
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
     return nn.Sequential(*layers, last)
+
+
+def _check_activation(activation: Callable[[], nn.Module]) -> None:
+    """Refuse, naming it, an ``activation`` that is not a ``nn.Module`` class (or a factory
+    of modules taking no argument, such as ``functools.partial(nn.LeakyReLU, 0.2)``)."""
+    if isinstance(activation, type) and issubclass(activation, nn.Module):
+        return
+    message = (
+        "activation must be a torch.nn.Module class such as nn.ELU (or a factory of modules "
+        f"taking no argument), got {activation!r}"
+    )
+    if isinstance(activation, (type, nn.Module)) or not callable(activation):
+        hint = "; pass the class, not an instance" if isinstance(activation, nn.Module) else ""
+        raise TypeError(message + hint)
+    try:
+        made = activation()
+    except TypeError:  # a function of a tensor, such as torch.tanh
+        made = None
+    if not isinstance(made, nn.Module):
+        raise TypeError(message)
 
 
 def is_plain_mlp(net: nn.Module) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -38,8 +39,9 @@ def check_mask(mask: Tensor, dim: int | None = None) -> Tensor:
     """Validate a coupling mask and return it as a floating tensor.
 
     Raises:
-        ValueError: if the mask is not one-dimensional, has the wrong length, holds values
-            other than 0 and 1, or keeps every coordinate (the layer would be the identity).
+        ValueError: if the mask is not one-dimensional, is empty, has the wrong length,
+            holds values other than 0 and 1, or keeps every coordinate (the layer would be
+            the identity).
 
     Example:
         >>> check_mask(torch.tensor([1, 0, 1]))
@@ -48,11 +50,13 @@ def check_mask(mask: Tensor, dim: int | None = None) -> Tensor:
     mask = torch.as_tensor(mask)
     if mask.dim() != 1:
         raise ValueError(f"mask must be one-dimensional, got shape {tuple(mask.shape)}")
+    if mask.numel() == 0:
+        raise ValueError("mask is empty: a coupling needs at least one coordinate")
     if dim is not None and mask.shape != (dim,):
         raise ValueError(f"mask must have shape ({dim},), got {tuple(mask.shape)}")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError(f"mask must be binary (only 0 and 1), got {mask.tolist()}")
-    if mask.numel() > 0 and bool((mask == 1).all()):
+    if bool((mask == 1).all()):
         raise ValueError(
             "mask keeps every coordinate (all ones), so the coupling would be the identity; "
             "at least one entry must be 0"
@@ -60,6 +64,21 @@ def check_mask(mask: Tensor, dim: int | None = None) -> Tensor:
     if not mask.is_floating_point():
         mask = mask.to(torch.get_default_dtype())
     return mask
+
+
+def _check_positive(name: str, value: float, infinity: str = "", note: str = "") -> float:
+    """``value`` as a float if it is a real number ``> 0``, finite unless ``infinity`` says
+    what ``math.inf`` means; else a ``TypeError`` (not a number) or ``ValueError`` naming it,
+    with ``note`` (why) after the range."""
+    allowed = (
+        f"positive, a number > 0 ({infinity})" if infinity else "positive and finite, a number > 0"
+    )
+    message = f"{name} must be {allowed}{note}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(message)
+    if not (0 < value < math.inf or (infinity and value == math.inf)):
+        raise ValueError(message)
+    return float(value)
 
 
 class MaskedAffineCoupling(OnePassLogDet, TransformModule):
@@ -114,11 +133,10 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
     ) -> None:
         super().__init__(cache_size=1)
         mask = check_mask(mask)
-        if not scale_bound > 0:
-            raise ValueError(f"scale_bound must be positive, got {scale_bound}")
-        if not input_bound > 0:
-            raise ValueError(f"input_bound must be positive (math.inf: none), got {input_bound}")
-        self.input_bound = float(input_bound)
+        scale_bound = _check_positive("scale_bound", scale_bound)
+        why = " (at 0, s and t stay 0 with no gradient: the layer never leaves the identity)"
+        output_gain = _check_positive("output_gain", output_gain, note=why)
+        self.input_bound = _check_positive("input_bound", input_bound, "math.inf: no bound")
         context_dim = check_int("context_dim", context_dim, 0)
         dim = mask.numel()
         hidden_dims = default_hidden_dims(dim) if hidden_dims is None else hidden_dims
@@ -128,8 +146,7 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         # masking instead would carry zero columns and rows, twice the work at large D.
         self.register_buffer("kept", torch.nonzero(mask).squeeze(-1).to(device))
         self.register_buffer("free", torch.nonzero(mask == 0).squeeze(-1).to(device))
-        self.scale_bound = float(scale_bound)
-        self.output_gain = float(output_gain)
+        self.scale_bound, self.output_gain = scale_bound, output_gain
         self._derive_buffers(dtype or torch.get_default_dtype())
         # A loaded state may bring other masks: derive again from what was loaded.
         self.register_load_state_dict_post_hook(_rederive_after_load)
@@ -270,12 +287,12 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         return self._merge(kept, self._move(free, s, t, -1)), s
 
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self._check_event(x, self.mask.shape[-1])
+        self._check_event(x, self.mask.shape[-1], self.factor.dtype)
         y, s = self._forward(x)
         return y, s.sum(-1)
 
     def _backward_pass(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        self._check_event(y, self.mask.shape[-1])
+        self._check_event(y, self.mask.shape[-1], self.factor.dtype)
         x, s = self._backward(y)
         return x, s.sum(-1)
 

@@ -14,10 +14,15 @@ the layout, so later couplings neither move nor read them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
+from .._internal.checks import check_int, is_int
+from .conditioner import _check_activation
 from .coupling import MaskedAffineCoupling
+from .masks import _check_parity
 from .realnvp import RealNVP
 
 __all__ = [
@@ -39,6 +44,8 @@ def checkerboard_mask(
         tensor([[[1., 0., 1.],
                  [0., 1., 0.]]])
     """
+    channels, height, width = _check_image_size(channels, height, width)
+    parity = _check_parity(parity)
     i = torch.arange(height)[:, None]
     j = torch.arange(width)[None, :]
     board = (i + j + parity) % 2 == 0
@@ -54,13 +61,24 @@ def channel_mask(channels: int, height: int, width: int, parity: int = 0, *, dty
         <BLANKLINE>
                 [[1., 1.]]])
     """
+    message = "channels must be an integer >= 2: a channel mask needs at least 2 channels, got "
+    if not is_int(channels):
+        raise TypeError(f"{message}{channels!r}")
     if channels < 2:
-        raise ValueError(f"a channel mask needs at least 2 channels, got {channels}")
+        raise ValueError(f"{message}{channels!r}")
+    channels, height, width = _check_image_size(channels, height, width)
+    parity = _check_parity(parity)
     first = torch.arange(channels) < channels // 2
-    keep = first if parity % 2 == 0 else ~first
+    keep = first if parity == 0 else ~first
     return (
         keep[:, None, None].expand(channels, height, width).to(dtype or torch.get_default_dtype())
     )
+
+
+def _check_image_size(channels: int, height: int, width: int) -> tuple[int, int, int]:
+    """The sizes of a mask's image as ints, each ``>= 1``, else an error naming the size."""
+    sizes = {"channels": channels, "height": height, "width": width}
+    return tuple(check_int(name, value, 1) for name, value in sizes.items())
 
 
 def squeeze(image: Tensor) -> Tensor:
@@ -76,6 +94,12 @@ def squeeze(image: Tensor) -> Tensor:
         >>> squeeze(torch.zeros(3, 4, 6)).shape
         torch.Size([12, 2, 3])
     """
+    if not isinstance(image, Tensor):
+        raise TypeError(f"squeeze needs a torch.Tensor image, got {type(image).__name__}")
+    if image.dim() < 3:
+        raise ValueError(
+            f"squeeze needs an image of shape (..., C, H, W), got {tuple(image.shape)}"
+        )
     *batch, channels, height, width = image.shape
     if height % 2 or width % 2:
         raise ValueError(f"squeeze needs an even height and width, got {height}x{width}")
@@ -143,6 +167,9 @@ class ConvConditioner(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        hidden_channels = check_int("hidden_channels", hidden_channels, 1)
+        num_blocks = check_int("num_blocks", num_blocks, 0)
+        _check_activation(activation)
         factory = {"device": device, "dtype": dtype}
         channels = layout.shape[0]
         position = torch.full((dim,), -1, dtype=torch.long)
@@ -190,14 +217,29 @@ def _couplings(layout, masks, dim, options, net_options) -> list[MaskedAffineCou
     return layers
 
 
-def _check_scales(shape: tuple[int, int, int], num_scales: int) -> None:
+def _check_scales(shape: Sequence[int], num_scales: int) -> tuple[int, int, int]:
+    """``shape`` as ``(C, H, W)`` ints, if it is one and fits ``num_scales``, else an error
+    naming the argument at fault."""
+    message = f"shape must be (C, H, W), three integers >= 1, got {shape!r}"
+    if isinstance(shape, str) or not isinstance(shape, Sequence):
+        raise TypeError(message)
+    if len(shape) != 3:
+        raise ValueError(message)
+    if not all(is_int(size) for size in shape):
+        raise TypeError(message)
+    if not all(size >= 1 for size in shape):
+        raise ValueError(message)
+    scales = f"num_scales must be an integer, at least 1, got {num_scales!r}"
+    if not is_int(num_scales):
+        raise TypeError(scales)
     if num_scales < 1:
-        raise ValueError(f"num_scales must be at least 1, got {num_scales}")
+        raise ValueError(scales)
     step, (height, width) = 2 ** (num_scales - 1), shape[1:]
     if height % step or width % step:
         raise ValueError(
             f"{num_scales} scales need height and width divisible by {step}, got {height}x{width}"
         )
+    return tuple(int(size) for size in shape)
 
 
 def multiscale_realnvp(
@@ -238,7 +280,7 @@ def multiscale_realnvp(
         >>> torch.allclose(flow.inv(flow(x)), x)
         True
     """
-    _check_scales(shape, num_scales)
+    shape = _check_scales(shape, num_scales)
     dim = shape[0] * shape[1] * shape[2]
     factory = {"device": device, "dtype": dtype}
     options = {"scale_bound": scale_bound, "output_gain": output_gain, **factory}
@@ -247,12 +289,12 @@ def multiscale_realnvp(
     layers = []
     for scale in range(num_scales):
         last = scale == num_scales - 1
-        boards = [checkerboard_mask(*layout.shape, p) for p in range(4 if last else 3)]
+        boards = [checkerboard_mask(*layout.shape, p % 2) for p in range(4 if last else 3)]
         layers += _couplings(layout, boards, dim, options, net_options)
         if last:
             break
         layout = squeeze(layout)
-        halves = [channel_mask(*layout.shape, p) for p in range(3)]
+        halves = [channel_mask(*layout.shape, p % 2) for p in range(3)]
         layers += _couplings(layout, halves, dim, options, net_options)
         layout = layout[layout.shape[0] // 2 :]  # factor out the first half
     return RealNVP.from_couplings(layers[::-1])

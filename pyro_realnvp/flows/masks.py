@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import accumulate
 
 import torch
 from torch import Tensor
 
-from .._internal.checks import check_int
+from .._internal.checks import check_int, is_int
 
 __all__ = [
     "alternating_mask",
@@ -30,6 +30,7 @@ def alternating_mask(
         >>> alternating_mask(5, parity=1)
         tensor([0., 1., 0., 1., 0.])
     """
+    dim, parity = check_int("dim", dim, 1), _check_parity(parity)
     index = torch.arange(dim, device=device)
     return ((index + parity) % 2 == 0).to(dtype or torch.get_default_dtype())
 
@@ -47,8 +48,9 @@ def half_mask(
         >>> half_mask(5, parity=1)
         tensor([0., 0., 0., 1., 1.])
     """
+    dim, parity = check_int("dim", dim, 1), _check_parity(parity)
     first = torch.arange(dim, device=device) < (dim + 1) // 2
-    mask = first if parity % 2 == 0 else ~first
+    mask = first if parity == 0 else ~first
     return mask.to(dtype or torch.get_default_dtype())
 
 
@@ -66,7 +68,19 @@ def bit_mask(
         >>> bit_mask(6, bit=1, parity=1)
         tensor([0., 0., 1., 1., 0., 0.])
     """
+    dim, bit, parity = check_int("dim", dim, 1), check_int("bit", bit, 0), _check_parity(parity)
     return _digit_mask(torch.arange(dim, device=device), bit, parity, dtype)
+
+
+def _check_parity(parity: int) -> int:
+    """``parity`` as an ``int`` if it is 0 or 1 (which of a mask's two complements), else
+    a ``TypeError`` (not an integer) or ``ValueError`` naming it."""
+    message = f"parity must be 0 or 1 (which of the two complementary masks), got {parity!r}"
+    if not is_int(parity):
+        raise TypeError(message)
+    if parity not in (0, 1):
+        raise ValueError(message)
+    return int(parity)
 
 
 def _digit_mask(codes: Tensor, bit: int, parity: int, dtype: torch.dtype | None) -> Tensor:
@@ -92,6 +106,7 @@ def separating_codes(sizes: Sequence[int], num_codes: int) -> list[int]:
         >>> separating_codes([1, 1, 6], 8)  # a banana's x1 and x2 in every pair of layers
         [0, 7, 1, 2, 3, 4, 5, 6]
     """
+    sizes, num_codes = _check_sizes(sizes), check_int("num_codes", num_codes, 1)
     num_bits = max(num_codes - 1, 1).bit_length()
     enough = (num_bits + 1) // 2
     codes: list[int] = [0] * sum(sizes)
@@ -107,6 +122,19 @@ def separating_codes(sizes: Sequence[int], num_codes: int) -> list[int]:
             codes[index], held[code] = code, held[code] + 1
         others += [code for code in range(num_codes) if held[code]]
     return codes
+
+
+def _check_sizes(sizes: Sequence[int]) -> list[int]:
+    """``sizes`` as a list of ints, each ``>= 1``, else an error naming ``sizes``."""
+    message = f"sizes must be a sequence of integers >= 1 (one per group), got {sizes!r}"
+    if isinstance(sizes, str) or not isinstance(sizes, Iterable):
+        raise TypeError(message)
+    sizes = list(sizes)
+    if not all(is_int(size) for size in sizes):
+        raise TypeError(message)
+    if not all(size >= 1 for size in sizes):
+        raise ValueError(message)
+    return [int(size) for size in sizes]
 
 
 def coupling_masks(

@@ -9,6 +9,40 @@ from torch.distributions import constraints
 __all__ = ["OnePassLogDet"]
 
 
+#: The method that converts a tensor or a module to a dtype, where there is one.
+_CONVERTERS = {torch.float16: "half", torch.bfloat16: "bfloat16", torch.float32: "float",
+               torch.float64: "double"}  # fmt: skip
+
+
+def _check_dtype(owner: str, what: str, var: str, x: Tensor, dtype: torch.dtype) -> None:
+    """Refuse ``x`` (an ``"input"`` or a ``"context"``, ``var`` in the fix) of a dtype other
+    than the parameters' ``dtype``, naming both and the fix; a floating one passes under
+    autocast (the products cast it). Dtypes only: no device sync.
+
+    Example:
+        >>> _check_dtype("RealNVP", "input", "x", torch.zeros(2, dtype=torch.float64),
+        ...              torch.float32)
+        Traceback (most recent call last):
+        ...
+        TypeError: RealNVP got an input of dtype float64, but its parameters are float32: convert the input with x.float(), or the flow with flow.double()
+    """  # noqa: E501
+    if x.dtype == dtype or (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+        return
+    want, have = str(dtype).removeprefix("torch."), str(x.dtype).removeprefix("torch.")
+    to_want = f"{var}.{_CONVERTERS[dtype]}()" if dtype in _CONVERTERS else f"{var}.to({dtype})"
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{owner} expects a floating-point {what} of dtype {want} (its parameters' dtype), "
+            f"got {have}: convert it with {to_want}"
+        )
+    to_have = f"flow.{_CONVERTERS[x.dtype]}()" if x.dtype in _CONVERTERS else f"flow.to({x.dtype})"
+    article = "an" if what[0] in "aeiou" else "a"
+    raise TypeError(
+        f"{owner} got {article} {what} of dtype {have}, but its parameters are {want}: convert "
+        f"the {what} with {to_want}, or the flow with {to_have}"
+    )
+
+
 class OnePassLogDet:
     """Mixin for a bijection of real vectors whose forward and inverse passes also give
     the log-det (a coupling, a flow of them, a conditioned flow).
@@ -45,14 +79,22 @@ class OnePassLogDet:
     #: private ``_cached_x_y``: it holds the same pair, as both are set by the same call.
     _last_pass: tuple[Tensor, Tensor, Tensor] | None = None
 
-    def _check_event(self, x: Tensor, size: int) -> None:
-        """Refuse an input whose last dimension is not ``size``: a static shape test, no
-        device sync, where a wrong width would otherwise fail deep in ``index_select``."""
-        if not torch.jit.is_tracing() and x.shape[-1:] != (size,):
-            raise ValueError(
-                f"{type(self).__name__} expects inputs of shape (..., {size}), "
-                f"got {tuple(x.shape)}"
+    def _check_event(self, x: Tensor, size: int, dtype: torch.dtype | None = None) -> None:
+        """Refuse an input that is no tensor, whose last dimension is not ``size``, or (given
+        the ``dtype`` of the parameters) of another dtype: static tests of type, shape and
+        dtype, no device sync, where a wrong input would otherwise fail deep in
+        ``index_select`` or a matrix product."""
+        name = type(self).__name__
+        if not isinstance(x, Tensor):
+            like = "" if dtype is None else f", dtype={dtype}"
+            raise TypeError(
+                f"{name} expects a torch.Tensor, got {type(x).__module__}.{type(x).__name__}: "
+                f"convert it with torch.as_tensor(x{like})"
             )
+        if not torch.jit.is_tracing() and x.shape[-1:] != (size,):
+            raise ValueError(f"{name} expects inputs of shape (..., {size}), got {tuple(x.shape)}")
+        if dtype is not None and x.dtype != dtype:
+            _check_dtype(name, "input", "x", x, dtype)
 
     def _forward_pass(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .._internal.checks import check_int
 from .coupling import MaskedAffineCoupling
 from .masks import alternating_mask, coupling_masks
-from .one_pass import OnePassLogDet
+from .one_pass import OnePassLogDet, _check_dtype
 
 __all__ = ["RealNVP", "masked_affine_coupling", "realnvp"]
 
@@ -129,7 +129,7 @@ class RealNVP(OnePassLogDet, TransformModule):
             >>> y.shape, log_det.shape
             (torch.Size([4, 3]), torch.Size([4]))
         """
-        self._check_event(x, self.input_dim)
+        self._check_inputs(x, context)
         return self._run(x, self._groups, context, False, +1)[:2]
 
     def inverse_and_log_det(
@@ -144,7 +144,7 @@ class RealNVP(OnePassLogDet, TransformModule):
             >>> torch.equal(x, torch.ones(4, 3))  # a fresh flow is the identity
             True
         """
-        self._check_event(y, self.input_dim)
+        self._check_inputs(y, context)
         groups = [group[::-1] for group in self._groups[::-1]]
         return self._run(y, groups, context, detach, -1)[:2]
 
@@ -162,8 +162,21 @@ class RealNVP(OnePassLogDet, TransformModule):
             >>> torch.equal(score, -eps)  # the identity keeps the standard normal's score
             True
         """
-        self._check_event(x, self.input_dim)
+        self._check_inputs(x)
         return self._run(x, self._groups, None, False, +1, score)
+
+    def _check_inputs(self, x: Tensor, context: Tensor | None = None) -> None:
+        """Refuse, by name, an input or a context of the wrong type, width or dtype: tests
+        of metadata only, no device sync. An integer context passes: the conditioners'
+        concatenation promotes it to the parameters' dtype."""
+        dtype = self.layers[0].factor.dtype
+        self._check_event(x, self.input_dim, dtype)
+        if context is None:
+            return
+        if not isinstance(context, Tensor):
+            raise TypeError(f"context must be a torch.Tensor, got {type(context).__name__}")
+        if torch.promote_types(context.dtype, dtype) != dtype:
+            _check_dtype(type(self).__name__, "context", "context", context, dtype)
 
     def supports_score(self) -> bool:
         """Whether :meth:`forward_with_score` applies: plain conditioners of known
@@ -229,6 +242,7 @@ def masked_affine_coupling(
         >>> masked_affine_coupling(4, parity=1).mask
         tensor([0., 1., 0., 1.])
     """
+    input_dim = check_int("input_dim", input_dim, 1)
     return MaskedAffineCoupling(alternating_mask(input_dim, parity), hidden_dims, **kwargs)
 
 

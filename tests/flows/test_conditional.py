@@ -198,3 +198,18 @@ def test_input_of_the_wrong_width_is_named_through_a_context():
     transform = make_flow().condition(torch.randn(C))
     with pytest.raises(ValueError, match=r"expects inputs of shape \(\.\.\., 3\), got \(4, 2\)"):
         transform(torch.randn(4, 2))
+
+
+@pytest.mark.parametrize("call", ["forward", "inverse"])
+def test_a_context_of_higher_precision_is_named_with_the_fix(call):
+    transform = make_flow().condition(torch.randn(C, dtype=torch.float64))
+    apply = transform if call == "forward" else transform.inv
+    with pytest.raises(TypeError, match=r"context of dtype float64.*context\.float\(\)"):
+        apply(torch.randn(4, D))
+
+
+def test_an_integer_context_is_promoted_and_a_double_flow_takes_a_double_context():
+    x = torch.randn(4, D)
+    assert make_flow().condition(torch.ones(C, dtype=torch.long))(x).dtype == torch.float32
+    flow = make_flow(dtype=torch.float64)
+    assert flow.condition(torch.ones(C, dtype=torch.float64))(x.double()).dtype == torch.float64

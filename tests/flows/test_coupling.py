@@ -1,8 +1,12 @@
+import functools
+import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from helpers import randomize_
+from torch import nn
 
 from pyro_realnvp import MaskedAffineCoupling, alternating_mask, masked_affine_coupling
 from pyro_realnvp.flows.conditioner import soft_clamp
@@ -133,3 +137,82 @@ def test_check_mask_rejects_bad_masks(mask, dim, message):
 def test_check_mask_accepts_integer_and_bool():
     assert check_mask(torch.tensor([True, False])).dtype == torch.get_default_dtype()
     assert check_mask(torch.tensor([0, 1])).tolist() == [0.0, 1.0]
+
+
+BAD_NUMBERS = {
+    "scale_bound-inf": ({"scale_bound": math.inf}, ValueError, "scale_bound must be .* finite"),
+    "scale_bound-nan": ({"scale_bound": math.nan}, ValueError, "scale_bound must be .* finite"),
+    "scale_bound-str": ({"scale_bound": "5"}, TypeError, "scale_bound must be .* finite"),
+    "output_gain-zero": ({"output_gain": 0.0}, ValueError, r"output_gain must be .*never leaves"),
+    "output_gain-negative": ({"output_gain": -0.1}, ValueError, "output_gain must be positive"),
+    "output_gain-nan": ({"output_gain": math.nan}, ValueError, "output_gain must be positive"),
+    "output_gain-inf": ({"output_gain": math.inf}, ValueError, "output_gain must be positive"),
+    "output_gain-bool": ({"output_gain": True}, TypeError, "output_gain must be positive"),
+    "input_bound-str": ({"input_bound": "inf"}, TypeError, "input_bound must be positive"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_NUMBERS.values(), ids=BAD_NUMBERS)
+def test_a_bad_number_is_named_by_the_layer(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        MaskedAffineCoupling(torch.tensor([1.0, 0.0]), **kwargs)
+
+
+def test_numpy_numbers_and_an_infinite_input_bound_are_accepted():
+    layer = MaskedAffineCoupling(
+        torch.tensor([1.0, 0.0]), scale_bound=np.float32(3.0), output_gain=np.float64(0.5)
+    )
+    assert (layer.scale_bound, layer.output_gain, layer.input_bound) == (3.0, 0.5, math.inf)
+
+
+def test_an_empty_mask_is_refused():
+    with pytest.raises(ValueError, match="mask is empty"):
+        MaskedAffineCoupling(torch.zeros(0))
+    with pytest.raises(ValueError, match="input_dim must be an integer >= 1"):
+        masked_affine_coupling(0)
+    with pytest.raises(ValueError, match="parity must be 0 or 1"):
+        masked_affine_coupling(4, parity=2)
+
+
+@pytest.mark.parametrize(
+    "activation", ["relu", nn.ELU(), torch.tanh, int], ids=["str", "instance", "function", "class"]
+)
+def test_an_activation_that_makes_no_module_is_refused(activation):
+    with pytest.raises(TypeError, match="activation must be a torch.nn.Module class"):
+        MaskedAffineCoupling(torch.tensor([1.0, 0.0]), (4,), activation=activation)
+
+
+def test_a_factory_of_activations_is_accepted():
+    layer = MaskedAffineCoupling(
+        torch.tensor([1.0, 0.0]), (4,), activation=functools.partial(nn.LeakyReLU, 0.2)
+    )
+    assert isinstance(layer.net[1], nn.LeakyReLU)
+    assert layer.net[1].negative_slope == 0.2
+
+
+WRONG_INPUTS = {
+    "float64": (torch.zeros(3, 2, dtype=torch.float64), r"dtype float64.*x\.float\(\).*double"),
+    "integer": (torch.zeros(3, 2, dtype=torch.long), r"floating-point input.*x\.float\(\)"),
+    "numpy": (np.zeros((3, 2), dtype=np.float32), r"torch\.Tensor.*torch\.as_tensor"),
+}
+
+
+CALLS = {
+    "forward": lambda layer, x: layer(x),
+    "inverse": lambda layer, x: layer.inv(x),
+    "log-det": lambda layer, x: layer.log_abs_det_jacobian(x, x),
+}
+
+
+@pytest.mark.parametrize(("x", "message"), WRONG_INPUTS.values(), ids=WRONG_INPUTS)
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS)
+def test_an_input_of_another_type_or_dtype_is_named_with_the_fix(call, x, message):
+    with pytest.raises(TypeError, match=message):
+        call(masked_affine_coupling(2, (4,)), x)
+
+
+def test_a_low_precision_input_passes_under_autocast():
+    layer = randomize_(masked_affine_coupling(2, (4,)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(torch.randn(3, 2, dtype=torch.bfloat16))
+    assert y.shape == (3, 2)

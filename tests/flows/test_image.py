@@ -120,3 +120,46 @@ def test_from_couplings_checks_the_couplings_agree():
         RealNVP.from_couplings([layers[0], MaskedAffineCoupling(alternating_mask(4), (4,))])
     with pytest.raises(ValueError, match="at least one"):
         RealNVP.from_couplings([])
+
+
+BAD_IMAGE_ARGS = {
+    "board-channels-negative": (
+        lambda: checkerboard_mask(-1, 2, 2), ValueError, "channels must be an integer >= 1"
+    ),
+    "board-height-float": (
+        lambda: checkerboard_mask(1, 2.0, 2), TypeError, "height must be an integer >= 1"
+    ),
+    "board-parity-2": (lambda: checkerboard_mask(1, 2, 2, 2), ValueError, "parity must be 0 or 1"),
+    "channel-channels-float": (
+        lambda: channel_mask(2.0, 2, 2), TypeError, "channels must be an integer >= 2"
+    ),
+    "channel-width-0": (lambda: channel_mask(2, 2, 0), ValueError, "width must be an integer"),
+    "squeeze-2d": (lambda: squeeze(torch.zeros(4, 4)), ValueError, r"\(\.\.\., C, H, W\)"),
+    "squeeze-list": (lambda: squeeze([[1.0]]), TypeError, "squeeze needs a torch.Tensor"),
+    "shape-2d": (lambda: small_flow((8, 8)), ValueError, r"shape must be \(C, H, W\)"),
+    "shape-zero": (lambda: small_flow((0, 8, 8)), ValueError, r"shape must be \(C, H, W\)"),
+    "shape-float": (lambda: small_flow((1, 8.0, 8)), TypeError, r"shape must be \(C, H, W\)"),
+    "shape-int": (lambda: small_flow(8), TypeError, r"shape must be \(C, H, W\)"),
+    "num_scales-str": (
+        lambda: small_flow(num_scales="2"), TypeError, "num_scales must be an integer"
+    ),
+    "hidden_channels-0": (
+        lambda: multiscale_realnvp((1, 4, 4), hidden_channels=0), ValueError, "hidden_channels"
+    ),
+    "num_blocks-negative": (
+        lambda: multiscale_realnvp((1, 4, 4), num_blocks=-1), ValueError, "num_blocks"
+    ),
+    "activation-str": (
+        lambda: small_flow(activation="elu"), TypeError, "activation must be a torch.nn.Module"
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("call", "error", "message"), BAD_IMAGE_ARGS.values(), ids=BAD_IMAGE_ARGS)
+def test_image_helpers_name_a_bad_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_a_list_shape_is_accepted():
+    assert small_flow([1, 4, 4], num_scales=1).input_dim == 16

@@ -161,3 +161,32 @@ BAD_INTS = {
 def test_check_int_names_the_argument_and_the_value(value, error, message):
     with pytest.raises(error, match=f"^{re.escape(message)}$"):
         check_int("n", value, 1)
+
+
+BAD_MASK_ARGS = {
+    "alternating-dim-0": (lambda: alternating_mask(0), ValueError, "dim must be an integer >= 1"),
+    "alternating-dim-float": (lambda: alternating_mask(2.5), TypeError, "dim must be an integer"),
+    "alternating-parity-2": (lambda: alternating_mask(4, 2), ValueError, "parity must be 0 or 1"),
+    "half-dim-negative": (lambda: half_mask(-2), ValueError, "dim must be an integer >= 1"),
+    "half-parity-float": (lambda: half_mask(4, 0.5), TypeError, "parity must be 0 or 1"),
+    "half-parity-bool": (lambda: half_mask(4, True), TypeError, "parity must be 0 or 1"),
+    "bit-negative": (lambda: bit_mask(4, -1), ValueError, "bit must be an integer >= 0"),
+    "bit-float": (lambda: bit_mask(4, 1.5), TypeError, "bit must be an integer >= 0"),
+    "bit-parity-3": (lambda: bit_mask(4, 0, 3), ValueError, "parity must be 0 or 1"),
+    "codes-0": (lambda: separating_codes([2, 2], 0), ValueError, "num_codes must be"),
+    "codes-float": (lambda: separating_codes([2, 2], 4.0), TypeError, "num_codes must be"),
+    "sizes-negative": (lambda: separating_codes([2, -1], 4), ValueError, "sizes must be"),
+    "sizes-float": (lambda: separating_codes([2, 1.5], 4), TypeError, "sizes must be"),
+    "sizes-int": (lambda: separating_codes(3, 4), TypeError, "sizes must be"),
+}
+
+
+@pytest.mark.parametrize(("call", "error", "message"), BAD_MASK_ARGS.values(), ids=BAD_MASK_ARGS)
+def test_mask_helpers_name_a_bad_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_mask_helpers_accept_numpy_integers():
+    assert torch.equal(alternating_mask(np.int64(3), np.int32(1)), torch.tensor([0.0, 1.0, 0.0]))
+    assert separating_codes((np.int64(1), 1), np.int64(2)) == [0, 1]

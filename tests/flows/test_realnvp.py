@@ -180,3 +180,31 @@ def test_a_flow_pickled_before_the_derived_state_existed_still_runs():
         layer._non_persistent_buffers_set.clear()
     loaded = pickle.loads(pickle.dumps(old))
     assert torch.allclose(loaded(x), expected)
+
+
+WRONG_INPUTS = {
+    "float64": (torch.zeros(2, 3, dtype=torch.float64), r"float64.*flow\.double\(\)"),
+    "integer": (torch.zeros(2, 3, dtype=torch.int32), r"floating-point input.*x\.float\(\)"),
+    "numpy": (np.zeros((2, 3), dtype=np.float32), r"expects a torch\.Tensor.*as_tensor"),
+}
+CALLS = {
+    "call": lambda flow, x: flow(x),
+    "inverse": lambda flow, x: flow.inv(x),
+    "forward_and_log_det": lambda flow, x: flow.forward_and_log_det(x),
+    "inverse_and_log_det": lambda flow, x: flow.inverse_and_log_det(x),
+    "forward_with_score": lambda flow, x: flow.forward_with_score(x, x),
+}
+
+
+@pytest.mark.parametrize(("x", "message"), WRONG_INPUTS.values(), ids=WRONG_INPUTS)
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS)
+def test_an_input_of_another_type_or_dtype_is_named_with_the_fix(call, x, message):
+    with pytest.raises(TypeError, match=message):
+        call(RealNVP(3, num_layers=2, hidden_dims=(4,)), x)
+
+
+def test_a_double_flow_takes_double_inputs_and_names_float_ones():
+    flow = RealNVP(3, num_layers=2, hidden_dims=(4,)).double()
+    assert flow(torch.zeros(2, 3, dtype=torch.float64)).dtype == torch.float64
+    with pytest.raises(TypeError, match=r"float32, but its parameters are float64.*x\.double"):
+        flow(torch.zeros(2, 3))
