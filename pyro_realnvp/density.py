@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterator
 
@@ -16,17 +17,12 @@ from torch import Tensor, nn
 from torch.distributions.transforms import Transform
 
 from ._internal.checks import check_int
+from ._internal.locate import warn_at_user
 from .errors import NonFiniteLossError
 from .flows.conditional import ConditionalRealNVP
 from .infer.loop import History, Schedule, check_training_args, train
 
-__all__ = [
-    "anomaly_scores",
-    "bits_per_dim",
-    "dequantize",
-    "fit_density",
-    "flow_distribution",
-]
+__all__ = ["anomaly_scores", "bits_per_dim", "dequantize", "fit_density", "flow_distribution"]
 
 Density = torch.distributions.TransformedDistribution | ConditionalTransformedDistribution
 
@@ -53,7 +49,8 @@ def flow_distribution(*transforms: Transform, input_dim: int | None = None) -> D
     Args:
         transforms: Transforms applied in order to the base draw, e.g. a
             ``RealNVP``, or ``RealNVP, BatchNorm, RealNVP``.
-        input_dim: Event size ``D``; default the first transform's ``input_dim``.
+        input_dim: Event size ``D``, an integer ``>= 1``; default (and, where it has one, it
+            must equal) the first transform's ``input_dim``.
 
     Example:
         >>> from pyro_realnvp import RealNVP
@@ -63,12 +60,21 @@ def flow_distribution(*transforms: Transform, input_dim: int | None = None) -> D
     """
     if not transforms:
         raise ValueError("flow_distribution needs at least one transform")
-    if input_dim is None:
-        input_dim = getattr(transforms[0], "input_dim", None)
-        if input_dim is None:
-            raise ValueError(
-                f"input_dim is needed: {type(transforms[0]).__name__} has no input_dim"
+    for transform in transforms:
+        if not isinstance(transform, Transform | ConditionalTransformModule):
+            raise TypeError(
+                f"flow_distribution takes flows (torch Transforms such as RealNVP, or "
+                f"ConditionalRealNVP), got {type(transform).__name__}"
             )
+    first, own = type(transforms[0]).__name__, getattr(transforms[0], "input_dim", None)
+    if input_dim is None and own is None:
+        raise ValueError(f"input_dim is needed: {first} has no input_dim")
+    input_dim = check_int("input_dim", own if input_dim is None else input_dim, 1)
+    if own is not None and own != input_dim:
+        raise ValueError(
+            f"input_dim is {input_dim} but the first transform, {first}, takes vectors of size "
+            f"{own}: leave input_dim out (it defaults to {own}) or pass {own}"
+        )
     reference = next((p for m in _modules(transforms) for p in m.parameters()), torch.empty(0))
     zeros = reference.new_zeros(input_dim)
     base = dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
@@ -89,14 +95,21 @@ def _as_density(flow_or_distribution) -> Density:
 
 
 def _as_tensor(value, name: str) -> Tensor:
-    """``value`` as a tensor, or a ``TypeError`` naming it (``None``, a string, ragged lists)."""
+    """``value`` as a real tensor, or a ``TypeError`` naming it (``None``, a string, ragged
+    lists); complex values, which no density over real vectors scores, a ``ValueError``."""
     message = f"{name} must be a tensor, a numpy array or a nested list of numbers"
     if value is None or isinstance(value, str | bytes):
         raise TypeError(f"{message}, got {type(value).__name__}")
     try:
-        return torch.as_tensor(value)
+        value = torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(f"{message}; converting it failed: {error}") from None
+    if value.is_complex():
+        raise ValueError(
+            f"{name} has complex dtype {value.dtype}: the density is over real vectors; pass "
+            "the real and imaginary parts as columns, e.g. torch.view_as_real(x).flatten(-2)"
+        )
+    return value
 
 
 def _check_data(data, event_dim: int, name: str, *, allow_integer_values: bool) -> Tensor:
@@ -138,12 +151,6 @@ def _why_whole(data: Tensor) -> str:
     )
 
 
-def _event_dim(density: Density, context: Tensor | None) -> int:
-    if isinstance(density, ConditionalTransformedDistribution):
-        return density.condition(context[:1]).event_shape[-1]
-    return density.event_shape[-1]
-
-
 def _check_context(density: Density, context, name: str) -> Tensor | None:
     """``context`` as a float ``(N, C)`` tensor for a conditional density, else ``None``."""
     conditional = isinstance(density, ConditionalTransformedDistribution)
@@ -169,9 +176,8 @@ def _check_inputs(
 ) -> tuple[Tensor, Tensor | None]:
     """``data`` and ``context`` checked against the density and each other, by name."""
     context = _check_context(density, context, names[1])
-    data = _check_data(
-        data, _event_dim(density, context), names[0], allow_integer_values=allow_integer_values
-    )
+    event_dim = (density if context is None else density.condition(context[:1])).event_shape[-1]
+    data = _check_data(data, event_dim, names[0], allow_integer_values=allow_integer_values)
     if context is not None and context.shape[0] != data.shape[0]:
         raise ValueError(
             f"{names[1]} must have one row per {names[0]} row ({data.shape[0]}), "
@@ -196,7 +202,9 @@ def fit_density(
     nothing, Ctrl-C stops after the step (both carry ``.history``). Modules train in
     training mode (a ``BatchNorm`` uses batch statistics), end in evaluation mode. With
     ``valid_data`` the held-out negative log-likelihood is computed every ``valid_every``
-    steps and the best parameters are restored at the end (early stopping).
+    steps and the best parameters are restored at the end (early stopping). A flow with a
+    NaN or infinite parameter is refused by name; data far from unit scale (a column's
+    median ``|x|`` over ``UNIT_SCALE_LIMIT``) are warned about: standardize them.
 
     Args:
         flow_or_distribution: A flow (``RealNVP``, ``ConditionalRealNVP``), wrapped by
@@ -224,14 +232,15 @@ def fit_density(
     check_training_args(num_steps=num_steps, lr=lr, lr_decay=lr_decay, clip_norm=clip_norm)
     batch_size = check_int("batch_size", batch_size, 1)
     valid_every = check_int("valid_every", valid_every, 1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
     data, context, valid_data, valid_context = _check_all_inputs(
         density, data, context, valid_data, valid_context, allow_integer_values
     )
     modules = list(_modules(density.transforms))
     params = _trainable_parameters(modules)
+    _check_finite_state(modules)
     schedule = Schedule(lr=lr, lr_decay=lr_decay, clip_norm=clip_norm, num_steps=num_steps)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
     step = _LikelihoodStep(density, params, data, context, batch_size, generator)
     step.optimize(schedule, weight_decay)
     best = _BestHeldOut(density, modules, valid_data, valid_context, valid_every, num_steps)
@@ -239,11 +248,36 @@ def fit_density(
         return train(step, num_steps, max_redraws=0, progress=progress, monitor=best.monitor)
 
 
+def _check_finite_state(modules: list[nn.Module]) -> None:
+    """Refuse modules with a NaN or infinite parameter or buffer, by name; one host sync."""
+    named = {
+        f"{type(m).__name__}[{i}]." * (len(modules) > 1) + name: tensor
+        for i, m in enumerate(modules)
+        for name, tensor in (*m.named_parameters(), *m.named_buffers())
+        if tensor.is_floating_point()
+    }
+    if named and not bool(torch.stack([t.isfinite().all() for t in named.values()]).all()):
+        bad = [name for name, tensor in named.items() if not bool(tensor.isfinite().all())]
+        raise ValueError(
+            f"the flow's {', '.join(bad)} hold(s) NaN or infinite values, so its density is "
+            "undefined: re-initialize the flow, or load parameters saved before they diverged"
+        )
+
+
 def _check_all_inputs(density, data, context, valid_data, valid_context, integers: bool):
     """``data``, ``context`` and their held-out counterparts, checked by name."""
     data, context = _check_inputs(
         density, data, context, ("data", "context"), allow_integer_values=integers
     )
+    if len(data) < 2:
+        raise ValueError(
+            "data has 1 row: the likelihood of one point has no maximum (the density "
+            "collapses onto it, its scale to 0): fit many rows, far more than the dimension"
+        )
+    if valid_data is None and valid_context is not None:
+        raise ValueError(
+            "valid_context was given without valid_data: pass both for early stopping, or neither"
+        )
     if valid_data is not None:
         names = ("valid_data", "valid_context")
         valid_data, valid_context = _check_inputs(
@@ -262,10 +296,16 @@ class _BestHeldOut:
         self.best = (math.inf, None)
 
     def monitor(self, index: int, loss: float) -> dict:
-        """The progress bar's field, after step ``index`` (the loop's ``monitor``)."""
+        """The loop's ``monitor`` after step ``index``: keeps the state of best held-out NLL."""
         if self.data is None or ((index + 1) % self.every and index + 1 != self.num_steps):
             return {}
-        self.best = _keep_best(self.best, self.density, self.modules, self.data, self.context)
+        for module in self.modules:
+            module.eval()
+        nll = float(_scores(self.density, self.data, self.context, 4096).mean())
+        for module in self.modules:
+            module.train()
+        if nll < self.best[0]:  # a NaN score never wins
+            self.best = (nll, [copy.deepcopy(m.state_dict()) for m in self.modules])
         return {"valid_nll": f"{self.best[0]:.4g}"}
 
     @contextlib.contextmanager
@@ -293,8 +333,8 @@ def _trainable_parameters(modules: list[nn.Module]) -> list[Tensor]:
     return params
 
 
-#: Data beyond this absolute value are named as the likely cause of a non-finite
-#: likelihood: a fresh flow's density there is a standard normal's, exp(-x**2 / 2).
+#: Data typically (median) beyond this |x| are warned about, and data reaching it named as
+#: the likely cause of a non-finite loss: a fresh flow's density is near exp(-x**2 / 2).
 UNIT_SCALE_LIMIT = 1e4
 
 
@@ -316,14 +356,7 @@ class _LikelihoodStep:
         self.density, self.params, self.data, self.context = density, params, data, context
         self.batches = _minibatches(data.shape[0], batch_size, generator)
         self.device, self.dtype = params[0].device, params[0].dtype
-        largest = data.abs().max().item()
-        # A fresh flow is near a standard normal: data far from unit scale overflow it.
-        self._scale = (
-            f". The data reach |x| = {largest:.3g}: standardize them first, e.g. "
-            "(data - data.mean(0)) / data.std(0)"
-            if largest > UNIT_SCALE_LIMIT
-            else ""
-        )
+        self._scale = _scale_advice(data)  # warns now if the data are far from unit scale
 
     def __call__(self) -> float:
         index = next(self.batches)
@@ -349,18 +382,14 @@ class _LikelihoodStep:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def _keep_best(best, density, modules, valid_data, valid_context):
-    """``(nll, states)`` of the better of ``best`` and the modules' current parameters."""
-    for module in modules:
-        module.eval()
-    scores = anomaly_scores(density, valid_data, context=valid_context)
-    for module in modules:
-        module.train()
-    nll = float(scores.mean())
-    if not nll < best[0]:  # a NaN score never wins
-        return best
-    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
-    return nll, states
+def _scale_advice(data: Tensor) -> str:
+    """Warn if a column's median ``|x|`` passes the limit; what a non-finite loss advises if
+    ``data`` reach it. (A fresh flow is near a standard normal: such data crawl or overflow.)"""
+    largest, typical = data.abs().max().item(), data.abs().median(0).values.max().item()
+    fix = "standardize them first, e.g. (data - data.mean(0)) / data.std(0)"
+    if typical > UNIT_SCALE_LIMIT:
+        warn_at_user(f"data are far from unit scale (typical |x| = {typical:.3g}): {fix}")
+    return f". The data reach |x| = {largest:.3g}: {fix}" if largest > UNIT_SCALE_LIMIT else ""
 
 
 def _minibatches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterator[Tensor]:
@@ -372,7 +401,6 @@ def _minibatches(n: int, batch_size: int, generator: torch.Generator | None) -> 
             yield order[start : start + batch_size]
 
 
-@torch.no_grad()
 def anomaly_scores(
     flow_or_distribution, data: Tensor, *, context: Tensor | None = None, batch_size: int = 4096
 ) -> Tensor:
@@ -389,7 +417,8 @@ def anomaly_scores(
         batch_size: Rows scored per chunk.
 
     Raises:
-        ValueError: naming ``data`` or ``context`` when its shape or values are wrong.
+        ValueError: naming ``data`` or ``context`` when its shape or values are wrong, or
+            the flow's parameter (or buffer) that holds NaN or infinite values.
 
     Example:
         >>> from pyro_realnvp import RealNVP
@@ -401,14 +430,19 @@ def anomaly_scores(
     batch_size = check_int("batch_size", batch_size, 1)
     names = ("data", "context")
     data, context = _check_inputs(density, data, context, names, allow_integer_values=True)
-    modules = list(_modules(density.transforms))
-    reference = next((p for m in modules for p in m.parameters()), data)
+    _check_finite_state(list(_modules(density.transforms)))
+    return _scores(density, data, context, batch_size)
+
+
+@torch.no_grad()
+def _scores(density: Density, data: Tensor, context: Tensor | None, batch_size: int) -> Tensor:
+    """:func:`anomaly_scores` of checked inputs, in chunks (early stopping's, each check)."""
+    reference = next((p for m in _modules(density.transforms) for p in m.parameters()), data)
     scores = []
     for start in range(0, data.shape[0], batch_size):
-        y = data[start : start + batch_size].to(reference)
-        q = density
-        if context is not None:
-            q = density.condition(context[start : start + batch_size].to(y))
+        rows = slice(start, start + batch_size)
+        y = data[rows].to(reference)
+        q = density if context is None else density.condition(context[rows].to(y))
         scores.append(-q.log_prob(y).to(data.device))
     return torch.cat(scores)
 
@@ -426,6 +460,7 @@ def dequantize(
 
     Raises:
         TypeError, ValueError: naming ``num_levels`` when it is not an integer ``>= 2``.
+        TypeError: naming ``generator`` when it is neither a ``torch.Generator`` nor ``None``.
         ValueError: if ``data`` holds values other than the integers ``0 .. K-1``.
 
     Example:
@@ -434,6 +469,8 @@ def dequantize(
         True
     """
     num_levels = check_int("num_levels", num_levels, 2)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
     data = _as_tensor(data, "data")
     values = data.to(torch.get_default_dtype()) if not data.is_floating_point() else data
     if not bool(((values == values.round()) & (values >= 0) & (values < num_levels)).all()):
@@ -447,12 +484,17 @@ def bits_per_dim(log_prob: Tensor, dim: int, num_levels: int) -> Tensor:
 
     ``log_prob`` is the density of the dequantised data ``y = (x + u) / K`` on the unit
     cube (see :func:`dequantize`), so the result bounds the discrete code length from
-    above. ``dim`` must be an integer ``>= 1`` and ``num_levels`` one ``>= 2`` (as for
-    :func:`dequantize`); otherwise a ``TypeError`` or ``ValueError`` names them.
+    above. ``log_prob`` must be a tensor (array, number), ``dim`` an integer ``>= 1``
+    and ``num_levels`` one ``>= 2`` (as for :func:`dequantize`); otherwise a ``TypeError``
+    or ``ValueError`` names them.
 
     Example:
         >>> bits_per_dim(torch.tensor(0.0), dim=4, num_levels=256)  # uniform on the cube
         tensor(8.)
     """
     dim, num_levels = check_int("dim", dim, 1), check_int("num_levels", num_levels, 2)
+    array_like = isinstance(log_prob, float | int) or hasattr(log_prob, "__array__")
+    if isinstance(log_prob, bool) or not array_like:
+        name = type(log_prob).__name__
+        raise TypeError(f"log_prob must be a tensor, got {name}: use torch.as_tensor(log_prob)")
     return -(log_prob - dim * math.log(num_levels)) / (dim * math.log(2))

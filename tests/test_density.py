@@ -1,5 +1,6 @@
 import math
 import re
+import warnings
 
 import numpy as np
 import pyro.distributions as dist
@@ -127,13 +128,67 @@ def test_anomaly_scores_are_negative_log_density_in_chunks():
 def test_non_finite_loss_raises_and_updates_nothing():
     flow = random_flow(2)
     before = [p.clone() for p in flow.parameters()]
-    with pytest.raises(NonFiniteLossError, match="no parameter was updated") as error:
+    with (
+        pytest.warns(UserWarning, match="far from unit scale"),
+        pytest.raises(NonFiniteLossError, match="no parameter was updated") as error,
+    ):
         fit_density(
             flow, torch.full((8, 2), 1e30), num_steps=3, allow_integer_values=True, progress=False
         )
     assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
     # The likely cause, data far from a fresh flow's unit scale, is named.
     assert "The data reach |x| = 1e+30: standardize them first" in str(error.value)
+
+
+def cauchy(rows):
+    return dist.Cauchy(0.0, 1.0).sample((rows, 2))
+
+
+ORDINARY_SCALES = {
+    "standard-normal": lambda: torch.randn(500, 2),
+    "scale-100": lambda: 100 * torch.randn(500, 2),
+    "offset-1000-scale-100": lambda: 1000 + 100 * torch.randn(500, 2),
+    # Heavy tails reach far beyond 1e4, but typical values are near 1: no warning.
+    "cauchy": lambda: cauchy(5000),
+}
+
+
+@pytest.mark.parametrize("make", ORDINARY_SCALES.values(), ids=ORDINARY_SCALES)
+def test_data_of_ordinary_scale_fit_without_a_scale_warning(make):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_density(RealNVP(2, num_layers=2), make(), num_steps=2, progress=False)
+
+
+FAR_SCALES = {
+    "scale-1e6": (lambda: 1e6 * torch.randn(500, 2), r"\|x\| = [4-9]\.\d+e\+05"),
+    "offset-1e5": (lambda: 1e5 + torch.randn(500, 2), r"\|x\| = 1e\+05"),
+    "one-column-scale-1e5": (
+        lambda: torch.randn(500, 2) * torch.tensor([1.0, 1e5]),
+        r"\|x\| = [4-9]\.\d+e\+04",
+    ),
+}
+
+
+@pytest.mark.parametrize(("make", "size"), FAR_SCALES.values(), ids=FAR_SCALES)
+def test_data_far_from_unit_scale_are_warned_about_and_still_fitted(make, size):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=f"data are far from unit scale.*{size}.*standardize"):
+        history = fit_density(RealNVP(2, num_layers=2), make(), num_steps=2, progress=False)
+    assert len(history) == 2
+
+
+@pytest.mark.parametrize("function", [fit_density, anomaly_scores], ids=lambda f: f.__name__)
+def test_a_non_finite_buffer_of_one_of_several_transforms_is_named(function):
+    norm = BatchNorm(2)
+    norm.moving_variance[1] = float("inf")
+    density = flow_distribution(RealNVP(2, num_layers=2), norm, input_dim=2)
+    before = [t.clone() for t in (*density.transforms[0].parameters(), *norm.parameters())]
+    with pytest.raises(ValueError, match=r"the flow's BatchNorm\[1\]\.moving_variance hold"):
+        function(density, torch.randn(8, 2))
+    after = (*density.transforms[0].parameters(), *norm.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 BAD_DATA = {
