@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from .._internal.compat import rng_state
+from .._internal.locate import raised_at
 from ..errors import NonFiniteLossError, RankFailedError
-from ..infer.finite import explain_non_finite, rejected_draws_are_non_finite
+from ..infer.finite import FiniteELBO, explain_non_finite, rejected_draws_are_non_finite
 from .ranks import comm_device, gather_objects, in_process_group, world_size
 
 # The helpers without an example (GuardedELBO, backward_and_agree, ...) are this
@@ -33,12 +34,23 @@ __all__ = ["FiniteStepFlag", "setup_guide"]
 
 
 def raise_if_any_raised(error: BaseException | None, during: str) -> None:
-    """Share which ranks raised; if any did, raise on all of them, naming each error."""
-    messages = gather_objects(None if error is None else repr(error))
-    failed = {r: m for r, m in enumerate(messages) if m is not None}
-    if failed:
-        text = "; ".join(f"rank {r} raised {m}" for r, m in failed.items())
-        raise RankFailedError(f"{text}, during {during}") from error
+    """Share which ranks raised; if any did, raise on all of them, naming each error.
+
+    Where every rank's error is a :class:`~pyro_realnvp.NonFiniteLossError` (a draw the
+    model could not score, explained as ``fit`` explains it), every rank raises that,
+    with each failed rank's explanation; otherwise a :class:`RankFailedError` naming each
+    rank's error (:func:`describe`).
+    """
+    non_finite = isinstance(error, NonFiniteLossError)
+    mine = None if error is None else (non_finite, str(error), describe(error))
+    failed = {r: m for r, m in enumerate(gather_objects(mine)) if m is not None}
+    if not failed:
+        return
+    if all(flag for flag, _, _ in failed.values()):
+        text = "\n".join(f"rank {r} ({during}): {m}" for r, (_, m, _) in failed.items())
+        raise NonFiniteLossError(text) from error
+    text = "; ".join(f"rank {r} raised {m}" for r, (_, _, m) in failed.items())
+    raise RankFailedError(f"{text}, during {during}") from error
 
 
 class FiniteStepFlag:
@@ -111,7 +123,9 @@ def setup_guide(model: Callable, guide: Callable, *args, **kwargs) -> dict[str, 
     ``AutoRealNVP`` builds its parameters at its first call, and DDP must see them
     before it wraps the guide. This runs the guide and the model once, without
     recording and leaving Pyro's RNG state as it found it. If it raises on any rank,
-    every rank raises :class:`~pyro_realnvp.distributed.RankFailedError`, naming it.
+    every rank raises :class:`~pyro_realnvp.distributed.RankFailedError`, naming it, or
+    where the model rejected each failed rank's draw, ``fit``'s
+    :class:`~pyro_realnvp.NonFiniteLossError`, naming the site.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -124,16 +138,32 @@ def setup_guide(model: Callable, guide: Callable, *args, **kwargs) -> dict[str, 
     """
     error, params = None, {}
     try:
-        with rng_state(), poutine.block(), poutine.trace(param_only=True) as capture:
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            poutine.replay(model, trace=guide_trace)(*args, **kwargs)
-        params = {
-            name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()
-        }
+        params = _run_once(model, guide, args, kwargs)
     except Exception as caught:  # noqa: BLE001 - re-raised below on every rank
         error = caught
     raise_if_any_raised(error, "setting up the guide and model")
     return params
+
+
+def _run_once(model: Callable, guide: Callable, args, kwargs) -> dict[str, Tensor]:
+    """:func:`setup_guide`'s run of guide and model, on one rank. A draw the model cannot
+    score raises ``fit``'s :class:`~pyro_realnvp.NonFiniteLossError`, which names the
+    site and says why: :class:`~pyro_realnvp.FiniteELBO` re-runs the same draw (the RNG
+    is where it was) and explains it."""
+    with rng_state(), poutine.block():
+        try:
+            with poutine.trace(param_only=True) as capture, rejected_draws_are_non_finite():
+                guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+                poutine.replay(model, trace=guide_trace)(*args, **kwargs)
+        except NonFiniteLossError as rejected:
+            failed = rejected
+        else:
+            return {
+                name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()
+            }
+    with rng_state(), poutine.block():
+        FiniteELBO().loss(model, guide, *args, **kwargs)  # raises as fit's first step does
+    raise failed  # the same draw went through the second time: the first one's error
 
 
 class GuardedELBO(nn.Module):
@@ -228,8 +258,11 @@ def backward_and_agree(
 
 
 def describe(error: BaseException) -> str:
-    """``Type('message')``, without the trace-shape table Pyro appends to model errors."""
-    return f"{type(error).__name__}({str(error).split(chr(10) + 'Trace Shapes:')[0]!r})"
+    """``Type('message')`` and where in the model it was raised, without the trace-shape
+    table Pyro appends to model errors."""
+    message = str(error.args[0]) if type(error) is KeyError and error.args else str(error)
+    message = message.split(chr(10) + "Trace Shapes:")[0]
+    return f"{type(error).__name__}({message!r}){raised_at(error)}"
 
 
 def explainer(model: Callable, guide: Callable, args, kwargs) -> Callable[[], str]:

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._internal.compat import elbo_traces
 from ..infer.loop import History, check_training_args
+from ..infer.preflight import preflight
 from ..infer.svi import fit
 from .agreement import (
     FiniteStepFlag,
@@ -35,6 +36,7 @@ from .agreement import (
     describe,
     explainer,
     finite_allreduce_hook,
+    raise_if_any_raised,
     setup_guide,
 )
 from .ranks import in_process_group, is_main_process
@@ -65,6 +67,18 @@ def _distribute(module: nn.Module, **options) -> tuple[nn.Module, LocalFinite | 
     local = LocalFinite()
     ddp.register_comm_hook(local, finite_allreduce_hook)
     return ddp, local
+
+
+def _check_elbo(name: str, value) -> None:
+    """Refuse, naming the argument, what is neither ``None`` nor an ELBO instance."""
+    if value is None or isinstance(value, ELBO):
+        return
+    if isinstance(value, type) and issubclass(value, ELBO):
+        raise TypeError(
+            f"{name} must be an ELBO instance such as Trace_ELBO(), got the class "
+            f"{value.__name__}: call it, {value.__name__}()"
+        )
+    raise TypeError(f"{name} must be an ELBO instance such as Trace_ELBO(), got {value!r}")
 
 
 @dataclass
@@ -103,6 +117,7 @@ class DataParallelELBO(ELBO):
     """
 
     def __init__(self, elbo: ELBO | None = None, **ddp_options) -> None:
+        _check_elbo("elbo", elbo)
         self.elbo = Trace_ELBO() if elbo is None else elbo
         super().__init__(num_particles=self.elbo.num_particles)
         self.ddp_options = ddp_options
@@ -172,12 +187,24 @@ def fit_distributed(
         >>> round(guide.median()["x"].item()), losses.method  # one process: no process group
         (3, 'svi')
     """
+    for name, value in (("model", model), ("guide", guide)):
+        if not callable(value):
+            raise TypeError(f"{name} must be a callable Pyro {name}, got {value!r}")
+    _check_elbo("loss", loss)
     check_training_args(num_particles=num_particles)
     if loss is None:
         loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     elbo = loss if isinstance(loss, DataParallelELBO) else DataParallelELBO(loss)
     options = {name: kwargs.pop(name) for name in _FIT_OPTIONS & kwargs.keys()}
     elbo.module(model, guide, *args, **kwargs)  # set up and wrap now, before the loop
+    # fit's checks of the data and the guide, once more on every rank, so that a shard's
+    # NaN stops every rank, where fit's own would stop one and leave the rest waiting.
+    error = None
+    try:
+        preflight(model, guide, args, kwargs)
+    except Exception as caught:  # noqa: BLE001 - re-raised below on every rank
+        error = caught
+    raise_if_any_raised(error, "checking the data and the guide")
     progress = progress and is_main_process()
     return fit(model, guide, *args, loss=elbo, progress=progress, **options, **kwargs)
 

@@ -9,6 +9,7 @@ process group too (one process, world size 1), so the same script runs under
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -157,18 +158,50 @@ def shard(*tensors: Tensor, rank: int | None = None, world_size: int | None = No
         >>> shard(x, y, rank=1, world_size=2)[1]
         tensor([3, 4])
     """
-    r = _current_rank() if rank is None else rank
-    w = _current_world_size() if world_size is None else world_size
+    w = _current_world_size() if world_size is None else _integer("world_size", world_size)
+    if w < 1:
+        raise ValueError(f"world_size must be at least 1 (the number of ranks), got {w}")
+    r = _current_rank() if rank is None else _integer("rank", rank)
     if not 0 <= r < w:
         raise ValueError(f"rank must be in [0, {w}), got {r}")
+    num_rows = _num_rows("shard", tensors)
+    if num_rows < w:
+        raise ValueError(f"cannot shard {num_rows} rows over {w} ranks")
+    return tuple(t.tensor_split(w)[r] for t in tensors)
+
+
+def _integer(name: str, value) -> int:
+    """``value`` as an ``int``; a ``TypeError`` naming ``name`` if it is not an integer
+    (a float such as ``2.0`` included: a count of rows or ranks is never fractional)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an integer, got {value!r} (a {type(value).__name__})"
+        ) from None
+
+
+def _num_rows(caller: str, tensors: tuple) -> int:
+    """The rows the ``tensors`` given to ``caller`` share along dim 0, or a clear error."""
     if not tensors:
-        raise ValueError("shard needs at least one tensor")
+        raise ValueError(f"{caller} needs at least one tensor")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(
+                f"{caller} takes tensors, got a {type(t).__name__} as argument {i}: "
+                "convert it with torch.as_tensor"
+            )
+        if t.dim() == 0:
+            raise TypeError(
+                f"{caller} splits tensors along their first dimension, got a 0-d tensor as "
+                f"argument {i}"
+            )
     lengths = {len(t) for t in tensors}
     if len(lengths) != 1:
         raise ValueError(f"tensors must share their first dimension, got lengths {lengths}")
-    if lengths.pop() < w:
-        raise ValueError(f"cannot shard {len(tensors[0])} rows over {w} ranks")
-    return tuple(t.tensor_split(w)[r] for t in tensors)
+    return lengths.pop()
 
 
 class Blocks(torch.utils.data.Dataset):
@@ -190,15 +223,12 @@ class Blocks(torch.utils.data.Dataset):
     """
 
     def __init__(self, *tensors: Tensor, block_size: int) -> None:
-        if not tensors:
-            raise ValueError("Blocks needs at least one tensor")
-        lengths = {len(t) for t in tensors}
-        if len(lengths) != 1:
-            raise ValueError(f"tensors must share their first dimension, got lengths {lengths}")
+        num_rows = _num_rows("Blocks", tensors)
+        block_size = _integer("block_size", block_size)
         if block_size < 1:
             raise ValueError(f"block_size must be at least 1, got {block_size}")
         self.tensors, self.block_size = tensors, block_size
-        self.num_rows = lengths.pop()
+        self.num_rows = num_rows
 
     def __len__(self) -> int:
         return -(-self.num_rows // self.block_size)
@@ -235,6 +265,9 @@ def data_plate(
         >>> pyro.poutine.trace(model).get_trace().nodes["y"]["scale"]
         4.0
     """
+    num_data, shard_size = _integer("num_data", num_data), _integer("shard_size", shard_size)
+    if batch_size is not None:
+        batch_size = _integer("batch_size", batch_size)
     if shard_size < 1 or num_data < shard_size:
         raise ValueError(
             f"need 1 <= shard_size <= num_data, got shard_size={shard_size}, num_data={num_data}"

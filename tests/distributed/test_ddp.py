@@ -103,3 +103,31 @@ def test_setup_guide_leaves_the_random_state_alone():
     params = setup_guide(model, AutoRealNVP(model, num_layers=2))
     assert torch.equal(torch.rand(3), expected)
     assert "AutoRealNVP.loc" in params
+
+
+def test_a_draw_rejected_at_set_up_is_explained_as_fit_explains_it():
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.factor("bad", x * float("nan"))
+
+    messages = []
+    for train in (fit, fit_distributed):
+        pyro.clear_param_store()
+        with pytest.raises(NonFiniteLossError) as error:
+            train(model, pyro.infer.autoguide.AutoNormal(model), num_steps=2, progress=False)
+        messages.append(str(error.value))
+    assert messages[1].startswith("rank 0 (setting up the guide and model): ")
+    shared = messages[1].split(": ", 1)[1]
+    assert shared in messages[0]  # fit's, less its count of redraws
+    assert "at site 'bad'" in shared
+
+
+def test_a_model_raising_at_set_up_is_named_without_pyros_shape_table():
+    def model():
+        raise ValueError("bad row 3")
+
+    with pytest.raises(
+        RankFailedError, match=r"rank 0 raised ValueError\('bad row 3'\) \("
+    ) as error:
+        setup_guide(model, AutoRealNVP(model, num_layers=2))
+    assert "Trace Shapes" not in str(error.value)

@@ -171,9 +171,9 @@ def failure_outcomes(two_rank_run):
     ("scenario", "error", "says"),
     [
         ("raises", "RankFailedError", "rank 1 raised RuntimeError('corrupt shard')"),
-        ("invalid-data", "RankFailedError", "rank 1 raised ValueError(\"Error while computing"),
+        ("invalid-data", "RankFailedError", "rank 1 raised ValueError(\"observed site 'y' holds"),
         ("rejected", "NonFiniteLossError", "rank(s) [1] (rank 1: the model rejected"),
-        ("nan", "NonFiniteLossError", "not finite on rank(s) [1] (rank 1: loss nan, the model"),
+        ("nan", "RankFailedError", "rank 1 raised ValueError(\"observed site 'y' holds"),
         ("grad", "NonFiniteLossError", "rank(s) [1] (rank 1: its gradients were not finite"),
     ],
     ids=["model-raises-on-rank-1", "data-invalid-on-rank-1", "draw-rejected-on-rank-1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -54,3 +55,19 @@ def test_blocks_dealt_by_a_distributed_sampler_are_the_shards(rank):
 def test_blocks_reject_bad_arguments(tensors, block_size, match):
     with pytest.raises(ValueError, match=match):
         Blocks(*tensors, block_size=block_size)
+
+
+@pytest.mark.parametrize(
+    "size", [np.int64(2), torch.tensor(2)], ids=["numpy-integer", "0-d-integer-tensor"]
+)
+def test_integer_like_sizes_are_taken(size):
+    assert len(Blocks(torch.zeros(4), block_size=size)) == 2
+    assert len(shard(torch.zeros(4), rank=size - 1, world_size=size)[0]) == 2
+    with data_plate("data", num_data=4, shard_size=size, batch_size=size) as idx:
+        assert idx.dtype == torch.long
+
+
+@pytest.mark.parametrize("value", [2.0, True], ids=["float", "bool"])
+def test_a_size_that_is_not_an_integer_is_refused_by_name(value):
+    with pytest.raises(TypeError, match="world_size must be an integer"):
+        shard(torch.zeros(4), rank=0, world_size=value)
