@@ -88,7 +88,7 @@ _MOVED = {
     "flat": "infer.flat",
     "flow": "flows.realnvp",
     "image": "flows.image",
-    "init_checks": "guide.sites",
+    "init_checks": "guide.initial",
     "laplace": "guide.laplace",
     "lightning": "distributed.lightning",
     "losses": "infer.losses",

@@ -12,8 +12,10 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import sys
 import sysconfig
 import textwrap
+import warnings
 from collections.abc import Callable
 from types import FrameType
 
@@ -22,7 +24,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["first_line", "model_raised", "partial_trace", "raised_at"]
+__all__ = ["first_line", "model_raised", "partial_trace", "raised_at", "warn_at_user"]
 
 _LIBRARIES = tuple(
     os.path.realpath(path) + os.sep
@@ -65,14 +67,39 @@ def raised_at(error: BaseException) -> str:
     return f" at site '{site}' ({place})" if site else f" ({place})"
 
 
+def _is_library(filename: str) -> bool:
+    filename = os.path.realpath(filename)
+    return (
+        filename.startswith(_LIBRARIES)
+        or os.sep + "site-packages" + os.sep in filename
+        or filename.startswith("<frozen")
+    )
+
+
+def warn_at_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn, attributing the warning to the innermost frame outside torch, Pyro, this
+    package and the standard library: the user's line that led here, whatever the depth.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_at_user("look here")
+        >>> caught[0].filename.startswith("<doctest")
+        True
+    """
+    frame, level = sys._getframe(1), 2
+    while frame is not None and _is_library(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level if frame is not None else 2)
+
+
 def _user_frame(error: BaseException) -> tuple[FrameType | None, int]:
     """The innermost traceback frame not in a library, and its line."""
     found: tuple[FrameType | None, int] = (None, 0)
     tb = error.__traceback__
     while tb is not None:
-        filename = os.path.realpath(tb.tb_frame.f_code.co_filename)
-        library = filename.startswith(_LIBRARIES) or os.sep + "site-packages" + os.sep in filename
-        if not library:
+        if not _is_library(tb.tb_frame.f_code.co_filename):
             found = (tb.tb_frame, tb.tb_lineno)
         tb = tb.tb_next
     return found

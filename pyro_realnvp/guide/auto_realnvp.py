@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import pyro
@@ -16,13 +15,14 @@ from pyro.distributions.transforms import ComposeTransform
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
 from pyro.nn import PyroParam
-from pyro.util import get_rng_state, set_rng_state
 from torch import Tensor, nn
 
 from .._internal.compat import prototype_hide_fn, stored_constraint, unpack_latent
 from ..flows.realnvp import RealNVP
-from . import sites, store, summaries
-from .laplace import START_RULES, GaussianStart, laplace_start, local_start
+from . import initial, sites, store, summaries
+from .host_reads import warn_host_reads
+from .laplace import START_RULES, GaussianStart
+from .observed import check_observed
 from .options import AUTO_LOWER_MAX_DIM, check_options, flow_options
 from .posterior import (
     Affine,
@@ -32,11 +32,14 @@ from .posterior import (
     path_gradient_draw,
     total_gradient_draw,
 )
-from .potential import Potential
-from .summaries import PackedPosterior, check_finite_params, flow_is_identity
+from .potential import prototype_run
+from .start import gaussian_start
 from .units import StartUnits, loc_units
 
 __all__ = ["AutoRealNVP"]
+
+#: What AutoRealNVP's set-up creates, and reading it before then says so.
+SET_UP_NAMES = frozenset({"flow", "loc", "scale", "scale_tril", "start_loc", "start_scale"})
 
 _log = logging.getLogger(__package__)  # "pyro_realnvp.guide", as before the split
 
@@ -106,10 +109,11 @@ class AutoRealNVP(AutoContinuous):
             num_quantile_samples=num_quantile_samples, activation=activation,
             start_rule=start_rule,
         )  # fmt: skip
+        init_loc_fn = initial.check_init_loc_fn(init_loc_fn)
         self._flow_options = flow_options(num_layers, hidden_dims, scale_bound, activation)
         self._init_scale = init_scale if init_scale == "auto" else float(init_scale)
         self._find_mode = init_loc_fn is None
-        self._init_value_names = sites.init_value_names(init_loc_fn)
+        self._init_value_names = initial.init_value_names(init_loc_fn)
         self._affine = affine
         self.estimator = estimator
         self.start_rule = start_rule
@@ -139,22 +143,26 @@ class AutoRealNVP(AutoContinuous):
             raise
 
     def _build(self, *args, **kwargs) -> None:
-        self._trace_prototype(*args, **kwargs)
+        run = self._trace_prototype(*args, **kwargs)
         sites.check_one_device_and_dtype(self.prototype_trace)
+        fingerprint = tuple((n, tuple(s)) for n, s in self._unconstrained_shapes.items())
+        stored = stored_constraint(self._pyro_get_fullname("loc"))
+        store.check_stored_sites(stored, fingerprint, self._pyro_get_fullname("loc"))
         init_loc = self._init_loc()
-        sites.check_finite_init(init_loc, unpack_latent(self, init_loc))
-        self.start = start = self._gaussian_start(init_loc, *args, **kwargs)
+        initial.check_finite_init(init_loc, unpack_latent(self, init_loc))
+        chosen = self.__dict__.pop("_next_start", None)  # set by restart_by_elbo
+        self.start = start = chosen or gaussian_start(self, init_loc, run, args, kwargs)
+        self._argument_shapes = {sites.argument_shapes(args, kwargs)}
         scale, unit = start.scale, start.scale_tril / start.scale[:, None]
         if self._init_scale != "auto":
             scale = torch.full_like(scale, self._init_scale)
             unit = torch.eye(self.latent_dim, dtype=scale.dtype, device=scale.device)
         # Trained in the start's units (guide.units); buffers, so that a state_dict
         # carries them with the unconstrained value they give meaning to.
-        stored = stored_constraint(self._pyro_get_fullname("loc"))
         center, width = loc_units(start, stored)
         self.register_buffer("start_loc", center)
         self.register_buffer("start_scale", width)
-        units = StartUnits(self.start_loc, self.start_scale)
+        units = StartUnits(self.start_loc, self.start_scale, fingerprint)
         self.loc = PyroParam(start.loc.detach().clone(), units)
         stored_constraint(self._pyro_get_fullname("loc"), units)  # one object for both
         self.scale = PyroParam(scale.detach().clone(), constraints.softplus_positive)
@@ -162,51 +170,29 @@ class AutoRealNVP(AutoContinuous):
             self.scale_tril = PyroParam(unit.detach().clone(), constraints.unit_lower_cholesky)
         # Each site a mask group: a scale and what it scales are split by as many pairs
         # of layers as the mask bits allow (flows.masks.coupling_masks).
-        groups = [shape.numel() for shape in self._unconstrained_shapes.values()]
+        groups = [n for n in map(torch.Size.numel, self._unconstrained_shapes.values()) if n]
         factory = {"device": init_loc.device, "dtype": init_loc.dtype}
         self.flow = RealNVP(self.latent_dim, **self._flow_options, groups=groups, **factory)
         if not self._requires_grad:  # frozen before set-up: before the store sees them
             nn.Module.requires_grad_(self, False)
         self._register_flow()
 
-    def _trace_prototype(self, *args, **kwargs) -> None:
-        """Pyro's prototype trace at ``init_loc_fn``'s values, its failures named by site."""
-        rng = get_rng_state()
-        try:
+    def _trace_prototype(self, *args, **kwargs) -> pyro.poutine.Trace:
+        """Pyro's prototype trace at ``init_loc_fn``'s values, its failures named by site;
+        its latent and observed sites checked; and a run of the model with them all."""
+        with sites.failures_named(self, self._find_mode, args, kwargs):
             super()._setup_prototype(*args, **kwargs)
-        except NotImplementedError as error:
-            sites.name_unsupported_site(self.prototype_trace, error)
-            if sites.raised_by_init_strategy(error):  # a site that cannot be sampled
-                raise sites.unsampleable_error(error, self._find_mode) from error
-            raise
-        except (ValueError, TypeError) as error:
-            if self._find_mode:  # our own init: the model's failure is its own
-                raise
-            set_rng_state(rng)  # init_to_median draws: re-run at the same values
-            raise sites.init_values_error(self.model, error, args, kwargs) from error
-        sites.check_prototype(self.prototype_trace, self.model, self._init_value_names,
-                               not self._find_mode, args, kwargs)  # fmt: skip
+        sites.check_prototype(self.prototype_trace, self._bare, self._init_value_names,
+                              not self._find_mode, args, kwargs)  # fmt: skip
+        run = prototype_run(self._bare, self._init_loc_fn, self.prototype_trace, args, kwargs)
+        check_observed(run)
+        warn_host_reads(self._bare, self.prototype_trace, args, kwargs)
+        return run
 
-    def _gaussian_start(self, init_loc: Tensor, *args, **kwargs) -> GaussianStart:
-        """Where the affine starts: the Laplace start, or a local one at ``init_loc``."""
-        chosen = self.__dict__.pop("_next_start", None)
-        if chosen is not None:  # set by restart_by_elbo
-            return chosen
-        # The full-data potential of the model as given: through init_loc_fn's messenger
-        # each evaluation would redraw the initial values (init_to_median: 15 prior draws).
-        bare = self.__dict__.get("_bare_model") or (self.model,)
-        potential = Potential(bare[0], self, args, kwargs, full_data=True)
-        if not self._find_mode:
-            return local_start(potential, init_loc)
-        rule = getattr(self, "start_rule", "auto")  # a guide pickled before it had one
-        if rule == "auto":
-            rule = getattr(self, "_auto_start_rule", "elbo")
-        start = laplace_start(potential, init_loc, dense=self._dense, rule=rule)
-        _log.info("AutoRealNVP starts from the %s Gaussian (ELBO %.4g)", start.kind, start.elbo)
-        if start.kind.startswith("laplace") and bool(start.bad.any()):
-            message = sites.bad_curvature_warning(start.bad, self._unconstrained_shapes)
-            warnings.warn(message, UserWarning, stacklevel=4)
-        return start
+    @property
+    def _bare(self) -> Callable:
+        """The model without init_loc_fn's messenger, whose every run redraws its values."""
+        return (self.__dict__.get("_bare_model") or (self.model,))[0]
 
     @contextlib.contextmanager
     def auto_start_rule(self, rule: str) -> Iterator[AutoRealNVP]:
@@ -249,24 +235,47 @@ class AutoRealNVP(AutoContinuous):
 
     @property
     def flow(self) -> RealNVP:
-        """The flow :math:`f`, built at the first call. A property, so that reading it is
-        not ``PyroModule``'s implicit ``pyro.module``: each call declares it once."""
+        """The flow :math:`f`, built at the first call (reading it declares nothing)."""
         try:
             return self._modules["flow"]
         except KeyError:
             raise AttributeError("the guide builds its flow at its first call") from None
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in SET_UP_NAMES and self.__dict__.get("prototype_trace") is None:
+                raise AttributeError(
+                    f"AutoRealNVP has no {name} yet: it sets its parameters up at its first "
+                    "call, guide(*args, **kwargs), with the model's arguments"
+                ) from None
+            raise
+
     def forward(self, *args, **kwargs) -> dict[str, Tensor]:
         if self.prototype_trace is not None:  # set-up registers the flow it builds
             self._register_flow()
-        return super().forward(*args, **kwargs)
+            self._check_arguments(args, kwargs)
+        try:
+            return super().forward(*args, **kwargs)
+        except ValueError:  # only on failure, so no host sync on the way: a NaN parameter?
+            if self.prototype_trace is not None:
+                summaries.check_finite_params(dict(self.named_parameters()), "its draws are NaN")
+            raise
+
+    def _check_arguments(self, args: tuple, kwargs: dict) -> None:
+        """Once for each new shape of the arguments, check that the latents keep theirs."""
+        shapes = sites.argument_shapes(args, kwargs)
+        known = self.__dict__.setdefault("_argument_shapes", {shapes})
+        if shapes not in known and self._model is not None:
+            sites.check_latent_shapes(self._bare, self.prototype_trace, args, kwargs)
+        known.add(shapes)
 
     def _register_flow(self) -> None:
         store.register_flow(self.flow, self._pyro_get_fullname("flow"))
 
     def requires_grad_(self, requires_grad: bool = True) -> AutoRealNVP:
-        """``nn.Module.requires_grad_``, remembered for the parameters set-up creates:
-        before the first call there are none to freeze, and the request would be lost."""
+        """``nn.Module.requires_grad_``, remembered for the parameters set-up creates."""
         self._requires_grad = bool(requires_grad)
         return super().requires_grad_(requires_grad)
 
@@ -383,34 +392,13 @@ class AutoRealNVP(AutoContinuous):
             >>> torch.equal(guide.latent_draws(5), guide.latent_draws(5))
             True
         """
+        summaries.check_finite_params(dict(self.named_parameters()), "its draws are NaN")
         loc = self.loc.detach()
         generator = torch.Generator(device=loc.device).manual_seed(seed)
         eps = torch.randn(
             (num_samples, self.latent_dim), generator=generator, device=loc.device, dtype=loc.dtype
         )
         return self.get_transform()(eps)
-
-    def _packed(self, *args, **kwargs) -> PackedPosterior:
-        """What :mod:`~pyro_realnvp.guide.summaries` reads: the guide set up (or its stored
-        values taken, as a call would, so summaries agree before and after one), finite."""
-        if self.prototype_trace is None:
-            with pyro.poutine.block():
-                self(*args, **kwargs)
-        else:
-            with pyro.poutine.block(), self._pyro_context:
-                for name in self._pyro_params:
-                    getattr(self, name)  # PyroModule syncs a parameter with the store
-                self._register_flow()
-        params = {name: getattr(self, name) for name in self._pyro_params}
-        params.update({f"flow.{n}": p for n, p in self.flow.named_parameters()})
-        check_finite_params(params)
-        sd = self.scale.detach()
-        if "scale_tril" in self._pyro_params:
-            sd = sd * self.scale_tril.detach().norm(dim=-1)
-        sites = [(site, self._unconstrained_shapes[name])
-                 for name, site in self.prototype_trace.iter_stochastic_nodes()]  # fmt: skip
-        return PackedPosterior(sites, self.loc.detach(), sd, flow_is_identity(self.flow),
-                               lambda: self.latent_draws(self.num_quantile_samples))  # fmt: skip
 
     @torch.no_grad()
     def quantiles(self, quantiles: Sequence[float] | Tensor, *args, **kwargs) -> dict[str, Tensor]:
@@ -425,7 +413,7 @@ class AutoRealNVP(AutoContinuous):
             >>> q.shape, bool(q[0] < q[1] < q[2])
             (torch.Size([3]), True)
         """
-        packed = self._packed(*args, **kwargs)
+        packed = summaries.packed_posterior(self, args, kwargs)
         return summaries.marginal_quantiles(packed, summaries.check_levels(quantiles, packed.loc))
 
     @torch.no_grad()
@@ -443,4 +431,4 @@ class AutoRealNVP(AutoContinuous):
             >>> guide.median()["s"]
             tensor(2.)
         """
-        return summaries.median(self._packed(*args, **kwargs))
+        return summaries.median(summaries.packed_posterior(self, args, kwargs))

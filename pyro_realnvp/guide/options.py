@@ -61,8 +61,14 @@ def flow_options(num_layers: int, hidden_dims, scale_bound: float, activation) -
     }
 
 
-def _positive_int(value) -> bool:
-    return is_int(value) and value >= 1
+def _check_int(name: str, value, minimum: int, why: str) -> None:
+    """Refuse ``value`` unless an integer ``>= minimum``: a ``TypeError`` for another kind
+    of thing, a ``ValueError`` below the minimum; ``why`` says why that minimum."""
+    message = f"{name} must be an integer >= {minimum}{why}, got {value!r}"
+    if not is_int(value):
+        raise TypeError(message)
+    if value < minimum:
+        raise ValueError(message)
 
 
 def check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, estimator,
@@ -80,11 +86,8 @@ def check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, e
     if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
         raise TypeError(f"activation must be a torch.nn.Module class such as nn.ELU, got "
                         f"{activation!r}")  # fmt: skip
-    if not (_positive_int(num_layers) and num_layers >= 2):
-        raise ValueError(
-            f"num_layers must be an integer >= 2 (one coupling leaves half the coordinates "
-            f"unchanged), got {num_layers!r}"
-        )
+    _check_int("num_layers", num_layers, 2,
+               " (one coupling leaves half the coordinates unchanged)")  # fmt: skip
     if hidden_dims is not None:
         check_hidden_dims(hidden_dims)
     _check_scales(init_scale, scale_bound)
@@ -93,11 +96,8 @@ def check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, e
                                  ("start_rule", start_rule, START_RULE_CHOICES)):  # fmt: skip
         if value not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    if not (_positive_int(num_quantile_samples) and num_quantile_samples >= MIN_QUANTILE_SAMPLES):
-        raise ValueError(
-            f"num_quantile_samples must be an integer >= {MIN_QUANTILE_SAMPLES} (fewer draws "
-            f"cannot tell a 5% quantile from a 95% one), got {num_quantile_samples!r}"
-        )
+    _check_int("num_quantile_samples", num_quantile_samples, MIN_QUANTILE_SAMPLES,
+               " (fewer draws cannot tell a 5% quantile from a 95% one)")  # fmt: skip
     if num_layers % 2:
         warnings.warn(
             f"num_layers={num_layers} is odd: one half of the coordinates passes through one "
@@ -114,7 +114,8 @@ def _check_scales(init_scale, scale_bound) -> None:
             f"init_scale must be 'auto' or a number in (0, {MAX_INIT_SCALE:g}] (a standard "
             f"deviation in the unconstrained space), got {init_scale!r}"
         )
-    if isinstance(scale_bound, bool) or not (
-        isinstance(scale_bound, numbers.Real) and 0 < scale_bound < math.inf
-    ):
-        raise ValueError(f"scale_bound must be a finite number > 0, got {scale_bound!r}")
+    message = f"scale_bound must be a finite number > 0, got {scale_bound!r}"
+    if isinstance(scale_bound, bool) or not isinstance(scale_bound, numbers.Real):
+        raise TypeError(message)
+    if not 0 < scale_bound < math.inf:
+        raise ValueError(message)

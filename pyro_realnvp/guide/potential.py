@@ -15,14 +15,23 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to
 
-from .._internal.compat import full_data_plates, unpack_latent
+from .._internal.compat import full_data_plates, rng_state, unpack_latent
+from .._internal.locate import partial_trace
 
-__all__ = ["Potential", "subsampled_sites"]
+__all__ = [
+    "Potential",
+    "finite_start",
+    "hold_hidden",
+    "non_finite_sites",
+    "prototype_run",
+    "subsampled_sites",
+]
 
 _PARTICLES = "_potential_particles"
 
@@ -163,3 +172,104 @@ class Potential:
         ]
         self.max_plate_nesting = max(dims, default=0)
         return self.max_plate_nesting
+
+
+def non_finite_sites(potential: Potential, u: Tensor) -> list[str]:
+    """The sample sites whose log-density is not finite at the packed latent ``u`` (all of
+    them, ``["the model"]``, where the model raises there); empty where all are finite.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoDiagonalNormal
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 30.0))
+        ...     pyro.sample("y", dist.Poisson(torch.exp(10 * x)), obs=torch.tensor(3.0))
+        >>> guide = AutoDiagonalNormal(model); _ = guide()
+        >>> non_finite_sites(Potential(model, guide), torch.tensor([-12.0]))
+        ['y']
+    """
+    try:
+        with torch.no_grad():
+            trace, log_det = potential.trace(u)
+    except (ValueError, RuntimeError, TypeError) as error:
+        return [f"the model ({type(error).__name__} there)"]
+    bad = [
+        name for name, site in trace.nodes.items()
+        if site["type"] == "sample" and "log_prob_sum" in site
+        and not bool(torch.isfinite(site["log_prob_sum"]))
+    ]  # fmt: skip
+    return bad if bad or bool(torch.isfinite(log_det)) else ["the change of variables"]
+
+
+def finite_start(potential: Potential, init: Tensor) -> tuple[Tensor, list[str]]:
+    """Where a mode search can start: ``init``, or where the model's log-density is not
+    finite there (``init_to_median``'s draw deep in a tail where a rate overflows, say)
+    the unconstrained origin, ``init_to_feasible``'s point, if it is finite there; and
+    the sites that were not finite at ``init`` (empty where all were).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoDiagonalNormal
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 30.0))
+        ...     pyro.sample("y", dist.Poisson(torch.exp(10 * x)), obs=torch.tensor(3.0))
+        >>> guide = AutoDiagonalNormal(model); _ = guide()
+        >>> finite_start(Potential(model, guide), torch.tensor([-12.0]))
+        (tensor([0.]), ['y'])
+    """
+    bad = non_finite_sites(potential, init)
+    if not bad:
+        return init, []
+    origin = torch.zeros_like(init)
+    return (init if non_finite_sites(potential, origin) else origin), bad
+
+
+def prototype_run(model: Callable, init_loc_fn: Callable, prototype, args: tuple,
+                  kwargs: dict) -> poutine.Trace:  # fmt: skip
+    """One run of ``model``: the guided latents at the ``prototype``'s values, the others
+    (enumerated ones, which the prototype hides) at ``init_loc_fn``'s; the random state
+    left as it was. What the set-up checks of the observed sites, and what
+    :func:`hold_hidden` holds.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import init_to_median
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x, 1.0), obs=torch.tensor(0.5))
+        >>> prototype = poutine.trace(model).get_trace()
+        >>> run = prototype_run(model, init_to_median, prototype, (), {})
+        >>> bool(run.nodes["x"]["value"] == prototype.nodes["x"]["value"])
+        True
+    """
+    # Replayed inside init_loc_fn's messenger: it draws no value for the guided sites
+    # again, and a model without hidden sites costs no init draws at all.
+    started = InitMessenger(init_loc_fn)(poutine.replay(model, trace=prototype))
+    with rng_state():  # the guide's set-up draws no more random numbers than Pyro's
+        return partial_trace(started, args, kwargs)
+
+
+def hold_hidden(model: Callable, run: poutine.Trace, prototype: poutine.Trace) -> Callable:
+    """``model`` with the latent sites the guide leaves to the ELBO (enumerated discrete
+    ones) held at their values in ``run`` (:func:`prototype_run`), so that the start's
+    potential is a function of the guide's latents alone; ``model`` itself where there
+    are none.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer.autoguide import init_to_median
+        >>> def model():
+        ...     pyro.sample("k", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        >>> run = prototype_run(model, init_to_median, poutine.Trace(), (), {})
+        >>> held = hold_hidden(model, run, poutine.Trace())
+        >>> poutine.trace(held).get_trace().nodes["k"]["is_observed"]
+        True
+    """
+    guided = {name for name, _ in prototype.iter_stochastic_nodes()}
+    hidden = {
+        name: site["value"]
+        for name, site in run.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and name not in guided
+        and not site_is_subsample(site)
+    }  # fmt: skip
+    return poutine.condition(model, data=hidden) if hidden else model

@@ -1,231 +1,127 @@
-"""The guide's set-up checks: latent sites it can guide, and initial values the model takes.
-
-Pyro's autoguides run the model once at ``init_loc_fn``'s values to learn its sites; a
-value the model cannot take fails there, deep in a distribution's constructor, with a
-message that names neither the site nor the value. These helpers re-run the model up to
-the failure and say which site's initial value is wrong, or where the model failed and
-at which values; and they refuse, by site, latents the guide cannot pack: supports with
-no bijection from the reals, locals in a subsampling plate, mixed devices or dtypes.
+"""The guide's set-up checks of the model's latent sites: it refuses, by site, latents
+the guide cannot pack (supports with no bijection from the reals or that move with another
+latent, locals in a subsampling plate, mixed devices or dtypes), and warns of angles and
+of a mode whose curvature it could not use. (Initial values: :mod:`.initial`.)
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterator
 
+import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import initialization
-from pyro.infer.autoguide.initialization import init_to_value
 from pyro.poutine.util import site_is_subsample
+from pyro.util import get_rng_state, set_rng_state
 from torch import Tensor
 from torch.distributions import biject_to
 
-from .._internal.locate import first_line, model_raised, partial_trace, raised_at
+from .._internal.compat import rng_state
+from .._internal.locate import partial_trace, warn_at_user
+from .initial import (
+    check_init_value_names,
+    check_init_values,
+    init_values_error,
+    raised_by_init_strategy,
+    unsampleable_error,
+)
 from .potential import subsampled_sites
 
 __all__ = [
+    "argument_shapes",
     "bad_curvature_warning",
-    "check_finite_init",
-    "check_init_value_names",
-    "check_init_values",
+    "check_latent_shapes",
     "check_one_device_and_dtype",
     "check_prototype",
-    "format_values",
-    "init_value_names",
-    "init_values_error",
+    "failures_named",
+    "refuse_delta_latents",
     "name_unsupported_site",
-    "raised_by_init_strategy",
+    "refuse_dependent_supports",
     "refuse_local_subsampled",
-    "unsampleable_error",
+    "warn_circular",
 ]
 
-#: Sites listed by :func:`format_values` before it says how many more there are.
-MAX_LISTED_SITES = 8
+
+#: How torch's argument validation starts: a distribution refused a value at set-up.
+VALIDATION_ERRORS = ("Expected parameter", "Expected value argument")
 
 
-def _latent_sites(trace) -> list[tuple[str, dict]]:
-    return [
-        (name, site)
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-    ]
-
-
-def check_init_values(trace, shapes: bool = False) -> None:
-    """Refuse an initial value that is not finite or lies outside its site's support
-    (``biject_to`` would silently clamp or project it, and the guide start elsewhere than
-    it was told), and with ``shapes`` one whose shape is not its site's.
+@contextlib.contextmanager
+def failures_named(guide, default_init: bool, args: tuple, kwargs: dict) -> Iterator[None]:
+    """Within, the guide's prototype trace; a failure re-raised naming its site: a support
+    it cannot guide, a site no strategy can sample, or an initial value the model cannot
+    take, re-run at the same values to say where.
 
     Example:
         >>> import pyro, pyro.distributions as dist
-        >>> model = lambda: pyro.sample("s", dist.LogNormal(0.0, 1.0))
-        >>> trace = poutine.trace(poutine.condition(model, {"s": torch.tensor(-1.0)})).get_trace()
-        >>> trace.nodes["s"]["is_observed"] = False  # as the initial value of a latent site
-        >>> try:
-        ...     check_init_values(trace)
-        ... except ValueError as error:
-        ...     print(str(error)[:51])
-        init_loc_fn gave site 's' a value outside its suppo
-    """
-    for name, site in _latent_sites(trace):
-        value, fn = site["value"], site["fn"]
-        if not torch.is_tensor(value):
-            continue  # Pyro's own checks say what is wrong with a value that is no tensor
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"init_loc_fn gave site '{name}' a non-finite value: {value}")
-        if shapes and value.shape != fn.shape():
-            raise ValueError(
-                f"init_loc_fn gave site '{name}' a value of shape {tuple(value.shape)}, but "
-                f"the site's shape is {tuple(fn.shape())}"
-            )
-        if not bool(torch.as_tensor(fn.support.check(value)).all()):
-            raise ValueError(
-                f"init_loc_fn gave site '{name}' a value outside its support {fn.support}: {value}"
-            )
-
-
-def _short(value) -> str:
-    if not torch.is_tensor(value):
-        return repr(value)[:40]
-    value = value.detach()
-    if value.numel() == 1:
-        return f"{value.item():.4g}"
-    if value.numel() <= 4:
-        return "[" + ", ".join(f"{v:.4g}" for v in value.flatten().tolist()) + "]"
-    return f"<tensor of shape {tuple(value.shape)}>"
-
-
-def format_values(trace) -> str:
-    """``"mu=0.5, s=1"``: each latent site's value, up to ``MAX_LISTED_SITES`` sites.
-
-    Example:
-        >>> import pyro, pyro.distributions as dist
-        >>> def model():
-        ...     pyro.sample("mu", dist.Normal(0.0, 1.0))
-        ...     pyro.sample("w", dist.Normal(torch.zeros(9), 1.0).to_event(1))
-        >>> format_values(poutine.trace(model).get_trace()).split(", ")[1]
-        'w=<tensor of shape (9,)>'
-    """
-    sites = _latent_sites(trace)
-    text = ", ".join(f"{name}={_short(site['value'])}" for name, site in sites[:MAX_LISTED_SITES])
-    if len(sites) > MAX_LISTED_SITES:
-        text += f", ... ({len(sites) - MAX_LISTED_SITES} more)"
-    return text or "(none: it failed before its first latent site)"
-
-
-def init_values_error(model: Callable, error: BaseException, args: tuple, kwargs: dict):
-    """The error to raise where ``model`` (wrapped in its ``InitMessenger``) failed while
-    an autoguide set itself up: a bad initial value by its site's name if one is bad,
-    else where the model failed and at which values.
-
-    Example:
-        >>> import pyro, pyro.distributions as dist
-        >>> from pyro.infer.autoguide.initialization import InitMessenger
-        >>> def model():
-        ...     v = pyro.sample("v", dist.Normal(0.0, 1.0))
-        ...     pyro.factor("bad", v * torch.nan)
-        >>> started = InitMessenger(init_to_value(values={"v": torch.tensor(0.5)}))(model)
-        >>> try:
-        ...     started()
-        ... except ValueError as error:
-        ...     message = str(init_values_error(started, error, (), {}))
-        >>> message[:31], "(v=0.5)" in message
-        ("the model raised at site 'bad' ", True)
-    """
-    trace = partial_trace(model, args, kwargs)
-    check_init_values(trace, shapes=True)
-    return ValueError(
-        f"{model_raised(error, trace)}, at init_loc_fn's values ({format_values(trace)}), "
-        f"while the guide set itself up: {first_line(error)}. Check that each value has its "
-        "site's shape and lies inside its support, and that the model is finite there"
-    )
-
-
-def raised_by_init_strategy(error: BaseException) -> bool:
-    """Whether ``error`` was raised while Pyro's initialisation (``InitMessenger`` and its
-    ``init_to_*`` strategies) ran, rather than by the model itself.
-
-    Example:
-        >>> import pyro.distributions as dist
-        >>> from pyro.infer.autoguide import init_to_median
+        >>> from pyro_realnvp import AutoRealNVP
         >>> flat = dist.ImproperUniform(dist.constraints.real, (), ())
+        >>> guide = AutoRealNVP(lambda: pyro.sample("o", flat))
         >>> try:
-        ...     init_to_median({"name": "o", "fn": flat, "value": None})
-        ... except NotImplementedError as error:
-        ...     print(raised_by_init_strategy(error))
-        True
+        ...     with failures_named(guide, True, (), {}):
+        ...         guide._setup_prototype()
+        ... except ValueError as error:
+        ...     print(str(error)[:55])
+        the default init_to_median could not give an initial va
     """
-    module = os.path.realpath(initialization.__file__)
-    tb = error.__traceback__
-    while tb is not None:
-        if os.path.realpath(tb.tb_frame.f_code.co_filename) == module:
-            return True
-        tb = tb.tb_next
-    return False
+    rng = get_rng_state()
+    try:
+        yield
+    except NotImplementedError as error:
+        name_unsupported_site(guide.prototype_trace, error)
+        if raised_by_init_strategy(error):  # a site that cannot be sampled
+            raise unsampleable_error(error, default_init) from error
+        raise
+    except RuntimeError as error:  # after NotImplementedError, a RuntimeError itself
+        _name_zero_sized(guide.prototype_trace, error)
+        raise
+    except (ValueError, TypeError) as error:
+        if default_init and not str(error).startswith(VALIDATION_ERRORS):
+            raise  # the model's own error, at values drawn from its prior: its own words
+        set_rng_state(rng)  # init_to_median draws: re-run at the same values
+        raise init_values_error(guide.model, error, args, kwargs, default_init) from error
 
 
-def unsampleable_error(error: NotImplementedError, default_init: bool) -> ValueError:
-    """A site whose distribution cannot be sampled (``ImproperUniform``), which
-    ``init_to_median`` (and ``init_to_sample``) need: name it and what to pass instead.
-
-    Example:
-        >>> str(unsampleable_error(NotImplementedError("no sampling"), True))[:50]
-        'the default init_to_median could not give the mode'
-    """
-    told = "the default init_to_median" if default_init else "init_loc_fn"
-    return ValueError(
-        f"{told} could not give the model a value{raised_at(error)}: {error}. An initial "
-        "value that does not sample the site is needed: pass "
-        "init_loc_fn=pyro.infer.autoguide.init_to_feasible, or init_to_value(values=...) "
-        "with a value for that site"
-    )
+def _name_zero_sized(trace: poutine.Trace | None, error: RuntimeError) -> None:
+    """Where Pyro found no latent variables but the model has zero-sized ones, name them."""
+    names = [name for name, _ in trace.iter_stochastic_nodes()] if trace is not None else []
+    if names and "found no latent variables" in str(error):
+        raise RuntimeError(
+            f"AutoRealNVP found no latent variables with any elements: site(s) {names} are "
+            "zero-sized (a shape with a 0 in it), so there is nothing to guide; check the "
+            "sizes the model builds them from, or use an empty guide"
+        ) from error
 
 
-def init_value_names(init_loc_fn: Callable | None) -> frozenset[str]:
-    """The site names of an ``init_to_value(values=...)``; empty for other strategies.
-
-    Example:
-        >>> sorted(init_value_names(init_to_value(values={"b": 1.0, "a": 2.0})))
-        ['a', 'b']
-    """
-    if not (isinstance(init_loc_fn, functools.partial) and init_loc_fn.func is init_to_value):
-        return frozenset()
-    values = init_loc_fn.keywords.get("values") or {}
-    return frozenset(values) if isinstance(values, dict) else frozenset()
-
-
-def check_init_value_names(names: Iterable[str], model: Callable, latents, args, kwargs):
-    """Refuse ``init_to_value`` names that are no site of the model: Pyro ignores them, so
-    a misspelt name silently leaves its site at the fallback's value.
+def refuse_delta_latents(trace: poutine.Trace) -> None:
+    """Refuse a latent site whose distribution is a ``Delta``: it has no density a guide
+    could approach (every other value has log-density -inf).
 
     Example:
         >>> import pyro, pyro.distributions as dist
-        >>> model = lambda: pyro.sample("mu", dist.Normal(0.0, 1.0))
+        >>> model = lambda: pyro.sample("d", dist.Delta(torch.tensor(1.0)))
         >>> try:
-        ...     check_init_value_names({"muu"}, model, ["mu"], (), {})
+        ...     refuse_delta_latents(poutine.trace(model).get_trace())
         ... except ValueError as error:
-        ...     print(str(error)[:40])
-        init_to_value got values for ['muu'], wh
+        ...     print(str(error)[:39])
+        latent site 'd' is a Delta distribution
     """
-    unknown = set(names) - set(latents)
-    if not unknown:
-        return
-    every_site = set(partial_trace(model, args, kwargs).nodes)  # observed and hidden too
-    unknown -= every_site
-    if unknown:
-        raise ValueError(
-            f"init_to_value got values for {sorted(unknown)}, which are not sites of the "
-            f"model; its latent sites are {sorted(latents)}"
-        )
+    for name, site in trace.iter_stochastic_nodes():
+        if isinstance(_dist(site["fn"]), dist.Delta):
+            raise ValueError(
+                f"latent site '{name}' is a Delta distribution: it has no density to guide "
+                "(any other value has log-density -inf). Record a value computed from "
+                f"others with pyro.deterministic('{name}', value), or observe it with obs="
+            )
 
 
 def check_prototype(trace: poutine.Trace, model: Callable, names: frozenset[str], given: bool,
                     args: tuple, kwargs: dict) -> None:  # fmt: skip
-    """The checks of a guide's prototype ``trace``: no latent in a subsampling plate; with
-    values ``given`` by ``init_loc_fn``, each on its support; every name of an
-    ``init_to_value`` (``names``) a site of the model.
+    """The checks of a guide's prototype ``trace``: no latent in a subsampling plate, or
+    with a support that moves with another latent; with values ``given`` by
+    ``init_loc_fn``, each on its support; every name of an ``init_to_value`` (``names``) a
+    site of the model; and a warning of angles guided on the line.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -237,11 +133,14 @@ def check_prototype(trace: poutine.Trace, model: Callable, names: frozenset[str]
         ValueError: init_to_value got values for ['nu'], which are not sites of the model; its latent sites are ['mu']
     """  # noqa: E501
     refuse_local_subsampled(trace)
+    refuse_delta_latents(trace)
     if given:
         check_init_values(trace)
     if names:
         latents = [name for name, _ in trace.iter_stochastic_nodes()]
         check_init_value_names(names, model, latents, args, kwargs)
+    refuse_dependent_supports(model, trace, args, kwargs)
+    warn_circular(trace)
 
 
 def refuse_local_subsampled(trace: poutine.Trace) -> None:
@@ -320,28 +219,16 @@ def check_one_device_and_dtype(trace: poutine.Trace) -> None:
         raise ValueError(
             "AutoRealNVP needs all latent sites on one device with one dtype; found " + found
         )
-    if not sites[0][1]["value"].is_floating_point():
+    value = sites[0][1]["value"]
+    if not value.is_floating_point():
         raise ValueError(f"latent values must be floating point, got {places}")
-
-
-def check_finite_init(init_loc: Tensor, blocks: Iterable[tuple[dict, Tensor]]) -> None:
-    """Refuse a non-finite initial latent, naming its sites from ``blocks``, each site with
-    its part of ``init_loc``: so the training step itself needs no check.
-
-    Example:
-        >>> check_finite_init(torch.tensor([0.0, float("inf")]),
-        ...                   [({"name": "a"}, torch.zeros(1)), ({"name": "b"}, torch.ones(1) / 0)])
-        Traceback (most recent call last):
-        ...
-        ValueError: init_loc_fn gave non-finite unconstrained values at site(s) ['b']; try init_loc_fn=pyro.infer.autoguide.init_to_feasible
-    """  # noqa: E501
-    if bool(torch.isfinite(init_loc).all()):
-        return
-    bad = [site["name"] for site, value in blocks if not bool(torch.isfinite(value).all())]
-    raise ValueError(
-        f"init_loc_fn gave non-finite unconstrained values at site(s) {bad}; "
-        "try init_loc_fn=pyro.infer.autoguide.init_to_feasible"
-    )
+    if value.dtype in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"latent site(s) {[name for name, _ in sites]} are {value.dtype}: AutoRealNVP "
+            "needs float32 or float64 latents (its start factors a Hessian, which half "
+            "precision cannot): define the model's priors in float32, and autocast where "
+            "the model's own arithmetic should run in float16"
+        )
 
 
 def bad_curvature_warning(bad: Tensor, shapes: dict[str, torch.Size]) -> str:
@@ -350,7 +237,7 @@ def bad_curvature_warning(bad: Tensor, shapes: dict[str, torch.Size]) -> str:
 
     Example:
         >>> shapes = {"a": torch.Size([]), "b": torch.Size([])}
-        >>> bad_curvature_warning(torch.tensor([False, True]), shapes).split("; ")[0][-5:]
+        >>> bad_curvature_warning(torch.tensor([False, True]), shapes).split(", so")[0][-5:]
         "['b']"
     """
     sites, position = [], 0
@@ -361,6 +248,133 @@ def bad_curvature_warning(bad: Tensor, shapes: dict[str, torch.Size]) -> str:
         position += size
     return (
         f"the Hessian at the posterior's mode is not positive definite at site(s) "
-        f"{sites}; their coordinates start uncorrelated, at the diagonal curvature's "
-        "scale (or 1 where that is not positive)"
+        f"{sites}, so those coordinates start uncorrelated, at the diagonal curvature's "
+        "scale (or 1), and training takes it from there; where a scale's posterior piles "
+        "up at 0 (a hierarchical model's), a non-centred parameterization fits better"
     )
+
+
+def _dist(fn):
+    """The distribution under ``Independent``, ``expand`` and masking wrappers."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn
+
+
+def warn_circular(trace: poutine.Trace) -> None:
+    """Warn, naming them, of ``VonMises`` latents: angles whose support torch declares
+    real, so the guide learns them on the line and their draws are not wrapped.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> import warnings
+        >>> model = lambda: pyro.sample("phi", dist.VonMises(3.0, 4.0))
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_circular(poutine.trace(model).get_trace())
+        >>> str(caught[0].message)[:40]
+        "site 'phi' is a VonMises angle: AutoReal"
+    """
+    for name, site in trace.iter_stochastic_nodes():
+        if isinstance(_dist(site["fn"]), torch.distributions.VonMises):
+            warn_at_user(
+                f"site '{name}' is a VonMises angle: AutoRealNVP guides it as a real number "
+                "(torch declares its support real), so its draws and summaries are not "
+                "wrapped to [-pi, pi), and a posterior near +-pi is split across the cut: "
+                "wrap them (torch.remainder(x + pi, 2 * pi) - pi), or sample a 2-d "
+                "direction instead of the angle"
+            )
+
+
+def _support_tensors(support) -> list[Tensor]:
+    """The tensors a constraint is built from (bounds, nested constraints' bounds)."""
+    found = []
+    for value in vars(support).values():
+        if torch.is_tensor(value):
+            found.append(value)
+        elif isinstance(value, torch.distributions.constraints.Constraint):
+            found += _support_tensors(value)
+    return found
+
+
+def refuse_dependent_supports(model: Callable, trace, args: tuple, kwargs: dict) -> None:
+    """Refuse a latent whose support moves with another latent (``b ~ Uniform(a, a + 1)``):
+    the guide maps each site to its support by one ``biject_to`` map, set up once, so
+    ``b``'s draws would keep the first ``a``'s interval and fail the model's validation.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("b", dist.Uniform(a, a + 1))
+        >>> try:
+        ...     refuse_dependent_supports(model, poutine.trace(model).get_trace(), (), {})
+        ... except ValueError as error:
+        ...     print(str(error)[:56])
+        site 'b' has a support that depends on other latent site
+    """
+    latents = dict(trace.iter_stochastic_nodes())
+    values = {
+        name: site["value"].detach().clone().requires_grad_(site["value"].is_floating_point())
+        for name, site in latents.items()
+    }
+    try:
+        with torch.enable_grad(), poutine.block():
+            rerun = poutine.trace(poutine.condition(model, data=values)).get_trace(*args, **kwargs)
+    except (ValueError, RuntimeError, TypeError, NotImplementedError):
+        return  # the set-up's other checks say what is wrong with such a model
+    for name in latents:
+        support = rerun.nodes[name]["fn"].support if name in rerun.nodes else None
+        if support is not None and any(t.requires_grad for t in _support_tensors(support)):
+            raise ValueError(
+                f"site '{name}' has a support that depends on other latent sites ({support}): "
+                "AutoRealNVP maps each site to its support with one bijection, set up once, "
+                "so such a site is not supported; reparameterize it on a fixed support, e.g. "
+                "b = a + pyro.sample('b_unit', dist.Uniform(0, 1)) for b ~ Uniform(a, a + 1)"
+            )
+
+
+def argument_shapes(args: tuple, kwargs: dict) -> tuple:
+    """The shapes of the tensors among a call's arguments: what a latent's shape can
+    follow (a local latent has one value per row of the data).
+
+    Example:
+        >>> argument_shapes((torch.zeros(3), 2.0), {"y": torch.zeros(3, 2)})
+        ((3,), None, ('y', (3, 2)))
+    """
+    positional = tuple(tuple(a.shape) if torch.is_tensor(a) else None for a in args)
+    named = tuple((k, tuple(v.shape)) for k, v in sorted(kwargs.items()) if torch.is_tensor(v))
+    return positional + named
+
+
+def check_latent_shapes(model: Callable, prototype: poutine.Trace, args: tuple,
+                        kwargs: dict) -> None:  # fmt: skip
+    """Refuse arguments with which ``model`` gives a latent site another shape than the
+    guide was set up for: the guide would hand it values of the old shape.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(x):
+        ...     with pyro.plate("rows", len(x)):
+        ...         pyro.sample("t", dist.Normal(0.0, 1.0))
+        >>> prototype = poutine.trace(model).get_trace(torch.zeros(3))
+        >>> try:
+        ...     check_latent_shapes(model, prototype, (torch.zeros(5),), {})
+        ... except ValueError as error:
+        ...     print(str(error)[:49])
+        the guide was set up for latent site 't' of shape
+    """
+    with rng_state(), torch.no_grad(), poutine.block():
+        trace = partial_trace(model, args, kwargs)
+    for name, site in prototype.iter_stochastic_nodes():
+        node = trace.nodes.get(name)
+        if site_is_subsample(site) or node is None:
+            continue
+        if node["value"].shape != site["value"].shape:
+            raise ValueError(
+                f"the guide was set up for latent site '{name}' of shape "
+                f"{tuple(site['value'].shape)}, but with these arguments the model gives it "
+                f"shape {tuple(node['value'].shape)}: a latent whose size follows the data "
+                "needs a guide set up with these data (a new AutoRealNVP(model)), or an "
+                "amortized guide"
+            )

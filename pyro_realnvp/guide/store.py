@@ -10,7 +10,7 @@ from pyro.params.param_store import param_with_module_name
 from pyro.poutine.runtime import effectful
 from torch import Tensor, nn
 
-__all__ = ["check_stored_shape", "forget", "register_flow"]
+__all__ = ["check_stored_shape", "check_stored_sites", "forget", "register_flow"]
 
 
 def register_flow(flow: nn.Module, prefix: str) -> None:
@@ -70,6 +70,35 @@ def check_stored_shape(full_name: str, param: Tensor) -> None:
         )
 
 
+def check_stored_sites(stored: object | None, sites: tuple, name: str) -> None:
+    """Refuse a location ``name`` the param store holds for other latent ``sites``: two
+    guides of different models under one name would train one set of parameters, each
+    moving the other's, without a word.
+
+    Example:
+        >>> from pyro_realnvp.guide.units import StartUnits
+        >>> stored = StartUnits(torch.zeros(1), torch.ones(1), sites=(("x", ()),))
+        >>> check_stored_sites(stored, (("y", ()),), "AutoRealNVP.loc")
+        Traceback (most recent call last):
+        ...
+        ValueError: the param store holds 'AutoRealNVP.loc' of a guide set up for latent sites ['x'], but this guide's model has ['y'], and the two would train one set of parameters: call pyro.clear_param_store() before building this guide, put both guides in a PyroModule (an AutoGuideList) so that their names differ, or use pyro.settings.set(module_local_params=True)
+    """  # noqa: E501
+    held = getattr(stored, "sites", None)
+    if held is None or tuple(held) == tuple(sites):
+        return
+    names = [[site for site, _ in each] for each in (held, sites)]
+    shapes = ["" if names[0] != names[1] else f" of shapes {[tuple(s) for _, s in each]}"
+              for each in (held, sites)]  # fmt: skip
+    raise ValueError(
+        f"the param store holds '{name}' of a guide set up for latent sites "
+        f"{names[0]}{shapes[0]}, but this guide's model has {names[1]}{shapes[1]}, and "
+        "the two would train one set of parameters: "
+        "call pyro.clear_param_store() before building this guide, put both guides in a "
+        "PyroModule (an AutoGuideList) so that their names differ, or use "
+        "pyro.settings.set(module_local_params=True)"
+    )
+
+
 def forget(prefix: str) -> None:
     """Delete every entry of the param store whose name starts with ``prefix``.
 
@@ -85,10 +114,33 @@ def forget(prefix: str) -> None:
 
 
 def raw_loc_of_older_states(module, state_dict, prefix, *args) -> None:
-    """A ``load_state_dict`` pre-hook: a state saved before the location was trained in
-    the start's units holds the raw location as its unconstrained value, so read it in
-    units of 1 about 0."""
+    """A ``load_state_dict`` pre-hook: a guide not yet set up has no parameters to load
+    into, which torch reports as unexpected keys; and a state saved before the location
+    was trained in the start's units holds the raw location as its unconstrained value,
+    so read it in units of 1 about 0. A state whose sizes differ from the guide's is
+    refused before anything is copied."""
     raw = state_dict.get(prefix + "loc_unconstrained")
+    if raw is not None and getattr(module, "prototype_trace", None) is None:
+        raise RuntimeError(
+            "this guide is not set up yet, so it has no parameters to load the state into: "
+            "call it once first, guide(*args, **kwargs) with the model's arguments (or "
+            "guide.median(*args, **kwargs)), then load_state_dict"
+        )
     if raw is not None and prefix + "start_loc" not in state_dict:
         state_dict[prefix + "start_loc"] = torch.zeros_like(raw)
         state_dict[prefix + "start_scale"] = torch.ones_like(raw)
+    _refuse_mismatched_sizes(module, state_dict, prefix)
+
+
+def _refuse_mismatched_sizes(module, state_dict: dict, prefix: str) -> None:
+    """Refuse, before torch copies any entry, a state whose sizes differ from the guide's
+    (torch copies those that match, then raises for the rest: a half-loaded guide)."""
+    own = module.state_dict()
+    for key, value in state_dict.items():
+        name = key[len(prefix) :]
+        if name in own and torch.is_tensor(value) and value.shape != own[name].shape:
+            raise RuntimeError(
+                f"size mismatch for {name}: the state holds shape {tuple(value.shape)}, "
+                f"this guide {tuple(own[name].shape)}; nothing was loaded (a state of a "
+                "guide of another model, or of other options such as num_layers?)"
+            )

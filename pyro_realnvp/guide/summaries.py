@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from pyro import poutine
 from pyro.distributions.transforms import ComposeTransform
 from torch import Tensor, nn
 from torch.distributions import biject_to
@@ -25,6 +26,7 @@ __all__ = [
     "flow_is_identity",
     "marginal_quantiles",
     "median",
+    "packed_posterior",
     "site_blocks",
     "site_quantiles",
 ]
@@ -219,9 +221,10 @@ def check_levels(quantiles: Sequence[float] | Tensor, like: Tensor) -> Tensor:
     return levels
 
 
-def check_finite_params(params: dict[str, Tensor]) -> None:
-    """Refuse to summarise a guide whose parameters are not finite: every quantile would
-    be NaN, which says nothing of which parameter (or why).
+def check_finite_params(params: dict[str, Tensor],
+                        why: str = "its median and quantiles would be NaN") -> None:  # fmt: skip
+    """Refuse to use a guide whose parameters are not finite, naming them: every quantile
+    or draw would be NaN, which says nothing of which parameter (or why).
 
     Example:
         >>> check_finite_params({"loc": torch.tensor([0.0, float("nan")])})
@@ -229,12 +232,45 @@ def check_finite_params(params: dict[str, Tensor]) -> None:
         ...
         ValueError: the guide's parameter(s) ['loc'] hold NaN or infinite values, so its median and quantiles would be NaN: fit it again from a fresh guide (and pyro.clear_param_store()), or load a saved one
     """  # noqa: E501
+    if not params:
+        return
     finite = torch.stack([torch.isfinite(p.detach()).all() for p in params.values()])
     if bool(finite.all()):
         return
     bad = [name for name, ok in zip(params, finite.tolist(), strict=True) if not ok]
     raise ValueError(
-        f"the guide's parameter(s) {bad} hold NaN or infinite values, so its median and "
-        "quantiles would be NaN: fit it again from a fresh guide (and "
-        "pyro.clear_param_store()), or load a saved one"
+        f"the guide's parameter(s) {bad} hold NaN or infinite values, so {why}: fit it "
+        "again from a fresh guide (and pyro.clear_param_store()), or load a saved one"
     )
+
+
+def packed_posterior(guide, args: tuple, kwargs: dict) -> PackedPosterior:
+    """What the summaries read of an :class:`~pyro_realnvp.AutoRealNVP`: the guide set up
+    (or its stored values taken, as a call would, so summaries agree before and after
+    one), its parameters finite.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro_realnvp import AutoRealNVP
+        >>> guide = AutoRealNVP(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)))
+        >>> packed_posterior(guide, (), {}).gaussian
+        True
+    """
+    if guide.prototype_trace is None:
+        with poutine.block():
+            guide(*args, **kwargs)
+    else:
+        with poutine.block(), guide._pyro_context:
+            for name in guide._pyro_params:
+                getattr(guide, name)  # PyroModule syncs a parameter with the store
+            guide._register_flow()
+    params = {name: getattr(guide, name) for name in guide._pyro_params}
+    params.update({f"flow.{n}": p for n, p in guide.flow.named_parameters()})
+    check_finite_params(params)
+    sd = guide.scale.detach()
+    if "scale_tril" in guide._pyro_params:
+        sd = sd * guide.scale_tril.detach().norm(dim=-1)
+    sites = [(site, guide._unconstrained_shapes[name])
+             for name, site in guide.prototype_trace.iter_stochastic_nodes()]  # fmt: skip
+    return PackedPosterior(sites, guide.loc.detach(), sd, flow_is_identity(guide.flow),
+                           lambda: guide.latent_draws(guide.num_quantile_samples))  # fmt: skip

@@ -27,6 +27,9 @@ class StartUnits(constraints.Constraint):
     """The real numbers, reached from unconstrained values ``delta`` as
     ``center + scale * delta`` (``biject_to`` and ``transform_to`` give that map).
 
+    ``sites``, the latent sites' names and shapes the location packs, travels with it
+    in the param store, so that a guide of another model refuses to take it over.
+
     Example:
         >>> import torch
         >>> units = StartUnits(torch.tensor([10.0, 0.0]), torch.tensor([1e-3, 2.0]))
@@ -36,9 +39,10 @@ class StartUnits(constraints.Constraint):
 
     is_discrete = False
     event_dim = 0
+    sites: tuple | None = None  # a location stored before the sites were kept with it
 
-    def __init__(self, center: Tensor, scale: Tensor) -> None:
-        self.center, self.scale = center, scale
+    def __init__(self, center: Tensor, scale: Tensor, sites: tuple | None = None) -> None:
+        self.center, self.scale, self.sites = center, scale, sites
         super().__init__()
 
     def check(self, value: Tensor) -> Tensor:

@@ -23,7 +23,9 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.nn.utils import get_total_norm
 
+from .._internal.checks import check_int
 from .._internal.compat import capture_graph, check_site_shape, count_elements
+from .._internal.locate import first_line, raised_at
 from ..errors import FastPathError, NonFiniteLossError
 from ..guide.potential import Potential
 from .finite import explain_non_finite, rejected_draws_are_non_finite, usability
@@ -103,9 +105,24 @@ def particles_for(elements_per_particle: float, most: int = MAX_PARTICLES) -> in
     return 2 ** int(math.floor(math.log2(max(affordable, 1.0))))
 
 
+#: How Pyro's and torch's validation starts a message where a value is not allowed.
+_REJECTIONS = ("Expected parameter", "Expected value", "Error while computing log_prob")
+
+
 def _failed_at_draws(error: Exception) -> FastPathError:
+    """Why the model could not be scored at the guide's draws: it rejected some of them
+    (a density undefined there), or it does not broadcast over particles."""
+    message = str(error)
+    if message.startswith(_REJECTIONS):
+        return FastPathError(
+            f"the model rejected some of the guide's draws{raised_at(error)} "
+            f"({first_line(error)}): where a model's density is undefined for some latent "
+            "values (a square root of a negative, say), Pyro's ELBO redraws such a draw "
+            "one particle at a time, where the fast path's many would all be redrawn: "
+            "fit with fast=False"
+        )
     return FastPathError(
-        f"the model failed at the guide's draws ({str(error).splitlines()[0]}); the fast "
+        f"the model failed at the guide's draws ({message.splitlines()[0]}); the fast "
         "path needs a model that runs at them and broadcasts over a particle plate left of "
         "its own plates, as Trace_ELBO(vectorize_particles=True) does: fit with fast=False"
     )
@@ -137,6 +154,13 @@ def _set_up(guide: FlowGuide, args: tuple, kwargs: dict, beta: float | None,
             f"at the guide's initial values, {error}: fit with fast=False, whose redraws and "
             "diagnosis handle it"
         ) from error
+
+
+#: What fit says of a guide whose every parameter is frozen.
+NOTHING_TO_FIT = (
+    "the guide has no trainable parameters (every parameter has requires_grad=False, e.g. "
+    "frozen by requires_grad_(False)): nothing to fit; unfreeze it with requires_grad_()"
+)
 
 
 class FastELBO:
@@ -191,10 +215,8 @@ class FastELBO:
     ) -> None:
         if not isinstance(guide, FlowGuide):
             raise TypeError(f"guide must be an AutoRealNVP, got {type(guide).__name__}")
-        if num_particles is not None and not (
-            isinstance(num_particles, int) and num_particles >= 1
-        ):
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        if num_particles is not None:
+            num_particles = check_int("num_particles", num_particles, 1)
         beta = check_beta(beta)
         if guide.prototype_trace is None:
             _set_up(guide, args, kwargs, beta, num_particles)
@@ -208,10 +230,7 @@ class FastELBO:
             self._negative_elbo = torch.compile(self._negative_elbo_eager, mode=compile)
         self._params = [p for p in self._guide_parameters() if p.requires_grad]
         if not self._params:
-            raise ValueError(
-                "the guide has no trainable parameters (every parameter has "
-                "requires_grad=False, e.g. frozen by requires_grad_(False)): nothing to fit"
-            )
+            raise ValueError(NOTHING_TO_FIT)
 
     def _capture(self) -> Callable[[Tensor], Tensor]:
         """Check the model at two draws, then record its log-joint once as a graph."""
@@ -268,8 +287,9 @@ class FastELBO:
             if "data-dependent" not in str(error):
                 raise _failed_at_draws(error) from error
             raise FastPathError(
-                "the model branches in Python on latent values (data-dependent control "
-                "flow), which a captured graph cannot replay: fit with fast=False"
+                "the model reads a tensor's value in Python (float(), int(), .item(), or an "
+                "if on a tensor), on a latent or on its data, which a captured graph cannot "
+                "replay: fit with fast=False"
             ) from error
 
     def _elements_per_particle(self) -> float:

@@ -17,6 +17,7 @@ from torch.distributions import biject_to
 from .._internal.compat import elbo_traces, unpack_latent
 from .._internal.locate import first_line, model_raised, partial_trace, raised_at
 from ..errors import NonFiniteLossError
+from ..guide.initial import DefaultStartRejected
 from .flow_guide import FlowGuide
 
 __all__ = ["FiniteELBO", "explain_non_finite", "rejected_draws_are_non_finite", "usability"]
@@ -75,11 +76,24 @@ def rejected_draws_are_non_finite() -> Iterator[None]:
         guide_side = message.startswith("Error while computing score_parts") and any(
             line.startswith(_REJECTIONS) for line in message.splitlines()
         )
-        if not (message.startswith(_REJECTIONS) or guide_side):
+        # The guide's set-up names the site and the values where the model rejected its
+        # initial values, raising from the rejection: as rejected as a draw.
+        named = any(isinstance(e, DefaultStartRejected) for e in (error, *_causes(error)))
+        if not (message.startswith(_REJECTIONS) or guide_side or named):
             raise
         # The model's own statement, when it is the model that rejected the draw.
-        where = "" if guide_side else raised_at(error)
+        where = "" if guide_side or named else raised_at(error)
         raise NonFiniteLossError(f"{REJECTED}{where}: {first_line(error)}") from error
+
+
+def _causes(error: BaseException, depth: int = 3) -> list[BaseException]:
+    """The exceptions ``error`` was raised from, nearest first (Pyro re-raises a model's
+    error from itself with the trace's shapes appended)."""
+    causes = []
+    while error.__cause__ is not None and len(causes) < depth:
+        error = error.__cause__
+        causes.append(error)
+    return causes
 
 
 def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str:
@@ -99,6 +113,8 @@ def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             bad_guide = _sites_not_finite(guide_trace)
         except (ValueError, RuntimeError) as error:
+            if isinstance(error, DefaultStartRejected):  # it says where, at which values
+                return first_line(error)
             if getattr(guide, "prototype_trace", False) is None:  # an autoguide setting up
                 init = getattr(guide, "init_loc_fn", None)  # the values it set up at
                 started = model if init is None else InitMessenger(init)(model)
@@ -225,6 +241,12 @@ class FiniteELBO(ELBO):
                 and reason.endswith(first_line(cause))
             )
             head = REJECTED if repeated else str(loss)
+            if reason.startswith("a fresh draw gave a finite loss"):
+                reason += (
+                    " (the model is undefined at some values its prior allows, such as a "
+                    "square root or log of a latent that can be negative? then give that "
+                    "latent a prior on the model's domain: HalfNormal, LogNormal, Beta)"
+                )
         raise NonFiniteLossError(
             f"{head}: {reason}. No parameter was updated; "
             + usability(params, reason, guide, args, kwargs)

@@ -202,24 +202,33 @@ def check_training_args(
         ValueError: lr must be a finite number > 0, got nan
     """
     checks = [
-        ("num_steps", num_steps, is_int(num_steps) and num_steps >= 1, "an integer >= 1"),
-        ("lr", lr, _finite(lr) and lr > 0, "a finite number > 0"),
-        ("num_particles", num_particles, is_int(num_particles) and num_particles >= 1,
+        ("num_steps", num_steps, is_int, num_steps >= 1 if is_int(num_steps) else 0,
          "an integer >= 1"),
-        ("lr_decay", lr_decay, _finite(lr_decay) and 0 < lr_decay <= 1,
+        ("lr", lr, _number, _finite(lr) and lr > 0, "a finite number > 0"),
+        ("num_particles", num_particles, is_int,
+         is_int(num_particles) and num_particles >= 1, "an integer >= 1"),
+        ("lr_decay", lr_decay, _number, _finite(lr_decay) and 0 < lr_decay <= 1,
          "a number in (0, 1] (the final lr is lr * lr_decay)"),
-        ("clip_norm", clip_norm, _real(clip_norm) and clip_norm > 0,
+        ("clip_norm", clip_norm, _number, _real(clip_norm) and clip_norm > 0,
          "a number > 0 (math.inf for no clipping)"),
-        ("max_redraws", max_redraws, is_int(max_redraws) and max_redraws >= 0,
+        ("max_redraws", max_redraws, is_int, is_int(max_redraws) and max_redraws >= 0,
          "an integer >= 0"),
-        ("tail_fraction", tail_fraction, _finite(tail_fraction) and 0 <= tail_fraction <= 1,
+        ("tail_fraction", tail_fraction, _number,
+         _finite(tail_fraction) and 0 <= tail_fraction <= 1,
          "a number in [0, 1] (the fraction of steps with tail-adaptive weights)"),
-        ("average", average, average is None or (_finite(average) and 0 <= average <= 1),
+        ("average", average, lambda v: v is None or _number(v),
+         average is None or (_finite(average) and 0 <= average <= 1),
          "None or a number in [0, 1] (the average's time constant, a fraction of num_steps)"),
     ]  # fmt: skip
-    for name, value, ok, accepted in checks:
+    for name, value, of_type, ok, accepted in checks:
+        if not of_type(value):  # the wrong kind of thing: a TypeError, as Python's own
+            raise TypeError(f"{name} must be {accepted}, got {value!r}")
         if not ok:
             raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @contextlib.contextmanager
@@ -309,6 +318,26 @@ def _step_with_redraws(step: Step, policy: RedrawPolicy) -> tuple[float, int]:
         return loss, policy.succeeded()
 
 
+def _say_if_diverged(error: NonFiniteLossError, history: History) -> None:
+    """Add to ``error`` where the run had diverged before it: its last losses above its
+    first, so the guide is finite but far off, and what to do."""
+    if len(history) < 2:
+        return
+    window = max(1, min(10, len(history) // 2))
+    first, last = sorted(history[:window])[window // 2], sorted(history[-window:])[window // 2]
+    # Over a few steps, single losses: only a rise far beyond their noise says diverged.
+    if not last > first + (1.0 if window >= 3 else 1.0 + 10 * abs(first)):
+        return
+    said = str(error)
+    for usable in ("; the guide is still usable.", ": the guide is still usable."):
+        said = said.replace(usable, ".")
+    error.args = (
+        f"{said} Before it the loss rose from {first:.4g} (the first steps) to {last:.4g}: "
+        "the run diverged, and the guide is far off. Fit again from a fresh guide "
+        "(pyro.clear_param_store()) with a smaller lr, say a tenth.",
+    )
+
+
 def train(
     step: Step,
     num_steps: int,
@@ -359,6 +388,7 @@ def train(
             raise TrainingInterrupted(history, num_steps) from None
         except NonFiniteLossError as error:
             error.history = history
+            _say_if_diverged(error, history)
             raise
     step.clear_grads()  # nor the last step's gradients a later loop's first step
     policy.warn(num_steps, stacklevel=3)

@@ -13,6 +13,7 @@ exceeds q pull hardest, whatever the weights' tail, so q covers what it would mi
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -65,7 +66,8 @@ def particle_objective(diff: Tensor, beta: float | None = None) -> Tensor:
 
 
 def check_beta(beta: float | None, name: str = "beta") -> float | None:
-    """``beta`` as a float if ``None`` or a finite real number, else a ValueError naming it.
+    """``beta`` as a float if ``None`` or a finite real number, else an error naming it
+    (``TypeError`` for what is not a number).
 
     Example:
         >>> check_beta(-1)
@@ -73,6 +75,9 @@ def check_beta(beta: float | None, name: str = "beta") -> float | None:
     """
     if beta is None:
         return None
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta):
-        raise ValueError(f"{name} must be a finite number or None, got {beta!r}")
+    message = f"{name} must be a finite number or None, got {beta!r}"
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(message)
+    if not math.isfinite(beta):
+        raise ValueError(message)
     return float(beta)

@@ -7,6 +7,8 @@ then the one loop, :func:`~pyro_realnvp.infer.loop.train`.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -19,12 +21,14 @@ from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
 
 from ..errors import FastPathError
+from ..guide.summaries import check_finite_params
 from .averaging import AVERAGE, AveragedStep
-from .fast import FastStep
+from .fast import NOTHING_TO_FIT, FastStep
 from .finite import FiniteELBO
 from .flow_guide import FlowGuide
 from .loop import History, Schedule, Step, check_training_args, train
 from .losses import TAIL_BETA, check_beta
+from .preflight import preflight
 
 __all__ = ["CLIP_NORMS", "SVIStep", "fit", "fit_fast", "fit_step"]
 
@@ -34,6 +38,8 @@ logger = logging.getLogger(__package__)  # "pyro_realnvp.infer", the name users 
 #: ``ClippedAdam``'s 10 on Pyro's ELBO; 100 on the fast path, whose largest gradients come
 #: from the rare particles far in p's tails that teach q those tails (docs/tuning.md).
 CLIP_NORMS = {"svi": 10.0, "fast": 100.0}
+#: The modes of ``torch.compile`` that ``fit``'s ``compile`` may name.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class SVIStep:
@@ -53,6 +59,12 @@ class SVIStep:
     name = "SVI"
 
     def __init__(self, model, guide, loss: ELBO, optim: PyroOptim, args, kwargs) -> None:
+        if isinstance(guide, torch.nn.Module):
+            params = list(guide.parameters())
+            if getattr(guide, "_requires_grad", True) is False or (
+                params and not any(p.requires_grad for p in params)
+            ):
+                raise ValueError(NOTHING_TO_FIT)
         self.svi = SVI(model, guide, optim, FiniteELBO(loss))
         self.guide, self.args, self.kwargs = guide, args, kwargs
         self._trained: list[torch.Tensor] = []
@@ -171,6 +183,11 @@ def fit_step(
     _check(model, guide, loss, optim, num_steps=num_steps, lr=lr, num_particles=num_particles,
            lr_decay=lr_decay, clip_norm=clip_norm, tail_fraction=tail_fraction,
            average=average)  # fmt: skip
+    _check_switches(fast, compile)
+    _check_spelling(model, kwargs)
+    if isinstance(guide, torch.nn.Module) and getattr(guide, "prototype_trace", 1) is not None:
+        check_finite_params(dict(guide.named_parameters()), "no step can train it")
+    preflight(model, guide, args, kwargs, loss)
     schedules = _schedules(lr, lr_decay, clip_norm, num_steps)
     fast = True if compile else fast
     tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
@@ -246,6 +263,42 @@ def _check(model, guide, loss, optim, *, num_particles, clip_norm, **numbers) ->
         clip_norm=CLIP_NORMS["svi"] if clip_norm is None else clip_norm,
         **numbers,
     )
+
+
+def _check_switches(fast, compile) -> None:
+    """Refuse a ``fast`` that is not a bool (``"no"`` would read as true) or a ``compile``
+    that names no mode of ``torch.compile``."""
+    if fast is not None and not isinstance(fast, bool):
+        raise TypeError(f"fast must be None (choose), True or False, got {fast!r}")
+    if not isinstance(compile, bool) and compile not in COMPILE_MODES:
+        raise ValueError(
+            f"compile must be True, False or a torch.compile mode, one of {COMPILE_MODES}, "
+            f"got {compile!r}"
+        )
+
+
+def _check_spelling(model: Callable, kwargs: dict) -> None:
+    """Refuse a keyword close to one of ``fit``'s own options that the model does not
+    take: ``fit`` passes every other keyword to the model, which would fail on it."""
+    options = [name for name, parameter in inspect.signature(fit).parameters.items()
+               if parameter.kind is parameter.KEYWORD_ONLY]  # fmt: skip
+    for key in kwargs:
+        close = difflib.get_close_matches(key, options, n=1, cutoff=0.8)
+        if close and not _takes_keyword(model, key):
+            raise TypeError(
+                f"fit got {key}=, which is not one of its options and which the model does "
+                f"not take: did you mean {close[0]}=? (fit passes keywords other than its "
+                "own to the model and the guide)"
+            )
+
+
+def _takes_keyword(model: Callable, key: str) -> bool:
+    """Whether ``model`` accepts the keyword ``key`` (``True`` where that cannot be told)."""
+    try:
+        parameters = inspect.signature(model).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == key or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _check_callables(model, guide, loss, optim) -> None:

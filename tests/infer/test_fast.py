@@ -363,7 +363,7 @@ def shape_changing_model():
 REFUSED = {
     "subsampling": (subsampled_model, r"subsampling plate 'data' \(size 10 of 100\)"),
     "discrete": (discrete_model, "site 'c' is a discrete latent"),
-    "data-dependent": (branching_model, "data-dependent control flow"),
+    "data-dependent": (branching_model, "reads a tensor.s value in Python"),
     "not-vectorized": (unvectorizable_model, "broadcasts over a particle"),
     "model-param": (param_model, "learnable pyro.param site 'loc'"),
     "particles-mixed": (particle_mixing_model, "changes with the other draws beside it"),
@@ -493,7 +493,7 @@ def test_a_model_failing_only_at_the_check_draw_is_refused_as_a_fast_path_error(
 
     start = init_to_value(values={"x": torch.tensor(0.9)})
     guide = AutoRealNVP(model, **SMALL, init_loc_fn=start, init_scale=0.3)
-    with pytest.raises(FastPathError, match="failed at the guide's draws"):
+    with pytest.raises(FastPathError, match="rejected some of the guide's draws at site 'y'"):
         FastELBO(model, guide, num_particles=4096)
 
 

@@ -150,9 +150,8 @@ def test_a_model_failing_while_the_guide_sets_up_is_located_too():
 
     reason = explain_non_finite(model, AutoRealNVP(model, **SMALL))
     assert reason.startswith("the model raised at site 'f'")
-    assert "after site 'x' (the last sample site it reached), while the guide set itself up" in (
-        reason
-    )
+    assert "after site 'x' (the last sample site it reached), at the default initial" in reason
+    assert "while the guide set itself up" in reason
 
 
 def test_a_rejected_draw_names_the_site_and_says_the_error_once():
