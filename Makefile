@@ -34,7 +34,7 @@ clean:
 
 # Benchmarks run by hand; each writes its table into docs/. The `bench` extra (zuko, for
 # the "zuko RealNVP" column) is installed on top of `dev`; `make test` does not need it.
-.PHONY: bench bench-speed bench-distributed bench-stability
+.PHONY: bench bench-speed bench-distributed bench-stability bench-diagnostics
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
@@ -46,6 +46,9 @@ bench: $(BENCH_STAMP)
 
 bench-stability: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.stability --out docs/stability.md
+
+bench-diagnostics: $(STAMP)
+	$(BIN)/python -m benchmarks.diagnostics --out docs/diagnostics.md
 
 bench-speed: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/speed.py

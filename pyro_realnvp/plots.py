@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ._internal.quiet import import_arviz
+
 if TYPE_CHECKING:
     from arviz import InferenceData
     from matplotlib.axes import Axes
@@ -87,7 +89,7 @@ def plot_loss(
 
 def _as_inference_data(draws: Draws | InferenceData) -> InferenceData:
     """Draws as one chain: a dict of ``(num_draws, ...)`` arrays, or an ``InferenceData``."""
-    import arviz as az
+    az = import_arviz()
 
     if isinstance(draws, az.InferenceData):
         return draws
@@ -131,7 +133,7 @@ def plot_pair(
         >>> axes.shape
         (2, 2)
     """
-    import arviz as az
+    az = import_arviz()
 
     plt = _pyplot()
     sets = [

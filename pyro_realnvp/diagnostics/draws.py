@@ -1,92 +1,176 @@
-"""Posterior diagnostics: the PSIS k-hat of a fitted guide, and export to ArviZ.
+r"""A guide's draws scored by the model: importance log-weights, values, likelihoods.
 
-Both are built on Pyro's importance weights :math:`\\log w = \\log p(x, z) - \\log q(z)`,
-:math:`z \\sim q`, computed in one vectorized pass (``pyro.infer.importance``), for any
-guide. Both read the full data: subsampling plates are switched off (as for the
-:class:`~pyro_realnvp.guide.potential.Potential` of the Laplace start), so a minibatch never
-stands in for the model; where that cannot be done they refuse, naming the plate.
+:math:`\log w_s = \log p(x, z_s) - \log q(z_s)`, :math:`z_s \sim q`, on the full data:
+subsampling plates are switched off (as for the
+:class:`~pyro_realnvp.guide.potential.Potential` of the Laplace start), so a minibatch
+never stands in for the model. The draws are scored in one vectorized pass where Pyro can
+broadcast the model over them (``pyro.infer.importance``), which is checked on two draws
+against scoring them one by one; where it cannot (a distribution without ``expand``, a
+``PyroModule`` layer that takes one weight matrix, arithmetic that mixes the draws) they
+are scored one by one, with a progress bar when that takes more than a few seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoContinuous, AutoGuideList
 from pyro.infer.importance import vectorized_importance_weights
-from pyro.poutine.util import site_is_subsample
+from torch import Tensor
+from tqdm.auto import tqdm
 
-from ._internal.checks import check_int
-from ._internal.compat import full_data_plates, is_deterministic_site
-from .guide.potential import subsampled_sites
+from .._internal.checks import check_int
+from .._internal.compat import count_elements, full_data_plates
+from ..guide.potential import subsampled_sites
+from .scored import (
+    CHUNK_ELEMENTS,
+    PROGRESS_DELAY,
+    ImportanceDraws,
+    _first_lines,
+    _Vectorization,
+    is_data_site,
+    is_factor_site,
+    sample_sites,
+    unguided_sites,
+)
+from .vmapped import vmapped_draws
 
-if TYPE_CHECKING:
-    from arviz import InferenceData
+__all__ = ["METHODS", "ImportanceDraws", "importance_draws"]
 
-__all__ = ["KHat", "khat_reading", "psis_khat", "to_inference_data"]
-
-#: Upper ends of the "good" and "ok" readings of k-hat (Yao et al., 2018).
-KHAT_GOOD, KHAT_OK = 0.5, 0.7
+_log = logging.getLogger(__package__)
 #: Name of the plate that vectorizes the draws, as in ``pyro.infer.importance``.
-_DRAWS_PLATE = "num_particles_vectorized"
+DRAWS_PLATE = "num_particles_vectorized"
+#: What a model that cannot be vectorized over draws raises (or a draw it cannot score).
+_FAILURES = (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError)
 
 
-def khat_reading(khat: float) -> str:
-    """The usual reading of a Pareto k-hat: ``"good"`` (< 0.5), ``"ok"`` (<= 0.7) or ``"bad"``.
+#: The ways to score draws, fastest first: ``importance_draws(method=None)`` takes the
+#: first that the model and the guide allow.
+METHODS = ("vectorized", "vmap", "draw by draw")
 
-    A ``"bad"`` guide's importance weights have a tail too heavy for importance sampling
-    to correct it: its posterior expectations are not to be trusted. ``-inf`` (constant
-    weights, see :func:`psis_khat`) reads ``"good"``.
+
+@torch.no_grad()
+def importance_draws(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1000,
+    max_plate_nesting: int | None = None,
+    predictive: bool = False,
+    method: str | None = None,
+    caller: str = "importance_draws",
+    **kwargs,
+) -> ImportanceDraws:
+    r"""Draws of ``guide`` scored by ``model`` on the full data (see the module docstring).
+
+    ``method``: ``"vectorized"``, Pyro's draws plate; ``"vmap"``, ``torch.func.vmap``
+    over the one-draw computation, for a guide over a packed latent (``AutoContinuous``,
+    such as AutoRealNVP); ``"draw by draw"``; or ``None``, the first of these the model
+    allows, each checked on two draws against scoring them alone. ``predictive`` also
+    draws each observed site at each draw. A guide that packs a latent at a minibatch's
+    size, or a plate given explicit ``subsample`` indices, is refused, naming the site.
 
     Example:
-        >>> [khat_reading(k) for k in (0.2, 0.6, 0.9, float("inf"), float("-inf"))]
-        ['good', 'ok', 'bad', 'bad', 'good']
+        >>> import pyro.distributions as dist
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> model = lambda: pyro.sample("x", dist.LKJ(3, 2.0))  # LKJ has no expand()
+        >>> importance_draws(model, AutoNormal(model), num_samples=4).method
+        'draw by draw'
     """
-    if khat < KHAT_GOOD:
-        return "good"
-    return "ok" if khat <= KHAT_OK else "bad"
+    check_pair(model, guide)
+    num_samples = check_int("num_samples", num_samples, 1)
+    max_plate_nesting = check_nesting(max_plate_nesting)
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method must be None or one of {METHODS}, got {method!r}")
+    ensure_setup(guide, args, kwargs)
+    refuse_packed_subsample(guide, caller)
+    scorer = _Scorer(model, guide, args, kwargs, predictive, caller)
+    with full_data_plates():
+        one = scorer.one_draw()
+        nesting = plate_nesting(one[1], max_plate_nesting)
+        draws, note = _batched(scorer, num_samples, nesting, one, method, max_plate_nesting)
+        if draws is None:
+            _log.info("%s scores draws one by one: %s", caller, note)
+            draws = scorer.draw_by_draw(num_samples, one, note)
+    draws.unguided = unguided_sites(*one)
+    return draws
 
 
-class KHat(float):
-    """A PSIS k-hat: a ``float`` that also says how to read it.
+def _batched(
+    scorer, num_samples, nesting, one, method, given
+) -> tuple[ImportanceDraws | None, str]:
+    """The draws scored by the first batched method that works (``method``: that one
+    alone), or ``None`` and why none did."""
+    notes = []
+    if method in (None, "vectorized"):
+        try:
+            return scorer.vectorized(num_samples, nesting, one, strict=method is not None), ""
+        except _Vectorization as failure:
+            if method is not None or given is not None and failure.nesting_too_small:
+                raise failure.error from failure.error.__cause__
+            notes.append(f"Pyro cannot broadcast the model over draws ({failure})")
+    packed = isinstance(scorer.guide, AutoContinuous)
+    if method == "vmap" and not packed:
+        raise ValueError(
+            "method='vmap' needs a guide over a packed latent (an AutoContinuous, such as "
+            f"AutoRealNVP), got {type(scorer.guide).__name__}"
+        )
+    if method in (None, "vmap") and packed:
+        try:
+            draws = vmapped_draws(scorer.model, scorer.guide, scorer.args, scorer.kwargs,
+                                  num_samples, scorer.predictive, one, scorer.caller)  # fmt: skip
+            draws.note = "; ".join(notes)
+            return draws, ""
+        except _Vectorization as failure:
+            if method is not None:
+                raise failure.error from failure.error.__cause__
+            notes.append(f"torch.func.vmap cannot batch it ({failure})")
+    return None, "; ".join(notes) or "method='draw by draw'"
+
+
+def check_pair(model, guide) -> None:
+    """Refuse a model or a guide that cannot be called (``guide=None`` would score the
+    model's prior draws), naming it."""
+    for name, value in (("model", model), ("guide", guide)):
+        if not callable(value):
+            raise TypeError(
+                f"{name} must be a callable Pyro {name} (the model and the guide fitted to "
+                f"it), got {value!r}"
+            )
+
+
+def check_nesting(max_plate_nesting) -> int | None:
+    """``max_plate_nesting`` if it is ``None`` or an integer >= 0, else an error naming it.
 
     Example:
-        >>> k = KHat(0.62)
-        >>> k.reading, k.trustworthy, f"{k:.1f}"
-        ('ok', True, '0.6')
+        >>> check_nesting(2), check_nesting(None)
+        (2, None)
     """
-
-    @property
-    def reading(self) -> str:
-        """``"good"``, ``"ok"`` or ``"bad"``, see :func:`khat_reading`."""
-        return khat_reading(self)
-
-    @property
-    def trustworthy(self) -> bool:
-        """``True`` unless the reading is ``"bad"`` (k-hat above 0.7)."""
-        return self.reading != "bad"
-
-    def __repr__(self) -> str:
-        return f"KHat({float(self):.3f}, reading={self.reading!r})"
+    if max_plate_nesting is None:
+        return None
+    try:
+        return check_int("max_plate_nesting", max_plate_nesting, 0)
+    except (TypeError, ValueError) as error:
+        message = f"max_plate_nesting must be None or an integer >= 0, got {max_plate_nesting!r}"
+        raise type(error)(message) from None
 
 
-def _ensure_setup(guide: Callable, args: tuple, kwargs: dict) -> None:
+def ensure_setup(guide: Callable, args: tuple, kwargs: dict) -> None:
     """Build an autoguide's parameters outside any vectorizing plate, once."""
     if getattr(guide, "prototype_trace", False) is None:
         with poutine.block():
             guide(*args, **kwargs)
 
 
-def _plate_nesting(model: Callable, args: tuple, kwargs: dict, given: int | None) -> int:
-    """``given``, else the deepest plate of one run of the model (static structure)."""
+def plate_nesting(trace: poutine.Trace, given: int | None) -> int:
+    """``given``, else the deepest vectorized plate of one run of the model."""
     if given is not None:
         return given
-    with poutine.block():
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
     dims = [
         -frame.dim
         for site in trace.nodes.values()
@@ -97,31 +181,7 @@ def _plate_nesting(model: Callable, args: tuple, kwargs: dict, given: int | None
     return max(dims, default=0)
 
 
-@contextlib.contextmanager
-def _blame_small_nesting(model: Callable, args: tuple, kwargs: dict, given: int | None):
-    """Where a ``max_plate_nesting`` the user gave is less than the model's plates, name
-    it: Pyro's error (a shape that does not broadcast) says nothing of it."""
-    try:
-        yield
-    except (ValueError, RuntimeError) as error:
-        if given is None:
-            raise
-        try:
-            needed = _plate_nesting(model, args, kwargs, None)
-        except (ValueError, RuntimeError):
-            needed = given  # the model cannot be measured either: its own error stands
-        if needed <= given:
-            raise
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
-        first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # Pyro's prefix
-        raise ValueError(
-            f"max_plate_nesting={given} is less than the {needed} plate(s) the model nests, "
-            f"so its draws could not be vectorized ({first}): pass max_plate_nesting="
-            f"{needed}, or leave it None to have it measured"
-        ) from error
-
-
-def _refuse_packed_subsample(guide: Callable, caller: str) -> None:
+def refuse_packed_subsample(guide: Callable, caller: str) -> None:
     """An ``AutoContinuous`` guide packs a local latent at its subsample's size: refuse.
 
     Its latent vector has the minibatch's length, so it cannot be drawn for every row,
@@ -152,233 +212,224 @@ def _refuse_subsample_left(traces, caller: str) -> None:
             )
 
 
-def _check_nesting(max_plate_nesting) -> int | None:
-    """``max_plate_nesting`` if it is ``None`` or an integer >= 0, else an error naming it."""
-    if max_plate_nesting is None:
-        return None
-    try:
-        return check_int("max_plate_nesting", max_plate_nesting, 0)
-    except (TypeError, ValueError) as error:
-        message = f"max_plate_nesting must be None or an integer >= 0, got {max_plate_nesting!r}"
-        raise type(error)(message) from None
+class _Scorer:
+    """Scores draws of ``guide`` by ``model``: in one vectorized pass, or one by one."""
+
+    def __init__(self, model, guide, args, kwargs, predictive: bool, caller: str) -> None:
+        self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
+        self.predictive, self.caller = predictive, caller
+
+    def score(self, guide: Callable | None = None) -> tuple[poutine.Trace, poutine.Trace]:
+        """A draw of ``guide`` (default the guide) and the model replayed at it, with
+        their log-densities computed."""
+        with poutine.block():
+            guide_trace = poutine.trace(guide or self.guide).get_trace(*self.args, **self.kwargs)
+            replayed = poutine.replay(self.model, trace=guide_trace)
+            model_trace = poutine.trace(replayed).get_trace(*self.args, **self.kwargs)
+        guide_trace.compute_log_prob()
+        model_trace.compute_log_prob()
+        return guide_trace, model_trace
+
+    def one_draw(self) -> tuple[poutine.Trace, poutine.Trace]:
+        """One draw's traces: what each site's shape and plates are, for every draw."""
+        traces = self.score()
+        _refuse_subsample_left(traces[::-1], self.caller)
+        return traces
+
+    def _predict(self, guide_trace: poutine.Trace, plate=contextlib.nullcontext):
+        with poutine.block(), plate():
+            replayed = poutine.replay(poutine.uncondition(self.model), trace=guide_trace)
+            return poutine.trace(replayed).get_trace(*self.args, **self.kwargs)
+
+    def vectorized(self, num_samples: int, nesting: int, one, strict: bool) -> ImportanceDraws:
+        """All draws, vectorized in chunks sized by the model's work per draw; two draws
+        checked first against scoring them alone (unless ``strict``: vectorize anyway)."""
+        probe, guide_trace = self._chunk(2, nesting, one)
+        if not strict:
+            self._check_draws_apart(probe, guide_trace, one[0])
+        size = self._chunk_size(nesting, one)
+        chunks = [self._chunk(min(size, num_samples - start), nesting, one)[0]
+                  for start in range(0, num_samples, size)]  # fmt: skip
+        return _concat(chunks)
+
+    def _chunk(self, num_samples: int, nesting: int, one) -> tuple[ImportanceDraws, poutine.Trace]:
+        """``num_samples`` draws in one vectorized pass, and the guide's trace of them."""
+        try:
+            with poutine.block():
+                log_weights, model_trace, guide_trace = vectorized_importance_weights(
+                    self.model, self.guide, *self.args, num_samples=num_samples,
+                    max_plate_nesting=nesting, **self.kwargs,
+                )  # fmt: skip
+            predictive = None
+            if self.predictive:
+                plate = lambda: pyro.plate(DRAWS_PLATE, num_samples, dim=-(nesting + 1))  # noqa: E731
+                predictive = self._predict(guide_trace, plate)
+        except _FAILURES as error:
+            raise _nesting_error(error, nesting, plate_nesting(one[1], None)) from error
+        _refuse_subsample_left([model_trace, guide_trace], self.caller)
+        traces = {"model": model_trace, "guide": guide_trace}
+        return _from_vectorized(log_weights, traces, predictive, one, num_samples), guide_trace
+
+    def _chunk_size(self, nesting: int, one) -> int:
+        """Draws per pass: as many as keep a pass within ``CHUNK_ELEMENTS`` tensor elements,
+        by what four draws cost beyond two (the model's own work per draw)."""
+        counts = [count_elements(self._chunk, size, nesting, one) for size in (2, 4)]
+        per_draw = max((counts[1] - counts[0]) / 2, 1.0)
+        return max(1, int(CHUNK_ELEMENTS // per_draw))
+
+    def _check_draws_apart(self, draws, guide_trace, one_guide_trace) -> None:
+        """Refuse the vectorized pass unless its first draws score as they do alone: a
+        model that sums over all of a latent's dimensions, say, mixes the draws."""
+        for index in range(min(2, len(draws.log_weights))):
+            alone = _slice(guide_trace, one_guide_trace, index)
+            guide_trace_i, model_trace_i = self.score(poutine.replay(self.guide, trace=alone))
+            log_weight = model_trace_i.log_prob_sum() - guide_trace_i.log_prob_sum()
+            together = draws.log_weights[index]
+            if not torch.allclose(log_weight.double(), together.double(), rtol=1e-4, atol=1e-3,
+                                  equal_nan=True):  # fmt: skip
+                raise _Vectorization(
+                    ValueError(
+                        f"draw {index}'s log-weight is {float(together):.6g} beside the others "
+                        f"and {float(log_weight):.6g} alone: the model mixes the draws"
+                    )
+                )
+
+    def draw_by_draw(self, num_samples: int, one, note: str) -> ImportanceDraws:
+        """Each draw scored alone; a progress bar where that takes a while."""
+        rows = []
+        bar = tqdm(range(num_samples), desc=f"{self.caller}: draws one by one", disable=None,
+                   delay=PROGRESS_DELAY, leave=False)  # fmt: skip
+        for _ in bar:
+            guide_trace, model_trace = self.score()
+            predictive = self._predict(guide_trace) if self.predictive else None
+            rows.append(_row(guide_trace, model_trace, predictive))
+        return _stack(rows, one, note)
 
 
-def _equal_up_to_rounding(log_weights: torch.Tensor) -> bool:
-    """Whether the log-weights' spread is within rounding error of their magnitude.
-
-    A guide equal to the posterior gives ``log w = log p(x)`` for every draw, up to the
-    rounding of ``log p(x, z) - log q(z)``: a few ulps of terms about ``|log w|`` in size
-    (1e-6 at ``|log w| = 1.4`` in float32, ten ulps). The tolerance, ``1000 eps`` times
-    ``max(1, |max log w|)``, is 1.2e-4 relative in float32 and 2.2e-13 in float64: far
-    above that rounding, and far below any spread that matters (weights within a factor
-    ``e^{1.2e-4}`` of each other are as good as constant for importance sampling).
-    """
-    top, bottom = log_weights.max(), log_weights.min()
-    tolerance = 1000 * torch.finfo(log_weights.dtype).eps * max(1.0, abs(float(top)))
-    return float(top - bottom) <= tolerance  # False for NaN or all-infinite weights
-
-
-def _log_weights(model, guide, args, kwargs, num_samples, nesting):
-    """Importance log-weights of ``num_samples`` guide draws, and the traces they came from."""
-    with poutine.block():
-        return vectorized_importance_weights(
-            model, guide, *args, num_samples=num_samples, max_plate_nesting=nesting, **kwargs
-        )
-
-
-@torch.no_grad()
-def psis_khat(
-    model: Callable,
-    guide: Callable,
-    *args,
-    num_samples: int = 1000,
-    max_plate_nesting: int | None = None,
-    **kwargs,
-) -> KHat:
-    r"""Pareto k-hat of the importance weights of a fitted guide, :math:`w = p(x, z) / q(z)`.
-
-    The diagnostic of Yao et al. (2018), "Yes, but did it work?", as Pyro's
-    ``psis_diagnostic`` computes it: Pyro draws the log-weights in one vectorized pass
-    (``vectorized_importance_weights``), on the model's device; they are moved to the CPU
-    and ArviZ's ``psislw`` fits the Pareto tail (Pyro's own fit builds its grid on the
-    CPU, so it cannot take CUDA weights). Below 0.5 the guide is good, up to 0.7 usable,
-    above 0.7 its posterior is not trustworthy. Constant weights (q equal to p up to
-    rounding) have no tail: k-hat is -inf, read ``"good"`` (a Pareto fit to them returns
-    inf). The estimate is noisy near the
-    thresholds: on a 10-D funnel fitted by ``AutoNormal`` it scatters from 0.6 to 1.1
-    over seeds at 2000 samples; use ten thousand or more to compare guides. ArviZ is
-    imported on the first call.
-
-    Model and guide run on the full data: subsampling plates yield every index, with
-    scale 1. A latent inside a subsampling plate that the guide packs at the subsample's
-    size (an ``AutoContinuous`` guide such as ``AutoRealNVP``), or a plate given explicit
-    ``subsample=`` indices, raises a ``ValueError`` naming the plate and the site.
-
-    Args:
-        model: The Pyro model; ``*args`` and ``**kwargs`` are passed to it and the guide.
-        guide: A fitted guide with static structure, vectorizable over draws.
-        num_samples: Draws from the guide, all at once: an integer >= 10.
-        max_plate_nesting: Plates nested in the model (an integer >= 0); guessed by
-            running it if ``None``.
-
-    Returns:
-        The k-hat as a :class:`KHat`, a ``float`` with ``.reading`` and ``.trustworthy``.
-
-    Example:
-        >>> import pyro, pyro.distributions as dist
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
-        >>> guide = pyro.infer.autoguide.AutoNormal(model, init_scale=1.2)
-        >>> psis_khat(model, guide, num_samples=500).reading
-        'good'
-    """
-    import arviz as az
-
-    num_samples = check_int("num_samples", num_samples, 10)
-    max_plate_nesting = _check_nesting(max_plate_nesting)
-    _ensure_setup(guide, args, kwargs)
-    _refuse_packed_subsample(guide, "psis_khat")
-    with full_data_plates(), _blame_small_nesting(model, args, kwargs, max_plate_nesting):
-        nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
-        log_weights, *traces = _log_weights(model, guide, args, kwargs, num_samples, nesting)
-    _refuse_subsample_left(traces, "psis_khat")
-    log_weights = log_weights.detach()
-    if _equal_up_to_rounding(log_weights):
-        return KHat(float("-inf"))
-    _, khat = az.psislw(log_weights.double().cpu().numpy())
-    return KHat(khat)
-
-
-def _dim_names(site: dict, ndim: int) -> list[str]:
-    """Name a site's first ``ndim`` dims after their plates, else ``<site>_dim_<i>``."""
-    plates = {frame.dim: frame.name for frame in site["cond_indep_stack"] if frame.vectorized}
-    batch_ndim = len(site["fn"].batch_shape)
-    return [plates.get(i - batch_ndim, f"{site['name']}_dim_{i}") for i in range(ndim)]
-
-
-def _one_draw_trace(model: Callable, guide: Callable, args: tuple, kwargs: dict):
-    """A trace of the model at one guide draw: the per-draw shapes and plates of each site."""
-    with poutine.block():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        return poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-
-
-def _full_data_traces(model, guide, args, kwargs, num_samples, max_plate_nesting):
-    """Log-weights, the vectorized model trace, its resampled observations and one draw's
-    trace, all on the full data."""
-    _refuse_packed_subsample(guide, "to_inference_data")
-    with full_data_plates(), _blame_small_nesting(model, args, kwargs, max_plate_nesting):
-        nesting = _plate_nesting(model, args, kwargs, max_plate_nesting)
-        log_weights, model_trace, guide_trace = _log_weights(
-            model, guide, args, kwargs, num_samples, nesting
-        )
-        with poutine.block(), pyro.plate(_DRAWS_PLATE, num_samples, dim=-(nesting + 1)):
-            replayed = poutine.replay(poutine.uncondition(model), trace=guide_trace)
-            predictive_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
-        one_draw = _one_draw_trace(model, guide, args, kwargs)
-    _refuse_subsample_left([model_trace, guide_trace], "to_inference_data")
-    return log_weights, model_trace, predictive_trace, one_draw
-
-
-def _sites(trace) -> dict:
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site)
-    }
-
-
-@torch.no_grad()
-def to_inference_data(
-    model: Callable,
-    guide: Callable,
-    *args,
-    max_plate_nesting: int | None = None,
-    num_samples: int = 1000,
-    **kwargs,
-) -> InferenceData:
-    r"""Draws of a fitted guide as an ArviZ ``InferenceData``, :math:`z_s \sim q`, one chain.
-
-    Groups:
-
-    - ``posterior``: every latent (and ``pyro.deterministic``) site in its constrained
-      space, shape ``(1, num_samples, ...)``; dims are named after the model's plates,
-      other dims ``<site>_dim_<i>``.
-    - ``posterior_predictive``: each observed site resampled at each draw.
-    - ``observed_data``: the observed values.
-    - ``log_likelihood``: pointwise :math:`\log p(y \mid z_s)` of each observed site.
-    - ``sample_stats``: ``log_weight``, the importance log-weight
-      :math:`\log p(x, z_s) - \log q(z_s)` of each draw, for ``az.psislw``.
-
-    The draws come from ``q``, not from the posterior: ``az.summary`` describes the guide,
-    and tools that assume posterior draws (``az.loo``) are as good as the guide's
-    :func:`psis_khat`. ArviZ is imported on the first call. As there, the model runs on
-    the full data (every row of a subsampling plate, scale 1), or the call refuses.
-
-    Args:
-        model: The Pyro model; ``*args`` and ``**kwargs`` are passed to it and the guide.
-        guide: A fitted guide with static structure, vectorizable over draws.
-        num_samples: Draws from the guide, an integer >= 1.
-        max_plate_nesting: Plates nested in the model (an integer >= 0); guessed by
-            running it if ``None``.
-
-    Example:
-        >>> import pyro, pyro.distributions as dist
-        >>> def model(y):
-        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
-        ...     with pyro.plate("obs", len(y)):
-        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
-        >>> guide = pyro.infer.autoguide.AutoNormal(model)
-        >>> idata = to_inference_data(model, guide, torch.zeros(3), num_samples=100)
-        >>> idata.posterior["mu"].shape, idata.posterior_predictive["y"].dims
-        ((1, 100), ('chain', 'draw', 'obs'))
-    """
-    import arviz as az
-
-    num_samples = check_int("num_samples", num_samples, 1)
-    max_plate_nesting = _check_nesting(max_plate_nesting)
-    _ensure_setup(guide, args, kwargs)
-    log_weights, *traces = _full_data_traces(
-        model, guide, args, kwargs, num_samples, max_plate_nesting
+def _nesting_error(error: Exception, nesting: int, needed: int) -> _Vectorization:
+    """Where a ``max_plate_nesting`` below the model's plates made the pass fail, say so:
+    Pyro's error (a shape that does not broadcast) says nothing of it."""
+    if nesting >= needed:
+        return _Vectorization(error)
+    named = ValueError(
+        f"max_plate_nesting={nesting} is less than the {needed} plate(s) the model nests, "
+        f"so its draws could not be vectorized ({_first_lines(error)}): pass max_plate_nesting="
+        f"{needed}, or leave it None to have it measured"
     )
-    groups, dims = _groups(*traces, num_samples)
-    return az.from_dict(
-        **{group: data or None for group, data in groups.items()},
-        sample_stats={"log_weight": log_weights.reshape(1, num_samples).cpu().numpy()},
-        dims=dims,
-        attrs={"inference_library": "pyro", "guide": type(guide).__name__},
-    )
+    named.__cause__ = error
+    return _Vectorization(named, nesting_too_small=True)
 
 
-def _groups(model_trace, predictive_trace, one_draw, num_samples: int) -> tuple[dict, dict]:
-    """InferenceData's groups of arrays ``(1, num_samples, ...)`` by site, and the dims
-    named after plates, from the vectorized traces and one draw's (its per-draw shapes)."""
-    shapes = _sites(one_draw)
-    groups: dict[str, dict] = {
-        "posterior": {},
-        "posterior_predictive": {},
-        "log_likelihood": {},
-        "observed_data": {},
-    }
-    dims: dict[str, list[str]] = {}
+def _slice(trace: poutine.Trace, one: poutine.Trace, index: int) -> poutine.Trace:
+    """Draw ``index`` of a vectorized guide trace, with one draw's shapes (from ``one``)."""
+    alone = poutine.Trace()
+    for name, node in one.nodes.items():
+        node = dict(node)
+        if name in sample_sites(one):
+            node["value"] = trace.nodes[name]["value"][index].reshape(node["value"].shape)
+        alone.add_node(name, **node)
+    return alone
 
-    def per_draw(value: torch.Tensor, shape: torch.Size):
-        # The draws plate leaves singleton dims left of each site's own shape.
-        return value.detach().reshape((1, num_samples) + tuple(shape)).cpu().numpy()
 
-    for name, site in _sites(model_trace).items():
-        one = shapes[name]
-        if not site["is_observed"] or is_deterministic_site(site):
-            groups["posterior"][name] = per_draw(site["value"], one["value"].shape)
-            dims[name] = _dim_names(one, one["value"].dim())
+def _from_vectorized(log_weights, traces, predictive, one, num_samples: int) -> ImportanceDraws:
+    """The vectorized traces' values per draw, in one draw's shapes (the draws plate
+    leaves singleton dimensions left of each site's own)."""
+    one_sites = sample_sites(one[1])
+    latent, log_likelihood, drawn, observed = {}, {}, {}, {}
+
+    def per_draw(value: Tensor, shape: torch.Size) -> Tensor:
+        return value.detach().reshape((num_samples, *shape))
+
+    for name, site in sample_sites(traces["model"]).items():
+        alone = one_sites[name]
+        if is_factor_site(site):
             continue
-        batch_shape = one["fn"].batch_shape
-        groups["observed_data"][name] = one["value"].detach().cpu().numpy()
-        groups["posterior_predictive"][name] = per_draw(
-            predictive_trace.nodes[name]["value"], batch_shape + one["fn"].event_shape
-        )
-        groups["log_likelihood"][name] = per_draw(site["fn"].log_prob(site["value"]), batch_shape)
-        if one["value"].shape == batch_shape + one["fn"].event_shape:
-            # Batch dims only: ArviZ names event dims ``<site>_dim_<i>`` as we would.
-            dims[name] = _dim_names(one, len(batch_shape))
-    return groups, dims
+        if not is_data_site(site):
+            latent[name] = per_draw(site["value"], alone["value"].shape)
+            continue
+        batch = alone["fn"].batch_shape
+        observed[name] = alone["value"].detach()
+        log_likelihood[name] = per_draw(site["fn"].log_prob(site["value"]), batch)
+        if predictive is not None:
+            value = predictive.nodes[name]["value"]
+            drawn[name] = per_draw(value, batch + alone["fn"].event_shape)
+    counts = _non_finite_counts(traces, num_samples)
+    log_weights = log_weights.detach().reshape(num_samples)
+    return ImportanceDraws(log_weights, latent, log_likelihood, drawn, observed, one_sites,
+                           "vectorized", "", counts)  # fmt: skip
+
+
+def _non_finite_counts(traces: dict[str, poutine.Trace], num_samples: int) -> dict[str, int]:
+    """How many draws each site's log-density is not finite at, by ``"model site 'y'"``."""
+    counts = {}
+    for side, trace in traces.items():
+        for name, site in sample_sites(trace).items():
+            log_prob = site["log_prob"]
+            if log_prob.dim() and log_prob.shape[0] == num_samples:
+                bad = int((~torch.isfinite(log_prob.reshape(num_samples, -1).sum(-1))).sum())
+            else:  # the same at every draw
+                bad = 0 if bool(torch.isfinite(log_prob).all()) else num_samples
+            if bad:
+                counts[f"{side} site '{name}'"] = bad
+    return counts
+
+
+def _row(guide_trace: poutine.Trace, model_trace: poutine.Trace, predictive) -> dict:
+    """One draw's log-weight, latent values, log-likelihoods, predictions and the sites
+    whose log-density is not finite."""
+    row = {"latent": {}, "log_likelihood": {}, "predictive": {}}
+    row["log_weight"] = model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+    row["non_finite"] = [
+        f"{side} site '{name}'"
+        for side, trace in (("model", model_trace), ("guide", guide_trace))
+        for name, site in sample_sites(trace).items()
+        if not bool(torch.isfinite(site["log_prob_sum"]))
+    ]
+    for name, site in sample_sites(model_trace).items():
+        if is_factor_site(site):
+            continue
+        if not is_data_site(site):
+            row["latent"][name] = site["value"].detach()
+            continue
+        row["log_likelihood"][name] = site["fn"].log_prob(site["value"]).detach()
+        if predictive is not None:
+            row["predictive"][name] = predictive.nodes[name]["value"].detach()
+    return row
+
+
+def _stack(rows: list[dict], one, note: str) -> ImportanceDraws:
+    """The rows of :func:`_row` as one :class:`ImportanceDraws`."""
+
+    def stack(key: str) -> dict[str, Tensor]:
+        return {name: torch.stack([row[key][name] for row in rows]) for name in rows[0][key]}
+
+    counts: dict[str, int] = {}
+    for site in (site for row in rows for site in row["non_finite"]):
+        counts[site] = counts.get(site, 0) + 1
+    sites = sample_sites(one[1])
+    observed = {name: site["value"].detach() for name, site in sites.items() if is_data_site(site)}
+    log_weights = torch.stack([row["log_weight"] for row in rows]).detach()
+    groups = (stack("latent"), stack("log_likelihood"), stack("predictive"))
+    return ImportanceDraws(log_weights, *groups, observed, sites, "draw by draw", note, counts)
+
+
+def _concat(chunks: list[ImportanceDraws]) -> ImportanceDraws:
+    """Chunks of draws of one model as one :class:`ImportanceDraws`."""
+    if len(chunks) == 1:
+        return chunks[0]
+
+    def cat(key: str) -> dict[str, Tensor]:
+        return {
+            name: torch.cat([getattr(c, key)[name] for c in chunks])
+            for name in getattr(chunks[0], key)
+        }
+
+    counts: dict[str, int] = {}
+    for chunk in chunks:
+        for site, count in chunk.non_finite.items():
+            counts[site] = counts.get(site, 0) + count
+    first = chunks[0]
+    log_weights = torch.cat([chunk.log_weights for chunk in chunks])
+    groups = (cat("latent"), cat("log_likelihood"), cat("predictive"))
+    return ImportanceDraws(log_weights, *groups, first.observed, first.sites, first.method,
+                           first.note, counts)  # fmt: skip
