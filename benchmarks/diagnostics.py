@@ -99,11 +99,17 @@ def timed(call):
     return value, time.perf_counter() - start
 
 
-def any_model_row(name: str, model, args, smoke: bool) -> str:
+def fitted(model, args, num_steps: int) -> AutoRealNVP:
+    """A default AutoRealNVP of ``model``, fitted for ``num_steps`` from seed 0."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoRealNVP(model)
-    fit(model, guide, *args, num_steps=10 if smoke else 300, progress=False)
+    fit(model, guide, *args, num_steps=num_steps, progress=False)
+    return guide
+
+
+def any_model_row(name: str, model, args, smoke: bool) -> str:
+    guide = fitted(model, args, 10 if smoke else 300)
     sizes = {"num_samples": 20, "num_sets": 2} if smoke else {}
     khat, khat_seconds = timed(lambda: psis_khat(model, guide, *args, **sizes))
     data, data_seconds = timed(lambda: to_inference_data(
@@ -116,10 +122,7 @@ def any_model_row(name: str, model, args, smoke: bool) -> str:
 
 
 def repeats_row(name: str, model, args, smoke: bool) -> str:
-    pyro.clear_param_store()
-    pyro.set_rng_seed(0)
-    guide = AutoRealNVP(model)
-    fit(model, guide, *args, num_steps=10 if smoke else 3000, progress=False)
+    guide = fitted(model, args, 10 if smoke else 3000)
     sizes = {"num_samples": 20, "num_sets": 2} if smoke else {}
     readings = [psis_khat(model, guide, *args, **sizes) for _ in range(10)]
     values = [float(k) for k in readings]

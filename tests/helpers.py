@@ -74,3 +74,16 @@ def poisonable_model(state):
         pyro.sample("likelihood", dist.Normal(x + shift, 1.0), obs=torch.tensor(1.0))
 
     return model
+
+
+def baseball(at_bats, hits):
+    """Pyro's examples/baseball.py, partially_pooled_with_logit."""
+    loc = pyro.sample("loc", dist.Normal(-1.0, 1.0))
+    scale = pyro.sample("scale", dist.HalfCauchy(scale=1.0))
+    with pyro.plate("num_players", at_bats.shape[0]):
+        alpha = pyro.sample("alpha", dist.Normal(loc, scale))
+        pyro.sample("obs", dist.Binomial(at_bats, logits=alpha), obs=hits)
+
+
+#: Efron and Morris's 18 players, 45 at-bats each.
+HITS = torch.tensor([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7.0])

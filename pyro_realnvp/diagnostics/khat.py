@@ -119,8 +119,12 @@ class KHat(float):
             low, high = self.spread
             text += f"; median of {len(self.sets)} sets of {self.num_samples} draws, "
             text += f"{low:.2f}-{high:.2f}"
-        if math.isfinite(self.ess):
-            text += f"; importance ESS {self.ess:.0%}"
+        if math.isfinite(self.ess):  # a tenth of a percent where it is that small
+            text += (
+                f"; importance ESS {self.ess:.0%}"
+                if self.ess >= 0.1
+                else (f"; importance ESS {self.ess:.1%}")
+            )
         return text
 
     def __repr__(self) -> str:

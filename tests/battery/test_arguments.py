@@ -18,6 +18,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_value
 from torch import nn
 
+from battery.cases import Cases
 from pyro_realnvp import (
     AutoRealNVP,
     ConditionalRealNVP,
@@ -56,16 +57,7 @@ def tiny_guide(**options):
 #: Every case whose answer is not yet the ideal, by id: what the package does now. Each is
 #: marked ``xfail(strict=True)`` by :func:`case`, so a fix shows up as an XPASS.
 GAPS: dict[str, str] = {}
-_USED: set[str] = set()
-
-
-def case(*values, id):
-    """One row of a table: ``pytest.param``, marked xfail where ``GAPS`` lists its id."""
-    assert id not in _USED, f"duplicate case id {id}"
-    _USED.add(id)
-    reason = GAPS.get(id)
-    marks = () if reason is None else pytest.mark.xfail(strict=True, reason=reason)
-    return pytest.param(*values, id=id, marks=marks)
+case = Cases(GAPS)
 
 
 @pytest.fixture(autouse=True)
@@ -654,4 +646,4 @@ def test_diagnostic_refuses_non_callable_by_name(diagnostic, value, name):
         diagnostic(pair["model"], pair["guide"], num_samples=20)
 
 
-assert set(GAPS) <= _USED, f"GAPS names no case: {sorted(set(GAPS) - _USED)}"
+case.check()

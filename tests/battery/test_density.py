@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from battery.cases import Cases
 from pyro_realnvp import (
     ConditionalRealNVP,
     NonFiniteLossError,
@@ -38,16 +39,7 @@ QUICK = {"num_steps": 3, "progress": False}
 #: marked ``xfail(strict=True)`` by :func:`case`, so a fix shows up as an XPASS.
 GAPS: dict[str, str] = {}
 
-_USED: set[str] = set()
-
-
-def case(*values, id):
-    """One row of a table: ``pytest.param``, marked xfail where ``GAPS`` lists its id."""
-    assert id not in _USED, f"duplicate case id {id}"
-    _USED.add(id)
-    reason = GAPS.get(id)
-    marks = () if reason is None else pytest.mark.xfail(strict=True, reason=reason)
-    return pytest.param(*values, id=id, marks=marks)
+case = Cases(GAPS)
 
 
 def flow(dim=2):
@@ -514,4 +506,4 @@ def test_an_interrupted_fit_leaves_the_flow_in_evaluation_mode(monkeypatch, _):
     assert not fitted.training
 
 
-assert set(GAPS) <= _USED, f"GAPS names no case: {sorted(set(GAPS) - _USED)}"
+case.check()

@@ -21,6 +21,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from battery.cases import Cases
 from pyro_realnvp import (
     AutoRealNVP,
     NonFiniteLossError,
@@ -46,16 +47,7 @@ ROWS = torch.arange(10.0)
 #: marked ``xfail(strict=True)`` by :func:`case`, so a fix shows up as an XPASS.
 GAPS: dict[str, str] = {}
 
-_USED: set[str] = set()
-
-
-def case(*values, id):
-    """One row of a table: ``pytest.param``, marked xfail where ``GAPS`` lists its id."""
-    assert id not in _USED, f"duplicate case id {id}"
-    _USED.add(id)
-    reason = GAPS.get(id)
-    marks = () if reason is None else pytest.mark.xfail(strict=True, reason=reason)
-    return pytest.param(*values, id=id, marks=marks)
+case = Cases(GAPS)
 
 
 def one_site():
@@ -504,4 +496,4 @@ def test_an_interrupted_fit_distributed_keeps_the_history_and_the_last_steps_val
     assert all(p.grad is None for _, p in pyro.get_param_store().named_parameters())
 
 
-assert set(GAPS) <= _USED, f"GAPS names no case: {sorted(set(GAPS) - _USED)}"
+case.check()

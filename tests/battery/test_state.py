@@ -19,6 +19,7 @@ import torch
 from helpers import poisonable_model
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from battery.cases import Cases
 from pyro_realnvp import AutoRealNVP, NonFiniteLossError, TrainingInterrupted, fit
 from pyro_realnvp.infer import loop
 
@@ -29,16 +30,7 @@ DATA = torch.tensor([0.3, 1.1, 0.8, 1.9, 1.2])
 #: marked ``xfail(strict=True)`` by :func:`case`, so a fix shows up as an XPASS.
 GAPS: dict[str, str] = {}
 
-_USED: set[str] = set()
-
-
-def case(*values, id):
-    """One row of a table: ``pytest.param``, marked xfail where ``GAPS`` lists its id."""
-    assert id not in _USED, f"duplicate case id {id}"
-    _USED.add(id)
-    reason = GAPS.get(id)
-    marks = () if reason is None else pytest.mark.xfail(strict=True, reason=reason)
-    return pytest.param(*values, id=id, marks=marks)
+case = Cases(GAPS)
 
 
 def model():
@@ -469,4 +461,4 @@ def test_a_guide_called_on_data_that_change_a_latents_shape_names_the_site(_):
         guide(torch.zeros(5))
 
 
-assert set(GAPS) <= _USED, f"GAPS names no case: {sorted(set(GAPS) - _USED)}"
+case.check()

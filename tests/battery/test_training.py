@@ -14,6 +14,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import HITS, baseball
 
 from pyro_realnvp import AutoRealNVP, NonFiniteLossError, fit
 
@@ -120,18 +121,6 @@ def test_a_model_reading_its_data_as_numbers_is_not_blamed_on_its_latents():
     assert all(math.isfinite(loss) for loss in losses)
     if losses.method != "fast":
         assert "on a latent or on its data" in losses.note
-
-
-def baseball(at_bats, hits):
-    """Pyro's examples/baseball.py, partially_pooled_with_logit."""
-    loc = pyro.sample("loc", dist.Normal(-1.0, 1.0))
-    scale = pyro.sample("scale", dist.HalfCauchy(scale=1.0))
-    with pyro.plate("num_players", at_bats.shape[0]):
-        alpha = pyro.sample("alpha", dist.Normal(loc, scale))
-        pyro.sample("obs", dist.Binomial(at_bats, logits=alpha), obs=hits)
-
-
-HITS = torch.tensor([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7.0])
 
 
 @pytest.mark.parametrize("seed", range(3), ids=lambda s: f"baseball-start-seed-{s}")

@@ -18,10 +18,10 @@ from diagnostic_models import (
     subsampled_observations,
 )
 from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
-from pyro.nn import PyroModule, PyroSample
-from torch import nn
 from torch.distributions import biject_to
 
+from benchmarks.diagnostics import BayesianRegression, dirichlet_categorical
+from benchmarks.diagnostics import lkj as lkj_model
 from benchmarks.stability import hierarchical
 from pyro_realnvp import AutoRealNVP, fit, psis_khat, to_inference_data
 from pyro_realnvp.diagnostics import importance_draws
@@ -159,39 +159,6 @@ def schools_model(sigma, y):
 # Models Pyro cannot vectorize over draws, as users write them (issue 28).
 
 
-def dirichlet_categorical(data):
-    p = pyro.sample("p", dist.Dirichlet(torch.ones(3)))
-    with pyro.plate("rows", data.shape[0]):
-        pyro.sample("obs", dist.Categorical(p).expand([5]).to_event(1), obs=data)
-
-
-def lkj(y):
-    corr = pyro.sample("corr", dist.LKJ(3, 2.0))
-    sd = pyro.sample("sd", dist.HalfNormal(torch.ones(3)).to_event(1))
-    cov = sd[..., :, None] * corr * sd[..., None, :]
-    with pyro.plate("rows", y.shape[0]):
-        pyro.sample("y", dist.MultivariateNormal(torch.zeros(3), covariance_matrix=cov), obs=y)
-
-
-class BayesianRegression(PyroModule):
-    """Pyro's Bayesian regression tutorial's model, as it is written there."""
-
-    def __init__(self, in_features, out_features):
-        super().__init__()
-        self.linear = PyroModule[nn.Linear](in_features, out_features)
-        self.linear.weight = PyroSample(
-            dist.Normal(0.0, 1.0).expand([out_features, in_features]).to_event(2)
-        )
-        self.linear.bias = PyroSample(dist.Normal(0.0, 10.0).expand([out_features]).to_event(1))
-
-    def forward(self, x, y=None):
-        sigma = pyro.sample("sigma", dist.Uniform(0.0, 10.0))
-        mean = self.linear(x).squeeze(-1)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("obs", dist.Normal(mean, sigma), obs=y)
-        return mean
-
-
 def unvectorizable():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(40, 3, generator=generator)
@@ -199,7 +166,7 @@ def unvectorizable():
     rows = torch.multinomial(torch.tensor([0.2, 0.3, 0.5]), 200, True, generator=generator)
     return {
         "dirichlet-categorical": (dirichlet_categorical, (rows.reshape(40, 5),)),
-        "lkj": (lkj, (torch.randn(30, 3, generator=generator),)),
+        "lkj": (lkj_model, (torch.randn(30, 3, generator=generator),)),
         "pyro-module-regression": (BayesianRegression(3, 1), (x, y)),
         "hierarchical-134": hierarchical(num_rows=2000),
     }

@@ -6,7 +6,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import hierarchical
+from helpers import HITS, baseball, hierarchical
 from pyro import poutine
 from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_sample
@@ -434,19 +434,6 @@ def test_the_start_reads_the_model_without_running_init_loc_fn_again():
     model = hierarchical(torch.randn(5, 4))
     AutoRealNVP(model, init_loc_fn=counting(init_to_sample, calls), **SMALL)()
     assert sorted(calls) == ["mu", "theta"]  # once each, for the prototype trace
-
-
-def baseball(at_bats, hits):
-    """Pyro's examples/baseball.py, partially_pooled_with_logit."""
-    loc = pyro.sample("loc", dist.Normal(-1.0, 1.0))
-    scale = pyro.sample("scale", dist.HalfCauchy(scale=1.0))
-    with pyro.plate("num_players", at_bats.shape[0]):
-        alpha = pyro.sample("alpha", dist.Normal(loc, scale))
-        pyro.sample("obs", dist.Binomial(at_bats, logits=alpha), obs=hits)
-
-
-#: Efron and Morris's 18 players, 45 at-bats each.
-HITS = torch.tensor([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7.0])
 
 
 def test_a_hierarchical_model_whose_mode_search_hits_its_budget_starts_outside_the_neck():
