@@ -238,7 +238,8 @@ class FiniteELBO(ELBO):
                 str(loss).startswith(REJECTED)
                 and cause is not None
                 and reason.startswith("the model raised")
-                and reason.endswith(first_line(cause))
+                # a rejected default start, re-run at other initial values: said once
+                and (reason.endswith(first_line(cause)) or isinstance(cause, DefaultStartRejected))
             )
             head = REJECTED if repeated else str(loss)
             if reason.startswith("a fresh draw gave a finite loss"):
