@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .._internal.checks import check_int
 from .._internal.compat import count_elements, full_data_plates
-from ..guide.potential import subsampled_sites
+from ..guide.potential import sites_not_finite, subsampled_sites
 from .scored import (
     CHUNK_ELEMENTS,
     PROGRESS_DELAY,
@@ -382,8 +382,7 @@ def _row(guide_trace: poutine.Trace, model_trace: poutine.Trace, predictive) -> 
     row["non_finite"] = [
         f"{side} site '{name}'"
         for side, trace in (("model", model_trace), ("guide", guide_trace))
-        for name, site in sample_sites(trace).items()
-        if not bool(torch.isfinite(site["log_prob_sum"]))
+        for name in sites_not_finite(trace)
     ]
     for name, site in sample_sites(model_trace).items():
         if is_factor_site(site):

@@ -219,6 +219,7 @@ def psis_khat(
     num_samples = check_int("num_samples", num_samples, 10)
     num_sets = check_int("num_sets", num_sets, 1)
     sets, ratios, pooled = [], [], []
+    # One set at a time: its pointwise log-likelihoods (draws x rows) bound the memory.
     for _ in range(num_sets):
         draws = importance_draws(model, guide, *args, num_samples=num_samples,
                                  max_plate_nesting=max_plate_nesting, method=method,

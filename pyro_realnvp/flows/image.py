@@ -61,11 +61,7 @@ def channel_mask(channels: int, height: int, width: int, parity: int = 0, *, dty
         <BLANKLINE>
                 [[1., 1.]]])
     """
-    message = "channels must be an integer >= 2: a channel mask needs at least 2 channels, got "
-    if not is_int(channels):
-        raise TypeError(f"{message}{channels!r}")
-    if channels < 2:
-        raise ValueError(f"{message}{channels!r}")
+    check_int("channels", channels, 2, ": a channel mask needs at least 2 channels")
     channels, height, width = _check_image_size(channels, height, width)
     parity = _check_parity(parity)
     first = torch.arange(channels) < channels // 2

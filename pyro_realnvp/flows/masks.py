@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import accumulate
 
 import torch
 from torch import Tensor
 
-from .._internal.checks import check_int, is_int
+from .._internal.checks import check_int, check_int_sequence, is_int
 
 __all__ = [
     "alternating_mask",
@@ -106,7 +106,8 @@ def separating_codes(sizes: Sequence[int], num_codes: int) -> list[int]:
         >>> separating_codes([1, 1, 6], 8)  # a banana's x1 and x2 in every pair of layers
         [0, 7, 1, 2, 3, 4, 5, 6]
     """
-    sizes, num_codes = _check_sizes(sizes), check_int("num_codes", num_codes, 1)
+    sizes = list(check_int_sequence("sizes", sizes, 1, " (one per group)"))
+    num_codes = check_int("num_codes", num_codes, 1)
     num_bits = max(num_codes - 1, 1).bit_length()
     enough = (num_bits + 1) // 2
     codes: list[int] = [0] * sum(sizes)
@@ -122,19 +123,6 @@ def separating_codes(sizes: Sequence[int], num_codes: int) -> list[int]:
             codes[index], held[code] = code, held[code] + 1
         others += [code for code in range(num_codes) if held[code]]
     return codes
-
-
-def _check_sizes(sizes: Sequence[int]) -> list[int]:
-    """``sizes`` as a list of ints, each ``>= 1``, else an error naming ``sizes``."""
-    message = f"sizes must be a sequence of integers >= 1 (one per group), got {sizes!r}"
-    if isinstance(sizes, str) or not isinstance(sizes, Iterable):
-        raise TypeError(message)
-    sizes = list(sizes)
-    if not all(is_int(size) for size in sizes):
-        raise TypeError(message)
-    if not all(size >= 1 for size in sizes):
-        raise ValueError(message)
-    return [int(size) for size in sizes]
 
 
 def coupling_masks(

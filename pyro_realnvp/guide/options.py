@@ -8,7 +8,7 @@ import warnings
 
 from torch import nn
 
-from .._internal.checks import check_hidden_dims, is_int
+from .._internal.checks import check_hidden_dims, check_int
 from .laplace import START_RULES
 
 __all__ = [
@@ -61,16 +61,6 @@ def flow_options(num_layers: int, hidden_dims, scale_bound: float, activation) -
     }
 
 
-def _check_int(name: str, value, minimum: int, why: str) -> None:
-    """Refuse ``value`` unless an integer ``>= minimum``: a ``TypeError`` for another kind
-    of thing, a ``ValueError`` below the minimum; ``why`` says why that minimum."""
-    message = f"{name} must be an integer >= {minimum}{why}, got {value!r}"
-    if not is_int(value):
-        raise TypeError(message)
-    if value < minimum:
-        raise ValueError(message)
-
-
 def check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, estimator,
                   num_quantile_samples, activation, start_rule) -> None:  # fmt: skip
     """Refuse an AutoRealNVP option outside its range, naming it; warn on an odd depth.
@@ -86,7 +76,7 @@ def check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, e
     if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
         raise TypeError(f"activation must be a torch.nn.Module class such as nn.ELU, got "
                         f"{activation!r}")  # fmt: skip
-    _check_int("num_layers", num_layers, 2,
+    check_int("num_layers", num_layers, 2,
                " (one coupling leaves half the coordinates unchanged)")  # fmt: skip
     if hidden_dims is not None:
         check_hidden_dims(hidden_dims)
@@ -96,7 +86,7 @@ def check_options(*, num_layers, hidden_dims, init_scale, scale_bound, affine, e
                                  ("start_rule", start_rule, START_RULE_CHOICES)):  # fmt: skip
         if value not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    _check_int("num_quantile_samples", num_quantile_samples, MIN_QUANTILE_SAMPLES,
+    check_int("num_quantile_samples", num_quantile_samples, MIN_QUANTILE_SAMPLES,
                " (fewer draws cannot tell a 5% quantile from a 95% one)")  # fmt: skip
     if num_layers % 2:
         warnings.warn(

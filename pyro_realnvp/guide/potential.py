@@ -30,6 +30,7 @@ __all__ = [
     "hold_hidden",
     "non_finite_sites",
     "prototype_run",
+    "sites_not_finite",
     "subsampled_sites",
 ]
 
@@ -174,6 +175,27 @@ class Potential:
         return self.max_plate_nesting
 
 
+def sites_not_finite(trace: poutine.Trace) -> list[str]:
+    """Names of the trace's sample sites (not a plate's indices) whose value or
+    log-density is NaN or infinite; log-densities are computed where they are not yet.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model():
+        ...     x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(x, 0.0 * x + 1.0), obs=torch.tensor(float("inf")))
+        >>> sites_not_finite(poutine.trace(model).get_trace())
+        ['y']
+    """
+    trace.compute_log_prob()
+    return [
+        name for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+        and not (bool(torch.isfinite(torch.as_tensor(site["value"])).all())
+                 and bool(torch.isfinite(site["log_prob_sum"])))
+    ]  # fmt: skip
+
+
 def non_finite_sites(potential: Potential, u: Tensor) -> list[str]:
     """The sample sites whose log-density is not finite at the packed latent ``u`` (all of
     them, ``["the model"]``, where the model raises there); empty where all are finite.
@@ -193,11 +215,7 @@ def non_finite_sites(potential: Potential, u: Tensor) -> list[str]:
             trace, log_det = potential.trace(u)
     except (ValueError, RuntimeError, TypeError) as error:
         return [f"the model ({type(error).__name__} there)"]
-    bad = [
-        name for name, site in trace.nodes.items()
-        if site["type"] == "sample" and "log_prob_sum" in site
-        and not bool(torch.isfinite(site["log_prob_sum"]))
-    ]  # fmt: skip
+    bad = sites_not_finite(trace)
     return bad if bad or bool(torch.isfinite(log_det)) else ["the change of variables"]
 
 

@@ -18,23 +18,10 @@ from .._internal.compat import elbo_traces, unpack_latent
 from .._internal.locate import first_line, model_raised, partial_trace, raised_at
 from ..errors import NonFiniteLossError
 from ..guide.initial import DefaultStartRejected
+from ..guide.potential import sites_not_finite
 from .flow_guide import FlowGuide
 
 __all__ = ["FiniteELBO", "explain_non_finite", "rejected_draws_are_non_finite", "usability"]
-
-
-def _sites_not_finite(trace: poutine.Trace) -> list[str]:
-    """Names of sample sites whose value or log-density is NaN or infinite."""
-    trace.compute_log_prob()
-    return [
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not (
-            bool(torch.isfinite(torch.as_tensor(site["value"])).all())
-            and bool(torch.isfinite(site["log_prob_sum"]))
-        )
-    ]
 
 
 _REJECTIONS = ("Expected parameter", "Expected value")
@@ -111,7 +98,7 @@ def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str
     with torch.no_grad(), poutine.block():
         try:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            bad_guide = _sites_not_finite(guide_trace)
+            bad_guide = sites_not_finite(guide_trace)
         except (ValueError, RuntimeError) as error:
             if isinstance(error, DefaultStartRejected):  # it says where, at which values
                 return first_line(error)
@@ -129,7 +116,7 @@ def explain_non_finite(model: Callable, guide: Callable, *args, **kwargs) -> str
         tracer = poutine.trace(poutine.replay(model, trace=guide_trace))
         try:
             model_trace = tracer.get_trace(*args, **kwargs)
-            bad_model = _sites_not_finite(model_trace)
+            bad_model = sites_not_finite(model_trace)
         except (ValueError, RuntimeError) as error:
             raised = model_raised(error, tracer.msngr.trace)
             return f"{raised}, at the guide's draw: {first_line(error)}"

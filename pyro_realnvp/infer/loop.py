@@ -202,7 +202,7 @@ def check_training_args(
         ValueError: lr must be a finite number > 0, got nan
     """
     checks = [
-        ("num_steps", num_steps, is_int, num_steps >= 1 if is_int(num_steps) else 0,
+        ("num_steps", num_steps, is_int, is_int(num_steps) and num_steps >= 1,
          "an integer >= 1"),
         ("lr", lr, _number, _finite(lr) and lr > 0, "a finite number > 0"),
         ("num_particles", num_particles, is_int,

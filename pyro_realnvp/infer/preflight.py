@@ -106,8 +106,9 @@ def check_guide_fits_model(trace: poutine.Trace, guide: Callable, model: Callabl
         )
     raise ValueError(
         f"the guide was built for a model whose latent sites are {_describe(guided)}, but "
-        f"this model's are {_describe(latents)} (name and shape): build the guide from this "
-        "model (AutoRealNVP(model)), with a fresh param store if the names are the same"
+        f"this model's, with these arguments, are {_describe(latents)} (name and shape): "
+        "build the guide from this model and these data (AutoRealNVP(model)), with a fresh "
+        "param store if the names are the same"
     )
 
 

@@ -59,12 +59,6 @@ class SVIStep:
     name = "SVI"
 
     def __init__(self, model, guide, loss: ELBO, optim: PyroOptim, args, kwargs) -> None:
-        if isinstance(guide, torch.nn.Module):
-            params = list(guide.parameters())
-            if getattr(guide, "_requires_grad", True) is False or (
-                params and not any(p.requires_grad for p in params)
-            ):
-                raise ValueError(NOTHING_TO_FIT)
         self.svi = SVI(model, guide, optim, FiniteELBO(loss))
         self.guide, self.args, self.kwargs = guide, args, kwargs
         self._trained: list[torch.Tensor] = []
@@ -77,7 +71,10 @@ class SVIStep:
         with poutine.trace(param_only=True) as capture:
             loss = self.svi.step(*self.args, **self.kwargs)
         trained = (site["value"].unconstrained() for site in capture.trace.nodes.values())
-        self._trained = list({id(p): p for p in trained}.values())
+        trained = list({id(p): p for p in trained}.values())
+        if trained and not any(p.requires_grad for p in trained):  # it moved nothing
+            raise ValueError(NOTHING_TO_FIT)
+        self._trained = trained
         return loss
 
     def parameters(self) -> list[torch.Tensor]:
