@@ -1,7 +1,7 @@
 """The benchmark runner's smoke mode, its metrics, and the posteriordb translations.
 
 Each translation's log-density is compared with the Stan program's, written out by hand
-below (independently of ``benchmarks/posteriordb.py``), as differences between two
+below (independently of ``benchmarks/posteriordb/classic.py``), as differences between two
 reference draws, so constants drop out.
 """
 
@@ -11,54 +11,28 @@ import numpy as np
 import pytest
 import torch
 from pyro import poutine
+from stan_lpdf import (
+    beta_lpdf,
+    cauchy_lpdf,
+    draw,
+    gamma_lpdf,
+    gp_cholesky,
+    normal_lpdf,
+    poisson_log_lpmf,
+    pyro_log_density,
+    student_t_lpdf,
+)
 
 from benchmarks import accuracy
 from benchmarks.guides import ZUKO_GUIDE
 from benchmarks.metrics import moment_errors, sliced_w1
-from benchmarks.posteriordb import POSTERIORDB_TARGETS, load_data, load_target, posteriordb_root
+from benchmarks.posteriordb import load_data, load_target, posteriordb_root
+from benchmarks.posteriordb.classic import SPECS
 from benchmarks.zuko_guide import zuko_available
 
 pytestmark = pytest.mark.skipif(
     not posteriordb_root().is_dir(), reason="posteriordb reference posteriors not found"
 )
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-def normal_lpdf(x, mu, sd):
-    x, mu, sd = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (x, mu, sd)))
-    return float(np.sum(-0.5 * ((x - mu) / sd) ** 2 - np.log(sd) - 0.5 * LOG_2PI))
-
-
-def cauchy_lpdf(x, scale):
-    return float(np.sum(-np.log(np.pi * scale * (1 + (np.asarray(x) / scale) ** 2))))
-
-
-def student_t_lpdf(x, nu, mu, sd):
-    z = (np.asarray(x, dtype=float) - mu) / sd
-    const = math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2) - 0.5 * math.log(nu * math.pi)
-    return float(np.sum(const - math.log(sd) - (nu + 1) / 2 * np.log1p(z**2 / nu)))
-
-
-def gamma_lpdf(x, shape, rate):
-    return shape * math.log(rate) - math.lgamma(shape) + (shape - 1) * math.log(x) - rate * x
-
-
-def beta_lpdf(x, a, b):
-    log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-    return (a - 1) * math.log(x) + (b - 1) * math.log1p(-x) - log_beta
-
-
-def poisson_log_lpmf(k, log_rate):
-    k, log_rate = np.asarray(k, dtype=float), np.asarray(log_rate, dtype=float)
-    lgam = np.array([math.lgamma(v + 1) for v in k])
-    return float(np.sum(k * log_rate - np.exp(log_rate) - lgam))
-
-
-def gp_cholesky(x, alpha, rho):
-    x = np.asarray(x, dtype=float)
-    cov = alpha**2 * np.exp(-((x[:, None] - x[None, :]) ** 2) / (2 * rho**2))
-    return np.linalg.cholesky(cov + 1e-10 * np.eye(len(x)))
 
 
 # Stan's model block, term by term, on Stan's parameters (p) and data (d).
@@ -150,16 +124,6 @@ STAN = {
 }
 
 
-def draw(target, index):
-    """Reference draw ``index`` as ``{site: float64 array or float}``."""
-    row, values, start = target.reference[0][index].double().numpy(), {}, 0
-    for site, size in target.columns:
-        chunk = row[start : start + size]
-        values[site] = float(chunk[0]) if size == 1 else chunk
-        start += size
-    return values
-
-
 def stan_parameters(name, values, data):
     """The Stan program's parameters from a draw of its (transformed) reported columns."""
     p = dict(values)
@@ -178,19 +142,12 @@ def pyro_latents(name, p):
     return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in latents.items()}
 
 
-def pyro_log_density(target, latents):
-    with poutine.block():
-        conditioned = poutine.condition(target.model, data=latents)
-        trace = poutine.trace(conditioned).get_trace(*target.args)
-    return float(trace.log_prob_sum())
-
-
 def stan_measure_correction(name, p):
     """log |d(Pyro's latents) / d(Stan's parameters)|: garch's beta1_raw = beta1 / (1 - alpha1)."""
     return -math.log1p(-p["alpha1"]) if name == "garch11" else 0.0
 
 
-@pytest.mark.parametrize("name", list(POSTERIORDB_TARGETS), ids=list(POSTERIORDB_TARGETS))
+@pytest.mark.parametrize("name", list(SPECS), ids=list(SPECS))
 def test_log_density_matches_stan_up_to_a_constant(name):
     target = load_target(name)
     data = load_data(name)
@@ -208,7 +165,7 @@ def test_log_density_matches_stan_up_to_a_constant(name):
     np.testing.assert_allclose(pyro_diff, stan_diff, rtol=1e-4, atol=atol)
 
 
-@pytest.mark.parametrize("name", list(POSTERIORDB_TARGETS), ids=list(POSTERIORDB_TARGETS))
+@pytest.mark.parametrize("name", list(SPECS), ids=list(SPECS))
 def test_model_reproduces_reference_columns_from_its_latents(name):
     """Reference draws map to latents the model accepts (support checked), and the
     model's sites then give back the reference columns (deterministic ones included)."""

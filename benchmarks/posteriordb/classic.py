@@ -1,32 +1,24 @@
-"""Pyro translations of posteriordb's Stan models, with their data and reference draws.
+"""posteriordb's first eight posteriors in Pyro: eight schools (and its centred form),
+an AR(K) series, GARCH(1,1), a Poisson GP, kilpisjarvi's linear trend, a two-component
+mixture, and brms' diamonds regression.
 
 Each model keeps the Stan program's priors and constraints; latents carry any leading
-particle dimensions (no plates), so ``max_plate_nesting=0``. Data, reference draws and
-Stan code are read at run time from ``$POSTERIORDB`` (default ``../shared/posteriordb``
-beside the repository), never copied into the repository. Stan's implicit flat priors
-become :class:`Flat` sites.
+particle dimensions (no plates), so ``max_plate_nesting=0``. Stan's implicit flat priors
+become :class:`~benchmarks.posteriordb.common.Flat` sites.
 """
 
 from __future__ import annotations
-
-import json
-import os
-from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 from torch import Tensor
-from torch.distributions import biject_to
 
-from .targets import Target
+from .common import Spec, as_tensor, flat
 
 __all__ = [
-    "POSTERIORDB_TARGETS",
-    "Flat",
+    "SPECS",
     "arK",
     "diamonds",
     "eight_schools_centered",
@@ -34,26 +26,8 @@ __all__ = [
     "garch11",
     "gp_pois_regr",
     "kilpisjarvi",
-    "load_target",
     "low_dim_gauss_mix",
-    "posteriordb_root",
 ]
-
-
-class Flat(dist.ImproperUniform):
-    """Stan's implicit flat prior on a constrained parameter (log-density 0).
-
-    ``sample`` returns the image of the unconstrained origin, so Pyro's
-    ``init_to_median`` starts such a site where Stan's default initialisation is centred.
-    """
-
-    def sample(self, sample_shape=()):
-        shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
-        return biject_to(self.support)(torch.zeros(shape))
-
-
-def _flat(support, event_shape=()) -> Flat:
-    return Flat(support, batch_shape=(), event_shape=event_shape)
 
 
 def eight_schools_noncentered(y: Tensor, sigma: Tensor) -> None:
@@ -88,10 +62,10 @@ def garch11(y: Tensor, sigma1: float) -> None:
     support at set-up, so it is ``beta1 = (1 - alpha1) * beta1_raw`` with a flat
     ``beta1_raw`` on (0, 1) and the Jacobian ``log(1 - alpha1)``, keeping beta1's flat prior.
     """
-    mu = pyro.sample("mu", _flat(constraints.real))
-    alpha0 = pyro.sample("alpha0", _flat(constraints.positive))
-    alpha1 = pyro.sample("alpha1", _flat(constraints.unit_interval))
-    beta1_raw = pyro.sample("beta1_raw", _flat(constraints.unit_interval))
+    mu = pyro.sample("mu", flat(constraints.real))
+    alpha0 = pyro.sample("alpha0", flat(constraints.positive))
+    alpha1 = pyro.sample("alpha1", flat(constraints.unit_interval))
+    beta1_raw = pyro.sample("beta1_raw", flat(constraints.unit_interval))
     beta1 = pyro.deterministic("beta1", (1 - alpha1) * beta1_raw, event_dim=0)
     pyro.factor("beta1_jacobian", torch.log1p(-alpha1))
     # sigma[t]^2 = c[t-1] + beta1 sigma[t-1]^2, c[t] = alpha0 + alpha1 (y[t] - mu)^2, unrolled:
@@ -132,13 +106,13 @@ def kilpisjarvi(
 ) -> None:
     alpha = pyro.sample("alpha", dist.Normal(pmualpha, psalpha))
     beta = pyro.sample("beta", dist.Normal(pmubeta, psbeta))
-    sigma = pyro.sample("sigma", _flat(constraints.positive))
+    sigma = pyro.sample("sigma", flat(constraints.positive))
     mean = alpha[..., None] + beta[..., None] * x
     pyro.sample("y", dist.Normal(mean, sigma[..., None]).to_event(1), obs=y)
 
 
 def low_dim_gauss_mix(y: Tensor) -> None:
-    mu = pyro.sample("mu", _flat(constraints.ordered_vector, event_shape=(2,)))
+    mu = pyro.sample("mu", flat(constraints.ordered_vector, event_shape=(2,)))
     pyro.factor("mu_prior", dist.Normal(0.0, 2.0).log_prob(mu).sum(-1))
     sigma = pyro.sample("sigma", dist.HalfNormal(2.0).expand([2]).to_event(1))
     theta = pyro.sample("theta", dist.Beta(5.0, 5.0))
@@ -156,125 +130,68 @@ def diamonds(Y: Tensor, Xc: Tensor) -> None:
     pyro.sample("Y", dist.Normal(mean, sigma[..., None]).to_event(1), obs=Y)
 
 
-def posteriordb_root() -> Path:
-    """``$POSTERIORDB``, else ``shared/posteriordb`` beside the repository's folder."""
-    default = Path(__file__).resolve().parents[2] / "shared" / "posteriordb"
-    return Path(os.environ.get("POSTERIORDB", default))
-
-
-def _tensor(value) -> Tensor:
-    return torch.tensor(value, dtype=torch.get_default_dtype())
-
-
 def _args_eight_schools(data):
-    return _tensor(data["y"]), _tensor(data["sigma"])
+    return as_tensor(data["y"]), as_tensor(data["sigma"])
 
 
 def _args_arK(data):
-    y, K = _tensor(data["y"]), data["K"]
+    y, K = as_tensor(data["y"]), data["K"]
     index = torch.arange(K, data["T"])[:, None] - torch.arange(1, K + 1)[None, :]
     return y, y[index]
 
 
 def _args_diamonds(data):
     X = torch.tensor(data["X"], dtype=torch.float64)[:, 1:]
-    return _tensor(data["Y"]), (X - X.mean(0)).to(torch.get_default_dtype())
+    return as_tensor(data["Y"]), (X - X.mean(0)).to(torch.get_default_dtype())
 
 
-#: name -> (posteriordb folder, model, data -> args, (site, size) columns of the draws)
-_SPECS: dict[str, tuple[str, Callable, Callable, tuple]] = {
-    "eight_schools_noncentered": (
+#: Row label -> the translation.
+SPECS: dict[str, Spec] = {
+    "eight_schools_noncentered": Spec(
         "eight_schools-eight_schools_noncentered",
         eight_schools_noncentered,
         _args_eight_schools,
         (("theta", 8), ("mu", 1), ("tau", 1)),
     ),
-    "eight_schools_centered": (
+    "eight_schools_centered": Spec(
         "eight_schools-eight_schools_noncentered",
         eight_schools_centered,
         _args_eight_schools,
         (("theta", 8), ("mu", 1), ("tau", 1)),
     ),
-    "arK": ("arK-arK", arK, _args_arK, (("alpha", 1), ("beta", 5), ("sigma", 1))),
-    "garch11": (
+    "arK": Spec("arK-arK", arK, _args_arK, (("alpha", 1), ("beta", 5), ("sigma", 1))),
+    "garch11": Spec(
         "garch-garch11",
         garch11,
-        lambda d: (_tensor(d["y"]), float(d["sigma1"])),
+        lambda d: (as_tensor(d["y"]), float(d["sigma1"])),
         (("mu", 1), ("alpha0", 1), ("alpha1", 1), ("beta1", 1)),
     ),
-    "gp_pois_regr": (
+    "gp_pois_regr": Spec(
         "gp_pois_regr-gp_pois_regr",
         gp_pois_regr,
-        lambda d: (_tensor(d["x"]), _tensor(d["k"])),
+        lambda d: (as_tensor(d["x"]), as_tensor(d["k"])),
         (("rho", 1), ("alpha", 1), ("f", 11)),
     ),
-    "kilpisjarvi_mod": (
+    "kilpisjarvi_mod": Spec(
         "kilpisjarvi_mod-kilpisjarvi",
         kilpisjarvi,
         lambda d: (
-            _tensor(d["x"]),
-            _tensor(d["y"]),
+            as_tensor(d["x"]),
+            as_tensor(d["y"]),
             *(float(d[k]) for k in ("pmualpha", "psalpha", "pmubeta", "psbeta")),
         ),
         (("alpha", 1), ("beta", 1), ("sigma", 1)),
     ),
-    "low_dim_gauss_mix": (
+    "low_dim_gauss_mix": Spec(
         "low_dim_gauss_mix-low_dim_gauss_mix",
         low_dim_gauss_mix,
-        lambda d: (_tensor(d["y"]),),
+        lambda d: (as_tensor(d["y"]),),
         (("mu", 2), ("sigma", 2), ("theta", 1)),
     ),
-    "diamonds": (
+    "diamonds": Spec(
         "diamonds-diamonds",
         diamonds,
         _args_diamonds,
         (("b", 24), ("Intercept", 1), ("sigma", 1)),
     ),
-}
-
-
-def column_names(columns) -> list[str]:
-    """posteriordb's column names for ``(site, size)`` pairs: ``mu``, ``theta[1]``, ..."""
-    return [
-        site if size == 1 else f"{site}[{i}]" for site, size in columns for i in range(1, size + 1)
-    ]
-
-
-@cache
-def load_draws(folder: str, columns: tuple) -> Tensor:
-    """Reference draws as ``(chains * draws, D)``, chains in file order."""
-    chains = json.loads((posteriordb_root() / folder / "draws.json").read_text())
-    names = column_names(columns)
-    return torch.cat([_tensor([chain[name] for name in names]).T for chain in chains])
-
-
-def load_data(name: str) -> dict:
-    """The named posterior's data, as posteriordb's ``data.json`` holds it."""
-    return json.loads((posteriordb_root() / _SPECS[name][0] / "data.json").read_text())
-
-
-def load_target(name: str) -> Target:
-    """The named posterior as a :class:`~benchmarks.targets.Target`.
-
-    The reference draws are split in two halves of whole chains: the first is compared
-    with the guide, the pair gives the noise floor. Moments use all draws.
-    """
-    folder, model, make_args, columns = _SPECS[name]
-    draws = load_draws(folder, columns)
-    half = len(draws) // 2
-    return Target(
-        name,
-        model,
-        make_args(load_data(name)),
-        columns,
-        (draws[:half], draws[half:]),
-        draws.mean(0),
-        draws.std(0),
-        log_z=None,
-    )
-
-
-#: Constructors of the posteriordb targets, by row label.
-POSTERIORDB_TARGETS: dict[str, Callable[[], Target]] = {
-    name: (lambda name=name: load_target(name)) for name in _SPECS
 }
