@@ -171,17 +171,48 @@ def prototype_hide_fn(msg: dict) -> bool:
 def capture_graph(function: Callable[..., Tensor], *example: Tensor) -> torch.fx.GraphModule:
     """``function`` recorded at ``example`` as a graph of plain tensor operations.
 
-    ``torch.fx.experimental.proxy_tensor.make_fx`` (experimental). Python control flow
-    on tensor values raises a ``RuntimeError`` that says "data-dependent".
+    ``torch.fx.experimental.proxy_tensor.make_fx`` (experimental). A Python read of a
+    tensor's value (``float()``, ``.item()``, an ``if``) is kept where the tensor does not
+    depend on ``example`` (constant data: the value is the same at every call); one on a
+    tensor that does raises a ``RuntimeError`` that says "data-dependent".
 
     Example:
         >>> graph = capture_graph(lambda u: (2 * u).sum(-1), torch.ones(3, 2))
         >>> graph(torch.ones(1, 2))
         tensor([4.])
+        >>> data = torch.tensor([1.0, 3.0])
+        >>> capture_graph(lambda u: u * float(data.max()), torch.ones(2))(torch.ones(2))
+        tensor([3., 3.])
     """
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    return make_fx(function)(*example)
+    module = make_fx(function, _error_on_data_dependent_ops=False)(*example)
+    graph = module.graph
+    dependent: set[torch.fx.Node] = set()
+    for node in graph.nodes:  # topological order: inputs come first
+        if node.op == "placeholder" or any(n in dependent for n in node.all_input_nodes):
+            dependent.add(node)
+    for node in list(graph.nodes):
+        if not _reads_value(node):
+            continue
+        if node in dependent:
+            raise RuntimeError(
+                f"data-dependent: {node.target} reads the value of a tensor computed from "
+                "the input, which a recorded graph cannot replay"
+            )
+        if not node.users:  # a constant read once at recording: no host sync per call
+            graph.erase_node(node)
+    module.recompile()
+    return module
+
+
+def _reads_value(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is an operation whose output depends on its input's values in a
+    way a recorded graph fixes (a Python number read, a data-dependent shape)."""
+    target = node.target
+    return node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and (
+        torch.Tag.data_dependent_output in target.tags
+    )
 
 
 def count_elements(function: Callable[..., object], *args: object) -> int:

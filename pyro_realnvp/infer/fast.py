@@ -287,9 +287,9 @@ class FastELBO:
             if "data-dependent" not in str(error):
                 raise _failed_at_draws(error) from error
             raise FastPathError(
-                "the model reads a tensor's value in Python (float(), int(), .item(), or an "
-                "if on a tensor), on a latent or on its data, which a captured graph cannot "
-                "replay: fit with fast=False"
+                "the model reads in Python (float(), int(), .item(), or an if on a tensor) "
+                "the value of a latent or of a tensor computed from one, which a captured "
+                "graph cannot replay (reads of the data alone are kept): fit with fast=False"
             ) from error
 
     def _elements_per_particle(self) -> float:

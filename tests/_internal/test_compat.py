@@ -166,6 +166,25 @@ def test_capture_graph_refuses_data_dependent_control_flow_by_that_name():
         capture_graph(lambda u: u if u.sum() > 0 else -u, torch.ones(3))
 
 
+def test_capture_graph_keeps_reads_of_constant_data_and_syncs_nothing_per_call():
+    times = torch.tensor([0.0, 0.5, 2.0])
+
+    def mesh(u):  # a time grid built from the data in Python, as an ODE model does
+        return u * torch.linspace(0.0, float(times[-1]), int(times.numel()))
+
+    graph = capture_graph(mesh, torch.ones(3))
+    u = torch.randn(3)
+    assert torch.equal(graph(u), mesh(u))
+    reads = [n for n in graph.graph.nodes if "_local_scalar_dense" in str(n.target)]
+    assert reads == []
+
+
+def test_capture_graph_refuses_a_read_of_a_value_computed_from_the_input():
+    data = torch.tensor([1.0, 2.0])
+    with pytest.raises(RuntimeError, match="data-dependent"):
+        capture_graph(lambda u: u * float((u * data).sum()), torch.ones(2))
+
+
 # --- subclass contracts AutoRealNVP relies on (pinned, not wrapped) ----------------------
 
 

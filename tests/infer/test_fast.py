@@ -363,7 +363,7 @@ def shape_changing_model():
 REFUSED = {
     "subsampling": (subsampled_model, r"subsampling plate 'data' \(size 10 of 100\)"),
     "discrete": (discrete_model, "site 'c' is a discrete latent"),
-    "data-dependent": (branching_model, "reads a tensor.s value in Python"),
+    "data-dependent": (branching_model, "the value of a latent or of a tensor computed from one"),
     "not-vectorized": (unvectorizable_model, "broadcasts over a particle"),
     "model-param": (param_model, "learnable pyro.param site 'loc'"),
     "particles-mixed": (particle_mixing_model, "changes with the other draws beside it"),
