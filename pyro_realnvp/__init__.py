@@ -8,7 +8,7 @@ one training loop), ``distributed`` (data-parallel training), and the use cases
 
 from ._internal.moved import moved_module as _moved_module
 from .density import anomaly_scores, bits_per_dim, dequantize, fit_density, flow_distribution
-from .diagnostics import KHat, khat_reading, psis_khat, to_inference_data
+from .diagnostics import KHat, importance_resample, khat_reading, psis_khat, to_inference_data
 from .distributed.ddp import DataParallelELBO, fit_distributed
 from .errors import FastPathError, NonFiniteLossError, RankFailedError, TrainingInterrupted
 from .flows.conditional import ConditionalRealNVP, ConditionedRealNVP, conditional_realnvp
@@ -61,6 +61,7 @@ __all__ = [
     "fit_fast",
     "flow_distribution",
     "half_mask",
+    "importance_resample",
     "khat_reading",
     "masked_affine_coupling",
     "multiscale_realnvp",

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..targets import Target
-from . import classic
+from . import classic, dynamics, regressions
 from .common import Flat, Spec, as_tensor, flat, posteriordb_root
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 #: Row label -> the translation, over every family.
-SPECS: dict[str, Spec] = {**classic.SPECS}
+SPECS: dict[str, Spec] = {**classic.SPECS, **regressions.SPECS, **dynamics.SPECS}
 
 
 def column_names(columns) -> list[str]:

@@ -210,8 +210,10 @@ def _reads_value(node: torch.fx.Node) -> bool:
     """Whether ``node`` is an operation whose output depends on its input's values in a
     way a recorded graph fixes (a Python number read, a data-dependent shape)."""
     target = node.target
-    return node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and (
-        torch.Tag.data_dependent_output in target.tags
+    return (
+        node.op == "call_function"
+        and isinstance(target, torch._ops.OpOverload)
+        and (torch.Tag.data_dependent_output in target.tags)
     )
 
 

@@ -13,6 +13,7 @@ from .._internal.locate import warn_at_user
 from .._internal.quiet import import_arviz
 from .draws import ImportanceDraws, importance_draws
 from .scored import is_data_site, is_factor_site
+from .weights import resample_draws
 
 if TYPE_CHECKING:
     from arviz import InferenceData
@@ -62,6 +63,8 @@ def to_inference_data(
     num_chains: int = 4,
     max_plate_nesting: int | None = None,
     method: str | None = None,
+    resample: bool = False,
+    proposals: int = 4,
     **kwargs,
 ) -> InferenceData:
     r"""Draws of a fitted guide as an ArviZ ``InferenceData``, :math:`z_s \sim q`.
@@ -75,6 +78,11 @@ def to_inference_data(
     summaries, which need two chains, work (r-hat is about 1 by construction). They are
     draws of q, not of the posterior: as good as :func:`psis_khat` says. Scored as there,
     on the full data, vectorized where the model allows and draw by draw otherwise.
+
+    ``resample=True``: draws resampled from ``proposals`` times as many by their smoothed
+    importance weights (:func:`~pyro_realnvp.diagnostics.importance_resample`), every
+    group alike; ``sample_stats`` then holds ``proposal``, and ``attrs`` ``pareto_k``,
+    ``importance_ess`` and ``num_proposals``.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -91,10 +99,32 @@ def to_inference_data(
 
     num_samples = check_int("num_samples", num_samples, 1)
     num_chains = check_int("num_chains", num_chains, 1)
-    draws = importance_draws(model, guide, *args, num_samples=num_samples * num_chains,
+    proposals = check_int("proposals", proposals, 1)
+    attrs = {"inference_library": "pyro", "guide": type(guide).__name__}
+    draws, stats = _draws_and_stats(
+        model, guide, args, kwargs, num_samples * num_chains, (max_plate_nesting, method),
+        proposals if resample else None, attrs,
+    )  # fmt: skip
+    stats = {name: value.reshape(num_chains, num_samples).cpu().numpy()
+             for name, value in stats.items()}  # fmt: skip
+    groups, dims = _groups(draws, num_chains)
+    return az.from_dict(
+        **{group: data or None for group, data in groups.items()},
+        sample_stats=stats,
+        dims=dims,
+        attrs=attrs,
+    )
+
+
+def _draws_and_stats(
+    model, guide, args, kwargs, num_draws: int, how: tuple, proposals: int | None, attrs: dict
+) -> tuple[ImportanceDraws, dict]:
+    """The draws (resampled from ``proposals`` times as many where given), their sample
+    statistics by name, and what resampled draws rest on added to ``attrs``."""
+    max_plate_nesting, method = how
+    draws = importance_draws(model, guide, *args, num_samples=num_draws * (proposals or 1),
                              max_plate_nesting=max_plate_nesting, predictive=True,
-                             method=method, caller="to_inference_data",
-                             **kwargs)  # fmt: skip
+                             method=method, caller="to_inference_data", **kwargs)  # fmt: skip
     if draws.unguided:
         warn_at_user(
             f"the guide does not draw the model's latent site(s) {list(draws.unguided)} "
@@ -102,11 +132,9 @@ def to_inference_data(
             "not their posterior (pyro.infer.infer_discrete draws those), and sample_stats' "
             "log_weight is no importance weight"
         )
-    groups, dims = _groups(draws, num_chains)
-    log_weight = draws.log_weights.reshape(num_chains, num_samples).cpu().numpy()
-    return az.from_dict(
-        **{group: data or None for group, data in groups.items()},
-        sample_stats={"log_weight": log_weight},
-        dims=dims,
-        attrs={"inference_library": "pyro", "guide": type(guide).__name__},
-    )
+    if proposals is None:
+        return draws, {"log_weight": draws.log_weights}
+    resampled = resample_draws(draws, num_draws)
+    attrs.update(pareto_k=resampled.khat, importance_ess=resampled.ess,
+                 num_proposals=resampled.num_proposals)  # fmt: skip
+    return resampled.draws, {"proposal": resampled.indices}

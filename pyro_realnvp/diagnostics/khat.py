@@ -22,12 +22,11 @@ from torch import Tensor
 
 from .._internal.checks import check_int
 from .._internal.quiet import import_arviz
-from .draws import ImportanceDraws, importance_draws
+from .draws import importance_draws
+from .scored import KHAT_GOOD, KHAT_OK, refuse_non_finite, refuse_unguided
 
 __all__ = ["KHat", "khat_reading", "psis_khat"]
 
-#: Upper ends of the "good" and "ok" readings of k-hat (Yao et al., 2018).
-KHAT_GOOD, KHAT_OK = 0.5, 0.7
 #: A guide is near exact where the log-weights' standard deviation is below the first and
 #: the largest weight within the second times the median one: importance sampling then
 #: moves no expectation noticeably, however a Pareto fit reads the weights' small tail.
@@ -148,35 +147,6 @@ def _pareto_khat(log_weights: Tensor) -> tuple[float, float]:
     return float(khat), float(1.0 / (len(weights) * (weights**2).sum()))
 
 
-def _refuse_unguided(draws: ImportanceDraws) -> None:
-    """Refuse weights over latents the guide does not draw: with an enumerated site drawn
-    from its prior, :math:`p(x, z, c) / q(z)` is no importance weight of the guide."""
-    if draws.unguided:
-        raise ValueError(
-            f"the guide does not draw the model's latent site(s) {list(draws.unguided)} "
-            "(enumerated, left to TraceEnum_ELBO), so the draws' weights p(x, z) / q(z) "
-            "cannot be formed and no k-hat can be read; read the k-hat of a guide of the "
-            "model with those sites marginalized out (pyro.infer.config_enumerate and "
-            "a guide over the rest, then infer_discrete for their posterior)"
-        )
-
-
-def _refuse_non_finite(draws: ImportanceDraws) -> None:
-    """Name the sites whose log-density was NaN or infinite at some draws: a NaN or +inf
-    log-weight has no place in a Pareto fit (-inf, a draw the model gives no density,
-    has: its weight is 0)."""
-    log_weights = draws.log_weights
-    bad = int((torch.isnan(log_weights) | (log_weights == math.inf)).sum())
-    if not bad:
-        return
-    sites = ", ".join(f"{site} at {count}" for site, count in draws.non_finite.items())
-    raise ValueError(
-        f"{bad} of {len(log_weights)} draws have a NaN or infinite log-weight, so no k-hat "
-        f"can be read: the log-density of {sites or 'no single site'} draw(s) is not "
-        "finite (NaN in the observed data? a guide whose draws leave the model's support?)"
-    )
-
-
 @torch.no_grad()
 def psis_khat(
     model: Callable,
@@ -224,8 +194,8 @@ def psis_khat(
         draws = importance_draws(model, guide, *args, num_samples=num_samples,
                                  max_plate_nesting=max_plate_nesting, method=method,
                                  caller="psis_khat", **kwargs)  # fmt: skip
-        _refuse_unguided(draws)
-        _refuse_non_finite(draws)
+        refuse_unguided(draws)
+        refuse_non_finite(draws)
         method = draws.method  # found once, for every set
         sets.append(_pareto_khat(draws.log_weights))
         ratios.append(_max_weight_ratio(draws.log_weights))

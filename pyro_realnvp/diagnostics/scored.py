@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
@@ -12,6 +14,8 @@ from .._internal.compat import is_deterministic_site
 
 __all__ = ["ImportanceDraws"]
 
+#: Upper ends of the "good" and "ok" readings of k-hat (Yao et al., 2018).
+KHAT_GOOD, KHAT_OK = 0.5, 0.7
 #: Seconds of scoring draws one by one before a progress bar shows.
 PROGRESS_DELAY = 3.0
 #: Tensor elements one batched pass may compute: its draws are chunked to stay within.
@@ -101,3 +105,32 @@ class _Vectorization(Exception):
     def __init__(self, error: Exception, nesting_too_small: bool = False) -> None:
         super().__init__(_first_lines(error))
         self.error, self.nesting_too_small = error, nesting_too_small
+
+
+def refuse_unguided(draws: ImportanceDraws) -> None:
+    """Refuse weights over latents the guide does not draw: with an enumerated site drawn
+    from its prior, :math:`p(x, z, c) / q(z)` is no importance weight of the guide."""
+    if draws.unguided:
+        raise ValueError(
+            f"the guide does not draw the model's latent site(s) {list(draws.unguided)} "
+            "(enumerated, left to TraceEnum_ELBO), so the draws' weights p(x, z) / q(z) "
+            "cannot be formed and no k-hat can be read; read the k-hat of a guide of the "
+            "model with those sites marginalized out (pyro.infer.config_enumerate and "
+            "a guide over the rest, then infer_discrete for their posterior)"
+        )
+
+
+def refuse_non_finite(draws: ImportanceDraws) -> None:
+    """Name the sites whose log-density was NaN or infinite at some draws: a NaN or +inf
+    log-weight has no place in a Pareto fit (-inf, a draw the model gives no density,
+    has: its weight is 0)."""
+    log_weights = draws.log_weights
+    bad = int((torch.isnan(log_weights) | (log_weights == math.inf)).sum())
+    if not bad:
+        return
+    sites = ", ".join(f"{site} at {count}" for site, count in draws.non_finite.items())
+    raise ValueError(
+        f"{bad} of {len(log_weights)} draws have a NaN or infinite log-weight, so no k-hat "
+        f"can be read: the log-density of {sites or 'no single site'} draw(s) is not "
+        "finite (NaN in the observed data? a guide whose draws leave the model's support?)"
+    )

@@ -1,0 +1,9 @@
+"""(being written)"""
+
+from __future__ import annotations
+
+from .common import Spec
+
+__all__ = ["SPECS"]
+
+SPECS: dict[str, Spec] = {}
