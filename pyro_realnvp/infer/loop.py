@@ -53,16 +53,19 @@ class History(list):
         redraws: Steps redrawn after a non-finite loss (they updated nothing).
         method: What computed each step (``"fast"``, ``"svi"``, ...).
         note: Why that method, when it is not the first choice (empty otherwise).
+        num_particles: Draws per step (0 where not known).
 
     Example:
-        >>> history = History([3.0, 2.0], method="svi")
-        >>> history[-1], history.redraws, history.method
-        (2.0, 0, 'svi')
+        >>> history = History([3.0, 2.0], method="svi", num_particles=1)
+        >>> history[-1], history.redraws, history.method, history.num_particles
+        (2.0, 0, 'svi', 1)
     """
 
-    def __init__(self, losses=(), *, redraws: int = 0, method: str = "", note: str = ""):
+    def __init__(self, losses=(), *, redraws: int = 0, method: str = "", note: str = "",
+                 num_particles: int = 0):  # fmt: skip
         super().__init__(losses)
         self.redraws, self.method, self.note = redraws, method, note
+        self.num_particles = num_particles
 
 
 @dataclass(frozen=True)

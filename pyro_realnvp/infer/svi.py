@@ -190,7 +190,12 @@ def fit_step(
     tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
                               (schedules, compile, *tail))  # fmt: skip
-    history = History(method="fast" if isinstance(step, FastStep) else "svi", note=note)
+    fast = isinstance(step, FastStep)
+    if fast:
+        particles = step.elbo.num_particles
+    else:
+        particles = getattr(loss, "num_particles", 0) if loss is not None else num_particles or 1
+    history = History(method="fast" if fast else "svi", note=note, num_particles=particles)
     return _averaged(step, average, num_steps), history
 
 

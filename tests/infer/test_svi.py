@@ -9,6 +9,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal, init_to_median
 
 from pyro_realnvp import AutoRealNVP, FastPathError, NonFiniteLossError, fit
+from pyro_realnvp.infer import MAX_PARTICLES
 from pyro_realnvp.infer import fast as fast_module
 from pyro_realnvp.infer import loop as train_module
 
@@ -107,6 +108,20 @@ def test_fit_takes_the_fast_path_for_an_autorealnvp_when_the_model_allows(caplog
     assert not [r for r in caplog.records if r.name == "pyro_realnvp.infer"]
     other = fit(model, AutoNormal(model), num_steps=5, progress=False)
     assert (other.method, other.note) == ("svi", "")
+
+
+@pytest.mark.parametrize(("guide", "asked", "told"), [
+    ("AutoRealNVP", 3, 3), ("AutoRealNVP", None, "chosen"), ("AutoNormal", None, 1),
+    ("AutoNormal", 4, 4),
+])  # fmt: skip
+def test_fits_history_says_how_many_particles_each_step_drew(guide, asked, told):
+    model = regression()
+    built = AutoRealNVP(model, **SMALL) if guide == "AutoRealNVP" else AutoNormal(model)
+    history = fit(model, built, num_steps=2, num_particles=asked, progress=False)
+    if told == "chosen":  # the fast path's own choice, up to its cap
+        assert 1 <= history.num_particles <= MAX_PARTICLES
+    else:
+        assert history.num_particles == told
 
 
 def test_fit_falls_back_to_pyro_saying_why_once(caplog):
