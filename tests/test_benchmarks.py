@@ -198,7 +198,9 @@ def test_moment_errors_report_mean_error_in_sds_and_sd_ratio_range():
 def test_smoke_run_writes_every_table_with_a_row_per_target(tmp_path):
     out = tmp_path / "benchmarks.md"
     # A subset keeps the suite fast; the log-density tests cover every translation.
-    subset = ["--exact", "funnel_d10", "banana_d2", "--posteriordb", "eight_schools_centered"]
+    subset = ["--exact", "funnel_d10", "banana_d2", "--posteriors", "eight_schools_centered",
+              "--rival-particles", "matched", "--exact-rival-particles",
+              "--user-loop-guides", "AutoNormal"]  # fmt: skip
     args = accuracy.parse_args(["--smoke", *subset, "--out", str(out)])
     accuracy.main(args)
     text = out.read_text()
@@ -214,3 +216,11 @@ def test_smoke_run_writes_every_table_with_a_row_per_target(tmp_path):
     w1_table = text.split("## Sliced W1")[1].split("##")[0]
     for name in args.exact + args.posteriordb:
         assert f"| {name} |" in w1_table
+    ours = text.split("## posteriordb: AutoRealNVP against")[1].split("##")[0]
+    row = next(line for line in ours.splitlines() if line.startswith("| eight_schools_centered"))
+    assert row.rstrip().endswith("| fast |")  # the path fit took, named
+    equal = text.split("## posteriordb: ELBO at equal particles")[1].split("##")[0]
+    assert "AutoNormal ×ours" in equal
+    counts = text.split("## posteriordb: issue 29's counts")[1]
+    assert "| k-hat < 0.7 | " in counts
+    assert "/1 |" in counts
