@@ -38,6 +38,11 @@ logger = logging.getLogger(__package__)  # "pyro_realnvp.infer", the name users 
 #: ``ClippedAdam``'s 10 on Pyro's ELBO; 100 on the fast path, whose largest gradients come
 #: from the rare particles far in p's tails that teach q those tails (docs/tuning.md).
 CLIP_NORMS = {"svi": 10.0, "fast": 100.0}
+#: ``fit``'s ``lr_decay`` where it is ``None``: AutoRealNVP, which starts at its Laplace
+#: fit, ends on a tenfold decay (docs/tuning.md). Every other guide trains as in Pyro's own
+#: loop (constant lr, unclipped, its last iterate), which ``fit`` must not make worse: a
+#: decay or a clip at 10 left Gaussian guides short of it at 3000 steps (docs/tuning.md).
+FLOW_LR_DECAY = 0.1
 #: The modes of ``torch.compile`` that ``fit``'s ``compile`` may name.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -93,16 +98,17 @@ class SVIStep:
 def fit(
     model: Callable, guide: Callable, *args, num_steps: int = 2000, lr: float = 1e-2,
     num_particles: int | None = None, progress: bool = True, loss: ELBO | None = None,
-    optim: PyroOptim | None = None, lr_decay: float = 0.1, clip_norm: float | None = None,
-    max_redraws: int = 3, fast: bool | None = None, compile: bool | str = False,
-    tail_beta: float | None = TAIL_BETA, tail_fraction: float = 1.0,
-    average: float | None = AVERAGE, **kwargs,
+    optim: PyroOptim | None = None, lr_decay: float | None = None,
+    clip_norm: float | None = None, max_redraws: int = 3, fast: bool | None = None,
+    compile: bool | str = False, tail_beta: float | None = TAIL_BETA, tail_fraction: float = 1.0,
+    average: float | str | None = "auto", **kwargs,
 ) -> History:  # fmt: skip
     r"""Run SVI for ``num_steps`` and return the loss history (negative ELBO per step).
 
     Each step is :func:`fit_step`'s: Adam at ``lr`` decayed to ``lr * lr_decay`` by the
     last step, the gradients' total norm clipped
-    (:class:`~pyro_realnvp.infer.loop.Schedule`); for an
+    (:class:`~pyro_realnvp.infer.loop.Schedule`; where ``None``, an AutoRealNVP's tuned
+    decay and clip, another guide's Pyro's: constant, unclipped); for an
     :class:`~pyro_realnvp.AutoRealNVP` the captured fast path with tail-adaptive weights
     where the model allows, else Pyro's ``Trace_ELBO`` (``history.note`` says why). A
     whole run ends at the iterates' moving average
@@ -152,19 +158,22 @@ def fit(
 def fit_step(
     model: Callable, guide: Callable, *args, num_steps: int = 2000, lr: float = 1e-2,
     num_particles: int | None = None, loss: ELBO | None = None, optim: PyroOptim | None = None,
-    lr_decay: float = 0.1, clip_norm: float | None = None, fast: bool | None = None,
+    lr_decay: float | None = None, clip_norm: float | None = None, fast: bool | None = None,
     compile: bool | str = False, tail_beta: float | None = TAIL_BETA,
-    tail_fraction: float = 1.0, average: float | None = AVERAGE, **kwargs,
+    tail_fraction: float = 1.0, average: float | str | None = "auto", **kwargs,
 ) -> tuple[Step, History]:  # fmt: skip
     """The step :func:`fit` runs for ``num_steps``, built but not yet run, and its history.
 
-    ``clip_norm=None`` clips at the path's own (``CLIP_NORMS``). The fast path
+    ``lr_decay=None`` and ``clip_norm=None`` take the guide's defaults: for an AutoRealNVP
+    ``FLOW_LR_DECAY`` and the path's own clip (``CLIP_NORMS``), for any other guide a
+    constant lr, unclipped, as in Pyro's own loop. The fast path
     (:class:`~pyro_realnvp.FastELBO`) is taken for an :class:`~pyro_realnvp.AutoRealNVP`
     with no ``loss`` or ``optim`` unless ``fast=False`` (``fast=True`` or ``compile``
     requires it); ``num_particles=None`` lets it choose (up to 32), 1 on Pyro's ELBO.
     There the particles' gradients carry tail-adaptive weights of exponent ``tail_beta``
     (:func:`~pyro_realnvp.particle_objective`; ``None``: reverse KL) for the first
-    ``tail_fraction`` of the steps. ``average`` is the iterate average's time constant,
+    ``tail_fraction`` of the steps. ``average`` is the iterate average's time constant
+    (``"auto"``: ``AVERAGE`` for an AutoRealNVP, none for another guide),
     a fraction of ``num_steps`` (``None`` or 0: the last iterate). docs/tuning.md says
     how each default was chosen.
 
@@ -185,7 +194,7 @@ def fit_step(
     if isinstance(guide, torch.nn.Module) and getattr(guide, "prototype_trace", 1) is not None:
         check_finite_params(dict(guide.named_parameters()), "no step can train it")
     preflight(model, guide, args, kwargs, loss)
-    schedules = _schedules(lr, lr_decay, clip_norm, num_steps)
+    schedules = _schedules(lr, *_guide_defaults(guide, lr_decay, clip_norm), num_steps)
     fast = True if compile else fast
     tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
@@ -196,6 +205,8 @@ def fit_step(
     else:
         particles = getattr(loss, "num_particles", 0) if loss is not None else num_particles or 1
     history = History(method="fast" if fast else "svi", note=note, num_particles=particles)
+    if isinstance(average, str) and average == "auto":
+        average = AVERAGE if isinstance(guide, FlowGuide) else None
     return _averaged(step, average, num_steps), history
 
 
@@ -216,16 +227,24 @@ def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:
     return beta, None if steps >= num_steps else steps
 
 
-def _schedules(
-    lr: float, lr_decay: float, clip_norm: float | None, num_steps: int
-) -> dict[str, Schedule]:
-    """``fit``'s schedule on each path (``"svi"``, ``"fast"``): clipped at ``clip_norm``,
-    or where it is ``None`` at the path's own (``CLIP_NORMS``)."""
+def _guide_defaults(guide, lr_decay: float | None, clip_norm: float | None) -> tuple:
+    """``(lr_decay, clip norms by path)``: the user's, else the guide's defaults (an
+    AutoRealNVP's ``FLOW_LR_DECAY`` and ``CLIP_NORMS``; another guide's: Pyro's loop's)."""
+    flow = isinstance(guide, FlowGuide)
+    if lr_decay is None:
+        lr_decay = FLOW_LR_DECAY if flow else 1.0
+    defaults = CLIP_NORMS if flow else dict.fromkeys(CLIP_NORMS, math.inf)
+    norms = {path: default if clip_norm is None else clip_norm
+             for path, default in defaults.items()}  # fmt: skip
+    return lr_decay, norms
+
+
+def _schedules(lr: float, lr_decay: float, clip_norms: dict, num_steps: int) -> dict:
+    """``fit``'s schedule on each path (``"svi"``, ``"fast"``), clipped at its norm."""
     return {
-        path: Schedule(lr=lr, lr_decay=lr_decay, num_steps=num_steps,
-                       clip_norm=default if clip_norm is None else clip_norm)
-        for path, default in CLIP_NORMS.items()
-    }  # fmt: skip
+        path: Schedule(lr=lr, lr_decay=lr_decay, num_steps=num_steps, clip_norm=norm)
+        for path, norm in clip_norms.items()
+    }
 
 
 def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, how):
@@ -260,6 +279,10 @@ def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, h
 def _check(model, guide, loss, optim, *, num_particles, clip_norm, **numbers) -> None:
     """Refuse, before any set-up and in one order, an argument of ``fit`` that is wrong."""
     _check_callables(model, guide, loss, optim)
+    if numbers.get("lr_decay", 0.0) is None:
+        numbers["lr_decay"] = FLOW_LR_DECAY
+    if isinstance(numbers.get("average"), str) and numbers["average"] == "auto":
+        numbers["average"] = AVERAGE
     check_training_args(
         num_particles=1 if num_particles is None else num_particles,
         clip_norm=CLIP_NORMS["svi"] if clip_norm is None else clip_norm,

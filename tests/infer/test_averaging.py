@@ -142,7 +142,8 @@ def test_fit_ends_at_the_average_over_a_fifteenth_of_its_steps(monkeypatch, fast
 @pytest.mark.parametrize("average", [None, 0])
 def test_fit_without_averaging_ends_at_the_last_iterate_with_the_same_losses(average):
     data, ends = torch.randn(100, 2), {}
-    for name, option in (("averaged", {}), ("last", {"average": average})):
+    # AutoNormal is averaged only where asked: by default fit trains it as Pyro's loop does.
+    for name, option in (("averaged", {"average": AVERAGE}), ("last", {"average": average})):
         pyro.clear_param_store()
         pyro.set_rng_seed(2)
         guide = AutoNormal(regression)
@@ -221,3 +222,18 @@ def test_fit_refuses_an_average_outside_zero_to_one_naming_it(average):
     error = TypeError if isinstance(average, str) else ValueError
     with pytest.raises(error, match="average must be None or a number in"):
         fit(regression, AutoNormal(regression), torch.randn(5, 2), num_steps=2, average=average)
+
+
+def test_fit_averages_an_autorealnvp_by_default_and_a_pyro_guide_only_where_asked():
+    data = torch.randn(100, 2)
+    ends = {}
+    for name, make, option in (
+        ("pyro default", lambda: AutoNormal(regression), {}),
+        ("pyro last", lambda: AutoNormal(regression), {"average": None}),
+    ):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(2)
+        guide = make()
+        fit(regression, guide, data, num_steps=40, lr=0.05, progress=False, **option)
+        ends[name] = guide.median()["w"]
+    assert torch.equal(ends["pyro default"], ends["pyro last"])
