@@ -34,7 +34,7 @@ clean:
 
 # Benchmarks run by hand; each writes its table into docs/. The `bench` extra (zuko, for
 # the "zuko RealNVP" column) is installed on top of `dev`; `make test` does not need it.
-.PHONY: bench bench-speed bench-distributed bench-stability bench-diagnostics
+.PHONY: bench bench-posteriordb bench-speed bench-distributed bench-stability bench-diagnostics
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
@@ -43,6 +43,12 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.accuracy --out docs/benchmarks.md --readme README.md
+
+# The posteriordb posteriors alone (all 37; POSTERIORS="arK garch11" for a subset).
+POSTERIORS ?=
+bench-posteriordb: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.accuracy --exact $(if $(POSTERIORS),--posteriors $(POSTERIORS)) \
+		--out docs/posteriordb.md --results out/posteriordb-fits.jsonl
 
 bench-stability: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.stability --out docs/stability.md
