@@ -35,7 +35,8 @@ class Flat(dist.ImproperUniform):
 
     def sample(self, sample_shape=()):
         shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
-        return biject_to(self.support)(torch.zeros(shape))
+        transform = biject_to(self.support)  # a simplex's has one coordinate fewer
+        return transform(torch.zeros(transform.inverse_shape(shape)))
 
 
 def flat(support, event_shape=()) -> Flat:
