@@ -53,10 +53,12 @@ def blr(y: Tensor, X: Tensor) -> None:
     _likelihood(y, X, beta, sigma)
 
 
+#: The response, or the predictors, as a function of the data (float64 tensors by name).
+Column = Callable[[dict[str, Tensor]], Tensor]
 Columns = Callable[[dict[str, Tensor]], tuple[Tensor, ...]]
 
 
-def _args(response: Callable[[dict[str, Tensor]], Tensor], predictors: Columns):
+def _args(response: Column, predictors: Columns):
     """``make_args`` giving ``(y, X)``: ``y = response(d)`` and ``X = [1, predictors(d)]``,
     on the data ``d`` as float64 tensors, then cast to torch's default dtype."""
 
@@ -70,11 +72,11 @@ def _args(response: Callable[[dict[str, Tensor]], Tensor], predictors: Columns):
     return make_args
 
 
-def _regression(folder: str, model: Callable, response, predictors: Columns, K: int) -> Spec:
+def _regression(folder: str, model: Callable, response: Column, predictors: Columns, K: int):
     return Spec(folder, model, _args(response, predictors), (("beta", K), ("sigma", 1)))
 
 
-def _earnings(model: str, response, predictors: Columns, K: int) -> Spec:
+def _earnings(model: str, response: Column, predictors: Columns, K: int) -> Spec:
     return _regression(f"earnings-{model}", linear_regression, response, predictors, K)
 
 
@@ -91,8 +93,9 @@ def _mom_work(model: str, predictors: Columns) -> Spec:
     return _regression(folder, linear_regression, lambda d: d["kid_score"], predictors, 4)
 
 
-def _interaction(hs: Tensor, iq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    return hs, iq, hs * iq
+def _interaction(first: Tensor, second: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Two predictors and their product (Stan's ``inter = first .* second``)."""
+    return first, second, first * second
 
 
 def _levels(factor: Tensor, levels) -> tuple[Tensor, ...]:
@@ -100,7 +103,7 @@ def _levels(factor: Tensor, levels) -> tuple[Tensor, ...]:
     return tuple((factor == level).double() for level in levels)
 
 
-def _mesquite(model: str, response, predictors: Columns, K: int) -> Spec:
+def _mesquite(model: str, response: Column, predictors: Columns, K: int) -> Spec:
     return _regression(f"mesquite-{model}", linear_regression, response, predictors, K)
 
 
