@@ -22,6 +22,7 @@ from torch import Tensor
 __all__ = [
     "START_RULES",
     "GaussianStart",
+    "best_mode",
     "covariance_factor",
     "find_mode",
     "gaussian_elbo",
@@ -30,6 +31,9 @@ __all__ = [
     "local_start",
 ]
 
+#: Searches for the mode from points around the first start, beside the first search
+#: (:func:`best_mode`): few, since each costs a search (docs/tuning.md, issue 29).
+MODE_RESTARTS = 3
 #: The widest start of any coordinate of the local (non-Laplace) candidate.
 MAX_LOCAL_SCALE = 1.0
 _FAILURES = (ValueError, RuntimeError, ArithmeticError)
@@ -123,6 +127,46 @@ def find_mode(
     max_eval = optimizer.param_groups[0]["max_eval"]
     stopped_early = state.get("n_iter", 0) < max_iter and state.get("func_evals", 0) < max_eval
     return best["u"], stopped_early
+
+
+def best_mode(
+    potential: Callable[[Tensor], Tensor],
+    init: Tensor,
+    *,
+    max_iter: int = 200,
+    restarts: int = MODE_RESTARTS,
+    seed: int = 0,
+) -> tuple[Tensor, bool]:
+    r"""The lowest converged :func:`find_mode` from ``init`` and from ``restarts`` points
+    :math:`\text{init} + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, I)` (a
+    fixed-seed generator: set-up draws nothing from Pyro's random state).
+
+    A model with several modes may have its posterior's far from the first one found
+    (Lotka-Volterra's ODE from its prior medians: docs/tuning.md). Where the search from
+    ``init`` does not converge (a potential with no minimum there), no restart is tried.
+
+    Example:
+        >>> def potential(u):  # a shallow well at -1, the deep one at 1
+        ...     wells = torch.stack([-2 * (u + 1) ** 2 + math.log(0.3), -2 * (u - 1) ** 2])
+        ...     return -torch.logsumexp(wells, 0).sum()
+        >>> find_mode(potential, torch.tensor([-0.6]))[0].round(decimals=2)
+        tensor([-1.])
+        >>> best_mode(potential, torch.tensor([-0.6]))[0].round(decimals=2)
+        tensor([1.])
+    """
+    mode, converged = find_mode(potential, init, max_iter=max_iter)
+    if not converged:
+        return mode, converged
+    lowest = _value_and_grad(potential, mode)[0]
+    generator = torch.Generator(device=init.device).manual_seed(seed)
+    for _ in range(restarts):
+        start = init + torch.randn(init.shape, generator=generator, dtype=init.dtype,
+                                   device=init.device)  # fmt: skip
+        candidate, ok = find_mode(potential, start, max_iter=max_iter)
+        value = _value_and_grad(potential, candidate)[0]
+        if ok and value < lowest:
+            mode, lowest = candidate, value
+    return mode, True
 
 
 def _hvp(grad: Tensor, u: Tensor, v: Tensor) -> Tensor:
@@ -293,7 +337,7 @@ def laplace_start(
         raise ValueError(f"rule must be one of {START_RULES}, got {rule!r}")
     local = local_start(potential, init)
     # Not preconditioned by local.scale: docs/tuning.md says why.
-    mode, converged = find_mode(potential, init, max_iter=max_iter)
+    mode, converged = best_mode(potential, init, max_iter=max_iter)
     local.elbo = gaussian_elbo(potential, local.loc, local.scale_tril, num_draws=num_draws)
     if not converged:
         # Still descending at its budget: a potential with no minimum there (a

@@ -9,6 +9,7 @@ import torch
 
 from pyro_realnvp import AutoRealNVP
 from pyro_realnvp.guide.laplace import (
+    best_mode,
     covariance_factor,
     find_mode,
     gaussian_elbo,
@@ -25,6 +26,42 @@ def spd(dim: int, seed: int = 0) -> torch.Tensor:
 
 def quadratic(precision: torch.Tensor, mode: torch.Tensor):
     return lambda u: 0.5 * (u - mode) @ precision @ (u - mode)
+
+
+def two_wells(u):
+    """A shallow well at u = -1 (weight 0.3) and the deep one at u = +1, in each coordinate."""
+    wells = torch.stack([-2 * (u + 1) ** 2 + math.log(0.3), -2 * (u - 1) ** 2])
+    return -torch.logsumexp(wells, 0).sum()
+
+
+def test_the_start_is_at_the_deepest_mode_found_not_the_nearest():
+    init = torch.tensor([-0.6])
+    nearest, _ = find_mode(two_wells, init)
+    torch.testing.assert_close(nearest, torch.tensor([-1.0]), atol=1e-2, rtol=0)
+    start = laplace_start(two_wells, init)
+    assert start.kind == "laplace"
+    torch.testing.assert_close(start.loc, torch.tensor([1.0]), atol=1e-2, rtol=0)
+
+
+def test_no_restart_where_the_first_search_finds_no_mode():
+    calls = []
+
+    def descending(u):  # no minimum: a scale on its way to zero
+        calls.append(None)
+        return u.sum()
+
+    mode, converged = best_mode(descending, torch.zeros(2), max_iter=5)
+    assert not converged
+    searched = len(calls)
+    best_mode(descending, torch.zeros(2), max_iter=5, restarts=0)
+    assert len(calls) == 2 * searched  # the same single search, restarts or not
+
+
+def test_restarts_draw_nothing_from_pyros_random_state():
+    pyro.set_rng_seed(0)
+    before = torch.get_rng_state()
+    best_mode(two_wells, torch.full((2,), -0.6))
+    assert torch.equal(before, torch.get_rng_state())
 
 
 def test_find_mode_reaches_the_minimum_of_a_quadratic():
