@@ -34,6 +34,8 @@ __all__ = [
 #: Searches for the mode from points around the first start, beside the first search
 #: (:func:`best_mode`): few, since each costs a search (docs/tuning.md, issue 29).
 MODE_RESTARTS = 3
+#: How much lower, relative to ``1 + |U|``, a restart's mode must be to replace the first.
+MODE_GAIN = 1e-6
 #: The widest start of any coordinate of the local (non-Laplace) candidate.
 MAX_LOCAL_SCALE = 1.0
 _FAILURES = (ValueError, RuntimeError, ArithmeticError)
@@ -164,7 +166,9 @@ def best_mode(
                                    device=init.device)  # fmt: skip
         candidate, ok = find_mode(potential, start, max_iter=max_iter)
         value = _value_and_grad(potential, candidate)[0]
-        if ok and value < lowest:
+        # Deeper by more than rounding: the same mode found again keeps the first search's
+        # point, so a unimodal model starts where it did without restarts.
+        if ok and value < lowest - MODE_GAIN * (1 + abs(float(lowest))):
             mode, lowest = candidate, value
     return mode, True
 

@@ -43,6 +43,15 @@ def test_the_start_is_at_the_deepest_mode_found_not_the_nearest():
     torch.testing.assert_close(start.loc, torch.tensor([1.0]), atol=1e-2, rtol=0)
 
 
+def test_restarts_that_find_the_same_mode_keep_the_first_searchs_point():
+    precision, mode = spd(3).float(), torch.tensor([1.0, -2.0, 0.5])
+    potential = quadratic(precision, mode)
+    first, _ = find_mode(potential, torch.zeros(3))
+    kept, converged = best_mode(potential, torch.zeros(3))
+    assert converged
+    assert torch.equal(kept, first)
+
+
 def test_no_restart_where_the_first_search_finds_no_mode():
     calls = []
 
