@@ -528,8 +528,9 @@ def render(
         "",
         "## What was run",
         "",
-        f"- Exact-truth targets: {', '.join(exact)}; {args.steps} steps, seeds "
-        f"{args.seeds}. posteriordb targets: {', '.join(pdb)}; {args.pdb_steps} steps, "
+        f"- Exact-truth targets: {', '.join(exact) or 'none'}"
+        + (f"; {args.steps} steps, seeds {args.seeds}" if exact else "")
+        + f". posteriordb targets: {', '.join(pdb) or 'none'}; {args.pdb_steps} steps, "
         f"seeds {args.pdb_seeds}.",
         "- Every guide: `pyro_realnvp.fit` at its defaults (AutoRealNVP: Adam, lr 0.01 "
         "decayed to 0.001, the gradients' total norm clipped at 10 on Pyro's ELBO, at 100 on "
