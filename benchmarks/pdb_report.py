@@ -141,16 +141,17 @@ def _user_loop_table(results, pdb, fmt) -> list[str]:
 def _fit_not_worse(results, name, guide) -> bool:
     ours = _value(results, name, guide, "elbo")
     loop = _value(results, name, "user loop: " + guide, "elbo")
-    if ours is None or loop is None:
-        return loop is None
+    if ours is None or loop is None:  # one of the two not run: nothing to compare
+        return True
     ses = [_value(results, name, g, "elbo_se") or 0.0 for g in (guide, "user loop: " + guide)]
     return ours >= loop - 2 * math.hypot(*ses) - 0.01
 
 
 def _counts_run(results) -> str:
     """The rivals' particle counts in this run: ``"1"``, ``"1, 8, ours"``."""
-    more = sorted({r["guide"].split(" ×")[1] for r in results if " ×" in r["guide"]})
-    return ", ".join(["×1", *(f"×{m}" for m in more)])
+    counts = sorted({g.split(" ×")[1] for g in _rival_labels(results, False) if " ×" in g})
+    single = any(" ×" not in g for g in _rival_labels(results, False))
+    return ", ".join(["×1"] * single + [f"×{m}" for m in counts]) or "none"
 
 
 def _yes(met: bool) -> str:
