@@ -228,8 +228,8 @@ def posteriordb_sections(results: list[dict], pdb: list[str], floor: dict, fmt) 
         "", *_ours_table(results, pdb, floor, fmt), "",
         "## posteriordb: sliced W1 of every guide at its best particle count", "",
         "Each rival's lowest W1 over the particle counts run through `fit` ("
-        + _counts_run(results) + "; ×ours: as many as `fit` gave AutoRealNVP), the "
-        "winning count in brackets. Where a rival's cell is —, its fit failed.", "",
+        + _counts_run(results) + "), the winning count in brackets (×ours: as many as "
+        "`fit` gave AutoRealNVP). Where a rival's cell is —, its fit failed.", "",
         *_best_w1_table(results, pdb, floor, fmt), "",
         "## posteriordb: ELBO at equal particles", "",
         "Every rival trained by `fit` with as many particles per step as AutoRealNVP had. "
