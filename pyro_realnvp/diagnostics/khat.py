@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 
 from .._internal.checks import check_int
-from .._internal.quiet import import_arviz
 from .draws import importance_draws
 from .scored import KHAT_GOOD, KHAT_OK, refuse_non_finite, refuse_unguided
+from .weights import BOUNDED_KHAT, constant_weights, smoothed_weights
 
 __all__ = ["KHat", "khat_reading", "psis_khat"]
 
@@ -31,10 +31,6 @@ __all__ = ["KHat", "khat_reading", "psis_khat"]
 #: the largest weight within the second times the median one: importance sampling then
 #: moves no expectation noticeably, however a Pareto fit reads the weights' small tail.
 NEAR_EXACT_SD, NEAR_EXACT_RATIO = 0.1, 4.0
-#: Log-weights within this relative spread are constant to float32 rounding (a guide
-#: equal to its posterior), and read k-hat ``BOUNDED_KHAT``: the generalized Pareto
-#: shape of a uniform tail, the bounded limit a Pareto fit of ties cannot reach.
-CONSTANT_SPREAD, BOUNDED_KHAT = 1e-5, -1.0
 
 
 def khat_reading(khat: float) -> str:
@@ -131,20 +127,13 @@ class KHat(float):
 
 
 def _pareto_khat(log_weights: Tensor) -> tuple[float, float]:
-    """ArviZ's PSIS k-hat of one set's log-weights, and its relative ESS (from the
-    smoothed weights, :math:`1 / (N \\sum_s \\tilde w_s^2)`). Log-weights constant to
-    their precision (an exact guide) have no tail to fit, where ArviZ's fit of their
-    rounding ties reads inf: they read ``BOUNDED_KHAT``, a uniform tail's shape."""
-    az = import_arviz()
-    finite = log_weights.detach().double()[torch.isfinite(log_weights)]
-    if len(finite) and float(finite.max() - finite.min()) <= CONSTANT_SPREAD * max(
-        1.0, float(finite.abs().max())
-    ):
+    """The PSIS k-hat of one set's log-weights (:func:`~.weights.smoothed_weights`), and
+    its relative ESS, :math:`1 / (N \\sum_s \\tilde w_s^2)`; constant log-weights (an exact
+    guide) read ``BOUNDED_KHAT`` and ESS 1."""
+    if constant_weights(log_weights):
         return BOUNDED_KHAT, 1.0
-
-    smoothed, khat = az.psislw(log_weights.detach().double().cpu().numpy())
-    weights = torch.as_tensor(smoothed).exp()
-    return float(khat), float(1.0 / (len(weights) * (weights**2).sum()))
+    weights, khat = smoothed_weights(log_weights)
+    return khat, float(1.0 / (len(weights) * (weights**2).sum()))
 
 
 @torch.no_grad()

@@ -13,7 +13,6 @@ values than that.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -24,7 +23,12 @@ from .._internal.locate import warn_at_user
 from .._internal.quiet import import_arviz
 from .scored import KHAT_OK, ImportanceDraws, refuse_non_finite, refuse_unguided
 
-__all__ = ["ResampledDraws", "resample_draws", "smoothed_weights"]
+__all__ = ["ResampledDraws", "constant_weights", "resample_draws", "smoothed_weights"]
+
+#: Log-weights within this relative spread are constant to float32 rounding (a guide
+#: equal to its posterior), and read k-hat ``BOUNDED_KHAT``: the generalized Pareto
+#: shape of a uniform tail, the bounded limit a Pareto fit of ties cannot reach.
+CONSTANT_SPREAD, BOUNDED_KHAT = 1e-5, -1.0
 
 
 @dataclass
@@ -66,20 +70,36 @@ class ResampledDraws:
         return len(torch.unique(self.indices))
 
 
+def constant_weights(log_weights: Tensor) -> bool:
+    """Whether the finite ``log_weights`` are equal to float32 rounding (a guide equal to
+    its posterior): no tail to fit, where ArviZ's fit of their rounding ties reads inf.
+
+    Example:
+        >>> constant_weights(torch.full((5,), -3.2)), constant_weights(torch.arange(5.0))
+        (True, False)
+    """
+    finite = log_weights.detach().double()[torch.isfinite(log_weights)]
+    return bool(len(finite)) and float(finite.max() - finite.min()) <= CONSTANT_SPREAD * max(
+        1.0, float(finite.abs().max())
+    )
+
+
 def smoothed_weights(log_weights: Tensor) -> tuple[Tensor, float]:
     r"""Normalised PSIS-smoothed weights :math:`\tilde w` of ``log_weights`` (ArviZ's
-    ``psislw``), and the k-hat of their tail.
+    ``psislw``), and the k-hat of their tail; constant log-weights
+    (:func:`constant_weights`) give equal weights to the finite ones and k-hat
+    ``BOUNDED_KHAT``, a uniform tail's shape.
 
     Example:
         >>> weights, khat = smoothed_weights(torch.zeros(100))
         >>> float(weights.sum()), bool(torch.allclose(weights.float(), torch.full((100,), 0.01)))
         (1.0, True)
     """
-    az = import_arviz()
     values = log_weights.detach().double().cpu()
-    spread = float(values.max() - values.min())
-    if spread <= 1e-12 * max(1.0, float(values.abs().max())):  # equal weights: no tail to fit
-        return torch.full_like(values, 1.0 / len(values)), -math.inf
+    if constant_weights(values):
+        finite = torch.isfinite(values).double()
+        return finite / finite.sum(), BOUNDED_KHAT
+    az = import_arviz()
     with np.errstate(over="ignore"):  # ArviZ's tail-length fit overflows harmlessly
         smoothed, khat = az.psislw(values.numpy())
     weights = torch.as_tensor(smoothed).exp()
