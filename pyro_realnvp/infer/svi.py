@@ -194,7 +194,8 @@ def fit_step(
     if isinstance(guide, torch.nn.Module) and getattr(guide, "prototype_trace", 1) is not None:
         check_finite_params(dict(guide.named_parameters()), "no step can train it")
     preflight(model, guide, args, kwargs, loss)
-    schedules = _schedules(lr, *_guide_defaults(guide, lr_decay, clip_norm), num_steps)
+    lr_decay, clip_norms, average = _guide_defaults(guide, lr_decay, clip_norm, average)
+    schedules = _schedules(lr, lr_decay, clip_norms, num_steps)
     fast = True if compile else fast
     tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
@@ -205,8 +206,6 @@ def fit_step(
     else:
         particles = getattr(loss, "num_particles", 0) if loss is not None else num_particles or 1
     history = History(method="fast" if fast else "svi", note=note, num_particles=particles)
-    if isinstance(average, str) and average == "auto":
-        average = AVERAGE if isinstance(guide, FlowGuide) else None
     return _averaged(step, average, num_steps), history
 
 
@@ -227,16 +226,20 @@ def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:
     return beta, None if steps >= num_steps else steps
 
 
-def _guide_defaults(guide, lr_decay: float | None, clip_norm: float | None) -> tuple:
-    """``(lr_decay, clip norms by path)``: the user's, else the guide's defaults (an
-    AutoRealNVP's ``FLOW_LR_DECAY`` and ``CLIP_NORMS``; another guide's: Pyro's loop's)."""
+def _guide_defaults(guide, lr_decay: float | None, clip_norm: float | None,
+                    average: float | str | None) -> tuple:  # fmt: skip
+    """``(lr_decay, clip norms by path, average)``: the user's, else the guide's defaults
+    (an AutoRealNVP's ``FLOW_LR_DECAY``, ``CLIP_NORMS`` and ``AVERAGE``; another guide's:
+    Pyro's loop's, a constant lr, unclipped, its last iterate)."""
     flow = isinstance(guide, FlowGuide)
     if lr_decay is None:
         lr_decay = FLOW_LR_DECAY if flow else 1.0
     defaults = CLIP_NORMS if flow else dict.fromkeys(CLIP_NORMS, math.inf)
     norms = {path: default if clip_norm is None else clip_norm
              for path, default in defaults.items()}  # fmt: skip
-    return lr_decay, norms
+    if isinstance(average, str) and average == "auto":
+        average = AVERAGE if flow else None
+    return lr_decay, norms, average
 
 
 def _schedules(lr: float, lr_decay: float, clip_norms: dict, num_steps: int) -> dict:
