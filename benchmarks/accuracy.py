@@ -43,7 +43,7 @@ from pyro.optim import Adam, ClippedAdam
 
 from benchmarks.guides import GUIDES, ZUKO_GUIDE, fit_counting_redraws, make_guide
 from benchmarks.metrics import moment_errors, sliced_w1, standardize
-from benchmarks.pdb_report import posteriordb_sections
+from benchmarks.pdb_report import median_of, posteriordb_sections, yes
 from benchmarks.posteriordb import POSTERIORDB_TARGETS
 from benchmarks.targets import EXACT_TARGETS, Target
 from pyro_realnvp import NonFiniteLossError, importance_resample
@@ -360,15 +360,6 @@ def _redraws_cell(runs) -> str:
     return "—" if not runs else str(sum(r.get("redraws", 0) for r in runs))
 
 
-def _median(results, target, guide, key):
-    values = [
-        r[key]
-        for r in results
-        if r["target"] == target and r["guide"] == guide and r.get(key) is not None
-    ]
-    return statistics.median(values) if values else None
-
-
 def _targets_check(results, exact, pdb, timing) -> list[str]:
     """The issues' targets for AutoRealNVP, met or not, with the figures."""
     # Pyro's own guides; issue 13 adds zuko's RealNVP to the KL comparison.
@@ -384,44 +375,40 @@ def _targets_check(results, exact, pdb, timing) -> list[str]:
         lines.append(
             f"| {name}: fit's wall time ≤ 2× AutoIAFNormal's (set-up + {STEPS_FOR_WALL} "
             f"steps, interleaved timing) | {_fmt(ours, 2)} s vs 2·{_fmt(iaf, 2)} s | "
-            f"{_yes(ours <= 2 * iaf)} |"
+            f"{yes(ours <= 2 * iaf)} |"
         )
     for name, rows in timing.items():
         ours = rows["AutoRealNVP (4 layers, width 10D)"][0]
         pyro_ms = rows["ANF 4 coupling"][0]
         lines.append(
             f"| {name}: ms/step ≤ Pyro coupling flow (4 layers, width 10D) | "
-            f"{_fmt(ours)} vs {_fmt(pyro_ms)} | {_yes(ours <= pyro_ms)} |"
+            f"{_fmt(ours)} vs {_fmt(pyro_ms)} | {yes(ours <= pyro_ms)} |"
         )
     return lines
 
 
-def _yes(met: bool) -> str:
-    return "yes" if met else "no"
-
-
 def _best(results, target, guides, key):
-    values = [v for g in guides if (v := _median(results, target, g, key)) is not None]
+    values = [v for g in guides if (v := median_of(results, target, g, key)) is not None]
     return min(values, default=None)
 
 
 def _headline_checks(results, name, rivals) -> list[str]:
     """Issue 13 on one exact target: KL, k-hat, wall time, and the plain loop's KL."""
-    ours = _median(results, name, "AutoRealNVP", "kl")
+    ours = median_of(results, name, "AutoRealNVP", "kl")
     best = _best(results, name, rivals, "kl")
-    k_hat = _median(results, name, "AutoRealNVP", "k_hat")
+    k_hat = median_of(results, name, "AutoRealNVP", "k_hat")
     lines = [
         f"| {name}: KL ≤ ¼ best other guide | {_fmt(ours)} vs ¼·{_fmt(best)} | "
-        f"{_yes(ours is not None and best is not None and ours <= best / 4)} |",
+        f"{yes(ours is not None and best is not None and ours <= best / 4)} |",
         f"| {name}: median k-hat ≤ {HEADLINE_KHAT} | {_fmt(k_hat)} | "
-        f"{_yes(k_hat is not None and k_hat <= HEADLINE_KHAT)} |",
+        f"{yes(k_hat is not None and k_hat <= HEADLINE_KHAT)} |",
     ]
-    plain = _median(results, name, PLAIN + "AutoRealNVP", "kl")
-    plain_iaf = _median(results, name, PLAIN + "AutoIAFNormal", "kl")
+    plain = median_of(results, name, PLAIN + "AutoRealNVP", "kl")
+    plain_iaf = median_of(results, name, PLAIN + "AutoIAFNormal", "kl")
     if plain is not None and plain_iaf is not None:
         lines.append(
             f"| {name}: plain loop, {PLAIN_PARTICLES} particles: KL ≤ ½ AutoIAFNormal's | "
-            f"{_fmt(plain)} vs ½·{_fmt(plain_iaf)} | {_yes(plain <= plain_iaf / 2)} |"
+            f"{_fmt(plain)} vs ½·{_fmt(plain_iaf)} | {yes(plain <= plain_iaf / 2)} |"
         )
     return lines
 
@@ -430,25 +417,21 @@ def _gaussian_floor_check(results, pdb) -> list[str]:
     """Never worse than a Gaussian guide, and stable without redraws (issue 12)."""
     lines = []
     for name in pdb:
-        ours = _median(results, name, "AutoRealNVP", "elbo")
+        ours = median_of(results, name, "AutoRealNVP", "elbo")
         gauss = [
-            _median(results, name, g, "elbo") for g in ("AutoNormal", "AutoMultivariateNormal")
+            median_of(results, name, g, "elbo") for g in ("AutoNormal", "AutoMultivariateNormal")
         ]
         best = max((v for v in gauss if v is not None), default=None)
         met = ours is not None and best is not None and ours >= best - 0.1
         lines.append(
             f"| {name}: ELBO ≥ max(AutoNormal, AutoMultivariateNormal) − 0.1 | "
-            f"{_fmt(ours)} vs {_fmt(best)} | {'yes' if met else 'no'} |"
+            f"{_fmt(ours)} vs {_fmt(best)} | {yes(met)} |"
         )
     runs = [r for r in results if r["guide"] == "AutoRealNVP" and r["target"] in pdb]
     failed = sum("error" in r for r in runs)
     redraws = sum(r.get("redraws", 0) for r in runs)
-    lines.append(
-        f"| posteriordb: AutoRealNVP fits failed | {failed} | {'yes' if not failed else 'no'} |"
-    )
-    lines.append(
-        f"| posteriordb: AutoRealNVP redraws | {redraws} | {'yes' if not redraws else 'no'} |"
-    )
+    lines.append(f"| posteriordb: AutoRealNVP fits failed | {failed} | {yes(not failed)} |")
+    lines.append(f"| posteriordb: AutoRealNVP redraws | {redraws} | {yes(not redraws)} |")
     return lines
 
 

@@ -13,19 +13,21 @@ import math
 import statistics
 from collections.abc import Callable
 
-__all__ = ["posteriordb_sections"]
+from pyro_realnvp.diagnostics.khat import KHAT_GOOD, KHAT_OK
+
+__all__ = ["median_of", "posteriordb_sections", "yes"]
 
 OURS = "AutoRealNVP"
 #: W1 within this multiple of the reference's own half-vs-half floor counts as at the floor.
 FLOOR_RATIO = 1.5
-KHAT_GOOD, KHAT_OK = 0.5, 0.7
 
 
 def _runs(results, target, guide) -> list[dict]:
     return [r for r in results if r["target"] == target and r["guide"] == guide]
 
 
-def _value(results, target, guide, key):
+def median_of(results, target, guide, key):
+    """The median of ``key`` over a guide's runs on a target (``None`` where none has it)."""
     values = [r[key] for r in _runs(results, target, guide) if r.get(key) is not None]
     return statistics.median(values) if values else None
 
@@ -42,7 +44,7 @@ def _rival_labels(results, pyro_only: bool) -> list[str]:
 
 def _best(results, target, labels, key, better=min):
     """``(value, label)`` of the best rival run by ``key`` (W1: lowest; ELBO: highest)."""
-    pairs = [(v, g) for g in labels if (v := _value(results, target, g, key)) is not None]
+    pairs = [(v, g) for g in labels if (v := median_of(results, target, g, key)) is not None]
     pairs = [(v, g) for v, g in pairs if math.isfinite(v)]
     return better(pairs, default=(None, None))
 
@@ -82,7 +84,7 @@ def _best_w1_table(results, pdb, floor, fmt) -> list[str]:
     lines = ["| posterior | AutoRealNVP | " + " | ".join(families) + " | floor |",
              "|---" * (len(families) + 3) + "|"]  # fmt: skip
     for name in pdb:
-        cells = [fmt(_value(results, name, OURS, "w1"))]
+        cells = [fmt(median_of(results, name, OURS, "w1"))]
         for family in families:
             labels = [g for g in _rival_labels(results, False) if _family(g) == family]
             value, label = _best(results, name, labels, "w1")
@@ -100,19 +102,19 @@ def _equal_particles_table(results, pdb, fmt) -> list[str]:
     lines = ["| posterior | AutoRealNVP (particles) | " + " | ".join(matched) + " | met |",
              "|---" * (len(matched) + 3) + "|"]  # fmt: skip
     for name in pdb:
-        ours = _value(results, name, OURS, "elbo")
-        particles = _value(results, name, OURS, "num_particles")
-        values = [_value(results, name, g, "elbo") for g in matched]
+        ours = median_of(results, name, OURS, "elbo")
+        particles = median_of(results, name, OURS, "num_particles")
+        values = [median_of(results, name, g, "elbo") for g in matched]
         met = ours is not None and all(v is None or ours >= v - _noise(results, name, g)
                                        for v, g in zip(values, matched, strict=True))  # fmt: skip
-        cells = [f"{fmt(ours)} ({particles})", *(fmt(v) for v in values), _yes(met)]
+        cells = [f"{fmt(ours)} ({particles})", *(fmt(v) for v in values), yes(met)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _noise(results, target, other) -> float:
     """Two standard errors of the difference of two ELBO estimates (2000 draws each)."""
-    ses = [_value(results, target, g, "elbo_se") or 0.0 for g in (OURS, other)]
+    ses = [median_of(results, target, g, "elbo_se") or 0.0 for g in (OURS, other)]
     return 2 * math.hypot(*ses)
 
 
@@ -130,8 +132,8 @@ def _user_loop_table(results, pdb, fmt) -> list[str]:
     for name in pdb:
         cells = []
         for guide in guides:
-            ours = _value(results, name, guide, "elbo")
-            loop = _value(results, name, "user loop: " + guide, "elbo")
+            ours = median_of(results, name, guide, "elbo")
+            loop = median_of(results, name, "user loop: " + guide, "elbo")
             mark = "" if _fit_not_worse(results, name, guide) else " **worse**"
             cells.append(f"{fmt(ours)} / {fmt(loop)}{mark}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -139,11 +141,11 @@ def _user_loop_table(results, pdb, fmt) -> list[str]:
 
 
 def _fit_not_worse(results, name, guide) -> bool:
-    ours = _value(results, name, guide, "elbo")
-    loop = _value(results, name, "user loop: " + guide, "elbo")
+    ours = median_of(results, name, guide, "elbo")
+    loop = median_of(results, name, "user loop: " + guide, "elbo")
     if ours is None or loop is None:  # one of the two not run: nothing to compare
         return True
-    ses = [_value(results, name, g, "elbo_se") or 0.0 for g in (guide, "user loop: " + guide)]
+    ses = [median_of(results, name, g, "elbo_se") or 0.0 for g in (guide, "user loop: " + guide)]
     return ours >= loop - 2 * math.hypot(*ses) - 0.01
 
 
@@ -154,7 +156,7 @@ def _counts_run(results) -> str:
     return ", ".join(["×1"] * single + [f"×{m}" for m in counts]) or "none"
 
 
-def _yes(met: bool) -> str:
+def yes(met: bool) -> str:
     return "yes" if met else "no"
 
 
@@ -167,7 +169,7 @@ def _counts(results, pdb, floor) -> list[str]:
         return sum(1 for name in pdb if test(name))
 
     def ours(name, key):
-        return _value(results, name, OURS, key)
+        return median_of(results, name, OURS, key)
 
     def w1_best(name):
         value, best = ours(name, "w1"), _best(results, name, pyro_labels, "w1")[0]
