@@ -43,8 +43,10 @@ from pyro.optim import Adam, ClippedAdam
 
 from benchmarks.guides import GUIDES, ZUKO_GUIDE, fit_counting_redraws, make_guide
 from benchmarks.metrics import moment_errors, sliced_w1, standardize
-from benchmarks.pdb_report import median_of, posteriordb_sections, yes
+from benchmarks.pdb_report import examples_section, median_of, posteriordb_sections, yes
 from benchmarks.posteriordb import POSTERIORDB_TARGETS
+from benchmarks.posteriordb.classic import SPECS as CLASSIC_SPECS
+from benchmarks.pyro_examples import PYRO_EXAMPLES
 from benchmarks.targets import EXACT_TARGETS, Target
 from pyro_realnvp import NonFiniteLossError, importance_resample
 from pyro_realnvp.infer import MAX_PARTICLES, fit_step, train
@@ -68,11 +70,17 @@ PARTICLE_RIVALS = tuple(
     g for g in ("AutoNormal", "AutoMultivariateNormal", "AutoIAFNormal",
                 "ANF 4 coupling+perm", ZUKO_GUIDE) if g in GUIDES
 )  # fmt: skip
-#: Guides also trained in Pyro's loop as its tutorials write it, on posteriordb: ours, and
-#: one of Pyro's (which `fit` trains with the same updates, tests/infer/test_svi.py).
-USER_LOOP_GUIDES = ("AutoRealNVP", "AutoMultivariateNormal")
+#: Guides also trained in Pyro's loop as its tutorials write it: ours (`fit` trains Pyro's
+#: guides with the loop's own updates, tests/infer/test_svi.py, so theirs would repeat it).
+USER_LOOP_GUIDES = ("AutoRealNVP",)
+#: Where the user's loop runs by default: the first eight posteriordb posteriors and Pyro's
+#: examples (all 37 at one particle would add about 25 min to the 90 the run may take).
+USER_LOOP_TARGETS = (*CLASSIC_SPECS, *PYRO_EXAMPLES)
+#: The guides at one particle by default: ours and Pyro's three that train at their
+#: defaults; Pyro's coupling flows and zuko's run at more particles (their better setting).
+DEFAULT_GUIDES = ("AutoRealNVP", "AutoNormal", "AutoMultivariateNormal", "AutoIAFNormal")
 #: Targets whose fits take longest: started first so that the pool's tail is short.
-SLOW_TARGETS = ("diamonds", "lotka_volterra", "hmm_drive_0", "garch11", "gp_pois_regr")
+SLOW_TARGETS = ("lotka_volterra", "diamonds", "hmm_drive_0", "garch11", "gp_pois_regr")
 #: Steps of the wall-time comparison built from the interleaved timing, and its guides.
 STEPS_FOR_WALL = 3000
 _WALL_PAIR = ("AutoRealNVP", "AutoIAFNormal")
@@ -92,6 +100,8 @@ KL_WINDOW = 100
 def get_target(name: str, num_draws: int) -> Target:
     if name in EXACT_TARGETS:
         return EXACT_TARGETS[name](num_draws=num_draws)
+    if name in PYRO_EXAMPLES:
+        return PYRO_EXAMPLES[name]()
     return POSTERIORDB_TARGETS[name]()
 
 
@@ -185,32 +195,40 @@ def plain_svi_loop(target: Target, guide, num_steps: int) -> list[float]:
 
 @torch.no_grad()
 def _evaluate(target: Target, guide, num_draws: int) -> dict:
-    num_draws = min(num_draws, len(target.reference[0]))
+    """ELBO, KL and k-hat; against the reference, where there is one, moments and W1."""
+    if target.reference is not None:
+        num_draws = min(num_draws, len(target.reference[0]))
+    nesting = target.max_plate_nesting
     log_w, model_trace, _ = vectorized_importance_weights(
-        target.model, guide, *target.args, num_samples=num_draws, max_plate_nesting=0
+        target.model, guide, *target.args, num_samples=num_draws, max_plate_nesting=nesting
     )
+    k_hats = [
+        float(psis_diagnostic(
+            target.model, guide, *target.args, num_particles=num_draws,
+            max_plate_nesting=nesting,
+        ))
+        for _ in range(KHAT_SETS)
+    ]  # fmt: skip
+    elbo = float(log_w.mean())
+    scores = {
+        "elbo": elbo,
+        "elbo_se": float(log_w.std() / math.sqrt(num_draws)),
+        "kl": None if target.log_z is None else target.log_z - elbo,
+        "k_hat": statistics.median(k_hats),
+        "k_hat_sets": k_hats,
+    }
+    if target.reference is None:
+        return scores
     draws = torch.cat(
         [model_trace.nodes[site]["value"].reshape(num_draws, -1) for site, _ in target.columns],
         1,
     ).float()
-    elbo = float(log_w.mean())
-    elbo_se = float(log_w.std() / math.sqrt(num_draws))
-    k_hats = [
-        float(psis_diagnostic(
-            target.model, guide, *target.args, num_particles=num_draws, max_plate_nesting=0
-        ))
-        for _ in range(KHAT_SETS)
-    ]  # fmt: skip
     mean_error, sd_low, sd_high = moment_errors(draws, target.ref_mean, target.ref_sd)
     reference, _ = _reference_pair(target, num_draws)
     w1 = sliced_w1(standardize(draws, target.ref_mean, target.ref_sd), reference)
     return {
         **_resampled(target, guide, num_draws, reference),
-        "elbo": elbo,
-        "elbo_se": elbo_se,
-        "kl": None if target.log_z is None else target.log_z - elbo,
-        "k_hat": statistics.median(k_hats),
-        "k_hat_sets": k_hats,
+        **scores,
         "mean_error": mean_error,
         "sd_low": sd_low,
         "sd_high": sd_high,
@@ -491,7 +509,9 @@ def render(
 ) -> str:
     exact = [t for t in args.exact if any(r["target"] == t for r in results)]
     pdb = [t for t in args.posteriordb if any(r["target"] == t for r in results)]
-    guides = list(GUIDES)
+    examples = [t for t in args.examples if any(r["target"] == t for r in results)]
+    guides = [g for g in GUIDES if any(r["guide"] == g for r in results)]
+    more = sorted({r["guide"] for r in results if r["target"] in exact and " ×" in r["guide"]})
     plain = [PLAIN + g for g in PLAIN_GUIDES if any(r["guide"] == PLAIN + g for r in results)]
     command = "python -m benchmarks.accuracy " + shlex.join(args.argv)
     out = [
@@ -540,10 +560,11 @@ def render(
         name: sliced_w1(*_reference_pair(get_target(name, args.draws), args.draws))
         for name in exact + pdb
     }
+    every = exact + pdb + examples
     tables = [
         ("KL(q‖p), nats (log Z exact) · training wall time", exact, _kl_and_wall),
-        ("ELBO", exact + pdb, _metric("elbo")),
-        ("PSIS k-hat", exact + pdb, _metric("k_hat")),
+        ("ELBO", exact + pdb + examples, _metric("elbo")),
+        ("PSIS k-hat", exact + pdb + examples, _metric("k_hat")),
         ("max |mean error| / reference sd", exact + pdb, _metric("mean_error")),
         ("sd / reference sd, min–max over coordinates", exact + pdb, _sd_range),
         (
@@ -552,8 +573,8 @@ def render(
             exact,
             _time_to_kl_cell,
         ),
-        ("Training wall time, s (parallel workers: indicative)", exact + pdb, _metric("wall_s")),
-        ("Redraws: steps `fit` redrew after a non-finite loss", exact + pdb, _redraws_cell),
+        ("Training wall time, s (parallel workers: indicative)", every, _metric("wall_s")),
+        ("Redraws: steps `fit` redrew after a non-finite loss", every, _redraws_cell),
     ]
     for title, targets, cell in tables:
         out += [f"## {title}", "", *_table(results, targets, guides, cell), ""]
@@ -563,6 +584,18 @@ def render(
     for index, name in enumerate(exact + pdb):
         w1_lines[index + 2] += f" {_fmt(floor[name])} |"
     out += ["## Sliced W1 to the truth (standardised units)", "", *w1_lines, ""]
+    if more:
+        out += [
+            "## Exact targets: the rivals at more particles per step",
+            "",
+            "Pyro's and zuko's guides through `fit` with that many vectorized particles per "
+            "step (their better setting), KL(q‖p) · training wall time; AutoRealNVP as above.",
+            "",
+            *_table(results, exact, ["AutoRealNVP", *more], _kl_and_wall),
+            "",
+            *_table(results, exact, ["AutoRealNVP", *more], _metric("k_hat")),
+            "",
+        ]
     if plain:
         out += [
             f"## Pyro's plain SVI loop, {PLAIN_PARTICLES} vectorized particles",
@@ -599,6 +632,7 @@ def render(
             out.append(f"| {target} | " + " | ".join(_fmt(rows[n][2], 2) for n in names) + " |")
         out.append("")
     out += posteriordb_sections(results, pdb, floor, _fmt)
+    out += examples_section(results, examples, _fmt)
     out += ["## The issue's targets for AutoRealNVP", ""]
     out += [*_targets_check(results, exact, pdb, timing), ""]
     return "\n".join(out)
@@ -644,7 +678,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--particles", type=int, default=None, help="for every guide (default: fit's own)"
     )
-    parser.add_argument("--plain-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--plain-seeds", type=int, nargs="*", default=[])
     parser.add_argument(
         "--tail-fraction", type=float, default=None, help="AutoRealNVP's fit (default: fit's)"
     )
@@ -663,20 +697,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(POSTERIORDB_TARGETS), help="posteriordb posteriors (default: all)",
     )  # fmt: skip
     parser.add_argument(
-        "--rival-particles", nargs="*", default=["8", "matched"],
+        "--examples", nargs="*", default=list(PYRO_EXAMPLES),
+        help="models of Pyro's examples (no reference: ELBO and k-hat only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rival-particles", nargs="*", default=["matched"],
         help="posteriordb: the rivals' extra particle counts ('matched': AutoRealNVP's)",
     )  # fmt: skip
     parser.add_argument("--exact-rival-particles", nargs="*", default=["8"])
     parser.add_argument("--user-loop-guides", nargs="*", default=list(USER_LOOP_GUIDES))
     parser.add_argument(
-        "--guides", nargs="+", default=list(GUIDES), help="the guides at 1 particle (default: all)"
-    )
+        "--user-loop-targets", nargs="*", default=list(USER_LOOP_TARGETS),
+        help="posteriors and examples also trained in Pyro's loop as users write it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--guides", nargs="+", default=[g for g in DEFAULT_GUIDES if g in GUIDES],
+        help="the guides at 1 particle",
+    )  # fmt: skip
     parser.add_argument("--timing-steps", type=int, default=40)
     parser.add_argument("--timing-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     unknown = sorted(set(args.posteriordb) - set(POSTERIORDB_TARGETS))
     unknown += sorted(set(args.exact) - set(EXACT_TARGETS))
     unknown += sorted(set(args.guides) - set(GUIDES))
+    unknown += sorted(set(args.examples) - set(PYRO_EXAMPLES))
     if unknown:
         parser.error(f"unknown target(s) or guide(s) {unknown}")
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -714,16 +758,15 @@ def _jobs(args: argparse.Namespace) -> list[dict]:
         for s in args.seeds
         for g in args.guides
     ]
+    one_seed = [*args.posteriordb, *args.examples]
     jobs += [
         {"target": t, "seed": s, "guide": g, "steps": args.pdb_steps, **common}
-        for t in args.posteriordb
+        for t in one_seed
         for s in args.pdb_seeds
         for g in args.guides
     ]
     jobs += _rival_jobs(args.exact, args.seeds, args.steps, args.exact_rival_particles, common)
-    jobs += _rival_jobs(
-        args.posteriordb, args.pdb_seeds, args.pdb_steps, args.rival_particles, common
-    )
+    jobs += _rival_jobs(one_seed, args.pdb_seeds, args.pdb_steps, args.rival_particles, common)
     jobs += [
         {"target": t, "seed": s, "guide": PLAIN + g, "steps": args.steps, **common}
         for t in HEADLINE
@@ -733,7 +776,8 @@ def _jobs(args: argparse.Namespace) -> list[dict]:
     ]
     jobs += [
         {"target": t, "seed": s, "guide": USER_LOOP + g, "steps": args.pdb_steps, **common}
-        for t in args.posteriordb
+        for t in one_seed
+        if t in args.user_loop_targets
         for s in args.pdb_seeds
         for g in args.user_loop_guides
     ]
@@ -741,7 +785,7 @@ def _jobs(args: argparse.Namespace) -> list[dict]:
     return sorted(
         jobs,
         key=lambda j: (
-            j["target"] not in SLOW_TARGETS,
+            SLOW_TARGETS.index(j["target"]) if j["target"] in SLOW_TARGETS else len(SLOW_TARGETS),
             not j["guide"].endswith(("AutoRealNVP", "×ours")),
         ),
     )

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from pyro_realnvp.diagnostics.khat import KHAT_GOOD, KHAT_OK
 
-__all__ = ["median_of", "posteriordb_sections", "yes"]
+__all__ = ["examples_section", "median_of", "posteriordb_sections", "yes"]
 
 OURS = "AutoRealNVP"
 #: W1 within this multiple of the reference's own half-vs-half floor counts as at the floor.
@@ -129,7 +129,8 @@ def _user_loop_table(results, pdb, fmt) -> list[str]:
         ]
     lines = ["| posterior | " + " | ".join(f"{g}: fit / loop" for g in guides) + " |",
              "|---" * (len(guides) + 1) + "|"]  # fmt: skip
-    for name in pdb:
+    for name in [n for n in pdb if any(r["target"] == n and r["guide"].startswith(
+            "user loop: ") for r in results)]:  # fmt: skip
         cells = []
         for guide in guides:
             ours = median_of(results, name, guide, "elbo")
@@ -245,4 +246,20 @@ def posteriordb_sections(results: list[dict], pdb: list[str], floor: dict, fmt) 
         *_user_loop_table(results, pdb, fmt), "",
         "## posteriordb: issue 29's counts", "",
         *_counts(results, pdb, floor), "",
+    ]  # fmt: skip
+
+
+def examples_section(results: list[dict], examples: list[str], fmt) -> list[str]:
+    """The section on Pyro's examples (no reference): ELBO at equal particles and against
+    Pyro's loop as users write it, Markdown lines."""
+    if not examples:
+        return []
+    return [
+        "## Pyro's examples: ELBO at equal particles", "",
+        "Models as Pyro's examples write them (`benchmarks/pyro_examples.py`), without a "
+        "reference: each rival trained by `fit` with as many particles per step as "
+        "AutoRealNVP had; met as above.", "",
+        *_equal_particles_table(results, examples, fmt), "",
+        "Through `fit` and through Pyro's loop as its tutorials write it (one particle):", "",
+        *_user_loop_table(results, examples, fmt), "",
     ]  # fmt: skip

@@ -29,21 +29,24 @@ class Target:
         columns: ``(site, size)`` pairs, in the column order of the reference draws;
             guide draws of these sites are flattened in the same order.
         reference: Two independent sets of exact or reference draws, ``(n, D)`` each: the
-            first is compared with the guide, the pair gives the sampling-noise floor.
-        ref_mean: Posterior mean of each column.
-        ref_sd: Posterior standard deviation of each column.
+            first is compared with the guide, the pair gives the sampling-noise floor;
+            ``None`` where no reference exists (then only the ELBO and k-hat are read).
+        ref_mean: Posterior mean of each column (``None`` without a reference).
+        ref_sd: Posterior standard deviation of each column (``None`` without a reference).
         log_z: Log evidence where known exactly, else ``None``.
+        max_plate_nesting: The model's plates, for Pyro's vectorized draws (0: none).
     """
 
     name: str
     model: Callable
     args: tuple
     columns: tuple[tuple[str, int], ...]
-    reference: tuple[Tensor, Tensor]
-    ref_mean: Tensor
-    ref_sd: Tensor
+    reference: tuple[Tensor, Tensor] | None
+    ref_mean: Tensor | None
+    ref_sd: Tensor | None
     log_z: float | None = None
     notes: str = field(default="", compare=False)
+    max_plate_nesting: int = 0
 
     @property
     def dim(self) -> int:

@@ -8,9 +8,11 @@ reference draws, so constants drop out.
 import math
 
 import numpy as np
+import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from stan_lpdf import (
     assert_differences_match,
     beta_lpdf,
@@ -29,6 +31,7 @@ from benchmarks.guides import ZUKO_GUIDE
 from benchmarks.metrics import moment_errors, sliced_w1
 from benchmarks.posteriordb import load_data, load_target, posteriordb_root
 from benchmarks.posteriordb.classic import SPECS
+from benchmarks.pyro_examples import pyro_eight_schools
 from benchmarks.zuko_guide import zuko_available
 
 pytestmark = pytest.mark.skipif(
@@ -195,8 +198,8 @@ def test_smoke_run_writes_every_table_with_a_row_per_target(tmp_path):
     out = tmp_path / "benchmarks.md"
     # A subset keeps the suite fast; the log-density tests cover every translation.
     subset = ["--exact", "funnel_d10", "banana_d2", "--posteriors", "eight_schools_centered",
-              "--rival-particles", "matched", "--exact-rival-particles",
-              "--user-loop-guides", "AutoNormal"]  # fmt: skip
+              "--rival-particles", "matched", "--exact-rival-particles", "8",
+              "--user-loop-guides", "AutoNormal", "--guides", *accuracy.GUIDES]  # fmt: skip
     args = accuracy.parse_args(["--smoke", *subset, "--out", str(out)])
     accuracy.main(args)
     text = out.read_text()
@@ -204,6 +207,11 @@ def test_smoke_run_writes_every_table_with_a_row_per_target(tmp_path):
     kl_table = text.split("## KL(q‖p)")[1].split("##")[0]
     # The zuko column is there exactly when zuko (the bench extra) is installed.
     assert (f"| {ZUKO_GUIDE} |" in kl_table) == zuko_available()
+    more = text.split("## Exact targets: the rivals at more particles")[1].split("##")[0]
+    assert "AutoNormal ×8 |" in more
+    assert "| funnel_d10 |" in more
+    examples = text.split("## Pyro's examples: ELBO at equal particles")[1].split("##")[0]
+    assert "| pyro_eight_schools | " in examples  # Pyro's 24-latent model, by default
     for name in args.exact:
         row = next(line for line in kl_table.splitlines() if line.startswith(f"| {name} |"))
         cells = row.strip("|").split("|")[1:]
@@ -220,3 +228,22 @@ def test_smoke_run_writes_every_table_with_a_row_per_target(tmp_path):
     counts = text.split("## posteriordb: issue 29's counts")[1]
     assert "| k-hat < 0.7 | " in counts
     assert "/1 |" in counts
+
+
+def test_pyro_eight_schools_is_the_examples_model_with_24_latents():
+    """Pyro's examples/eight_schools/svi.py draws mu and tau inside the schools' plate."""
+    target = pyro_eight_schools()
+    trace = poutine.trace(target.model).get_trace(*target.args)
+    latents = {name: tuple(site["value"].shape) for name, site in trace.nodes.items()
+               if site["type"] == "sample" and not site["is_observed"]
+               and not site_is_subsample(site)}  # fmt: skip
+    assert latents == {"eta": (8,), "mu": (8,), "tau": (8,)}
+    eta, mu, tau = (trace.nodes[name]["value"] for name in ("eta", "mu", "tau"))
+    y, sigma = target.args[0].T
+    by_hand = (
+        dist.Normal(0.0, 1.0).log_prob(eta).sum()
+        + dist.Normal(0.0, 10.0).log_prob(mu).sum()
+        + dist.HalfCauchy(25.0).log_prob(tau).sum()
+        + dist.Normal(mu + tau * eta, sigma).log_prob(y).sum()
+    )
+    torch.testing.assert_close(trace.log_prob_sum(), by_hand)
