@@ -197,10 +197,10 @@ def test_a_batch_of_draws_has_the_log_densities_of_each_alone(name):
     torch.testing.assert_close(got, alone, rtol=1e-5, atol=1e-3)
 
 
-def test_lotka_volterra_fixed_step_is_within_five_thousandths_of_a_nat_of_a_tight_solution():
+def test_lotka_volterra_fixed_step_is_within_a_hundredth_of_a_nat_of_a_tight_solution():
     """The model's RK4 grid against scipy at rtol 1e-10, over draws across all chains,
     in float64 throughout so that only the solver's error is left (the model's docstring
-    gives 2.3e-3 nats at 1000 draws)."""
+    gives 6.4e-3 nats at these draws)."""
     pytest.importorskip("torchdiffeq")
     target, data = load_target("lotka_volterra"), load_data("lotka_volterra")
     rows = range(0, 5000, 100)
@@ -218,4 +218,4 @@ def test_lotka_volterra_fixed_step_is_within_five_thousandths_of_a_nat_of_a_tigh
     trace.compute_log_prob()
     pyro_lp = sum(s["log_prob"] for s in trace.nodes.values() if s["type"] == "sample")
     error = pyro_lp.numpy() - np.array([stan_lotka_volterra(p, data) for p in points])
-    assert np.ptp(error) < 5e-3
+    assert np.ptp(error) < 1e-2
