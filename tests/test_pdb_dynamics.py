@@ -157,7 +157,8 @@ def test_log_density_matches_stan_up_to_a_constant(name):
     points = [draw(target, i) for i in (0, 1234, 4321)]
     pyro_lp = [pyro_log_density(target, latents(p)) for p in points]
     stan_lp = [STAN[name](p, data) for p in points]
-    assert_differences_match(pyro_lp, stan_lp)
+    # The RK4 grid's own error, bounded tighter over 50 draws by the test below.
+    assert_differences_match(pyro_lp, stan_lp, solver_atol=1e-2 * (name == "lotka_volterra"))
 
 
 @pytest.mark.parametrize("name", NAMES, ids=NAMES)
