@@ -34,6 +34,8 @@ __all__ = [
 #: Lotka-Volterra's RK4 step, in the ODE's time units (the data's times are whole numbers,
 #: so each is a grid point and no output is interpolated).
 LV_STEP = 0.25
+#: The log population above which the ODE's right-hand side stops growing (far tails only).
+LV_LOG_CAP = 30.0
 
 
 def _log_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -104,7 +106,10 @@ def _lotka_volterra_rhs(theta: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     rate, coupling = theta[..., 0::2] * signs, theta[..., 1::2] * -signs
 
     def rhs(t: Tensor, log_z: Tensor) -> Tensor:
-        return rate + coupling * log_z.flip(-1).exp()
+        # Populations beyond e^LV_LOG_CAP (the data's are below 100) only on a guide's
+        # far draw: capped there, its log-density is vanishing but finite, where exp's
+        # overflow made it NaN and a 32-particle step of Pyro's ELBO failed.
+        return rate + coupling * log_z.flip(-1).clamp(max=LV_LOG_CAP).exp()
 
     return rhs
 
