@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from pyro_realnvp import AutoRealNVP
+from pyro_realnvp.guide import laplace
 from pyro_realnvp.guide.laplace import (
+    batched_potential,
     best_mode,
     covariance_factor,
     find_mode,
@@ -16,6 +18,7 @@ from pyro_realnvp.guide.laplace import (
     hessian,
     laplace_start,
 )
+from pyro_realnvp.guide.potential import Potential
 
 
 def spd(dim: int, seed: int = 0) -> torch.Tensor:
@@ -237,3 +240,65 @@ def test_find_mode_preconditioned_by_a_scale_reaches_an_ill_scaled_minimum():
     found, converged = find_mode(potential, torch.zeros(2, dtype=torch.float64), scale=scales)
     assert converged
     assert torch.allclose(found, mode, atol=1e-8)
+
+
+def _regression(broadcasts: bool, rows: int = 50, weights: int = 6):
+    """A regression whose mean broadcasts over particles (``(x * w).sum(-1)``) or not
+    (``x @ w``), and a guide set up on it."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, weights, generator=generator, dtype=torch.float64)
+    y = x @ torch.linspace(-1, 1, weights, dtype=torch.float64)
+
+    def model():
+        w = pyro.sample("w", dist.Normal(x.new_zeros(()), 1.0).expand([weights]).to_event(1))
+        sigma = pyro.sample("sigma", dist.HalfNormal(x.new_ones(())))
+        with pyro.plate("rows", rows):
+            mean = (x * w).sum(-1) if broadcasts else x @ w
+            pyro.sample("y", dist.Normal(mean, sigma), obs=y)
+
+    pyro.clear_param_store()
+    guide = AutoRealNVP(model)
+    guide()
+    return Potential(model, guide, full_data=True)
+
+
+def test_batched_potential_scores_latents_as_one_at_a_time_would():
+    potential = _regression(broadcasts=True)
+    u = torch.linspace(-0.5, 0.5, 7, dtype=torch.float64)
+    score, most = batched_potential(potential, u)
+    latents = torch.stack([u, 2 * u, u - 0.3])
+    expected = torch.stack([potential(point) for point in latents])
+    torch.testing.assert_close(score(latents), expected)
+    assert most >= 2
+
+
+def test_batched_potential_refuses_a_model_that_does_not_broadcast():
+    assert batched_potential(_regression(broadcasts=False), torch.zeros(7)) is None
+    assert batched_potential(lambda u: (u**2).sum(), torch.zeros(3)) is None
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_hessian_in_batches_is_the_one_made_a_row_at_a_time(diagonal):
+    potential = _regression(broadcasts=True)
+    u = torch.linspace(-0.5, 0.5, 7, dtype=torch.float64)
+    assert batched_potential(potential, u) is not None  # so the batched rows are tested
+    one_at_a_time = hessian(lambda v: potential(v), u, diagonal=diagonal)
+    torch.testing.assert_close(hessian(potential, u, diagonal=diagonal), one_at_a_time)
+
+
+def test_gaussian_elbo_in_batches_is_the_one_scored_a_draw_at_a_time():
+    potential = _regression(broadcasts=True)
+    loc = torch.full((7,), 0.1, dtype=torch.float64)
+    scale_tril = 0.2 * torch.eye(7, dtype=torch.float64)
+    batched = gaussian_elbo(potential, loc, scale_tril)
+    one_at_a_time = gaussian_elbo(lambda v: potential(v), loc, scale_tril)
+    assert batched == pytest.approx(one_at_a_time, rel=1e-9)
+
+
+def test_a_short_restart_already_below_the_first_mode_is_searched_to_its_own(monkeypatch):
+    """Restarts run ``RESTART_ITERS`` iterations first; one already deeper than the first
+    mode then goes on to converge, so two wells far apart are still told apart."""
+    monkeypatch.setattr(laplace, "RESTART_ITERS", 1)
+    mode, converged = best_mode(two_wells, torch.tensor([-0.6]))
+    assert converged
+    torch.testing.assert_close(mode, torch.tensor([1.0]), atol=1e-3, rtol=0)
