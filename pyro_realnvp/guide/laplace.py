@@ -199,6 +199,14 @@ def batched_potential(potential: Callable, u: Tensor) -> tuple[Callable, int] | 
     """
     if not hasattr(potential, "log_joint"):
         return None
+    # Asked once per potential: a set-up asks up to four times, and a model refused for
+    # its size would pay the count every time.
+    if "_batched" not in vars(potential):
+        potential._batched = _check_batched(potential, u)
+    return potential._batched
+
+
+def _check_batched(potential, u: Tensor) -> tuple[Callable, int] | None:
     u = u.detach()
     pair = torch.stack([u, u + 0.1 * torch.ones_like(u)])
     try:
