@@ -19,8 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._internal.compat import count_elements
-
 __all__ = [
     "START_RULES",
     "GaussianStart",
@@ -42,9 +40,6 @@ MODE_GAIN = 1e-6
 #: L-BFGS iterations of a restart's first leg: one still above the first mode by then is
 #: taken to share its basin; one already below is searched on to its own mode.
 RESTART_ITERS = 30
-#: Tensor elements of log-density work in one batched call of the potential (latents times
-#: the model's elements per latent): bounds what a batched curvature or score holds.
-BATCH_BUDGET = 2**21
 #: The widest start of any coordinate of the local (non-Laplace) candidate.
 MAX_LOCAL_SCALE = 1.0
 _FAILURES = (ValueError, RuntimeError, ArithmeticError)
@@ -191,12 +186,11 @@ def best_mode(
 def batched_potential(potential: Callable, u: Tensor) -> tuple[Callable, int] | None:
     """``(U over a batch of latents, (K, D) -> (K,); the most latents per call)`` where
     ``potential`` is a :class:`~pyro_realnvp.guide.potential.Potential` whose model scores
-    many latents at once through its particle plate, checked at ``u`` and a point beside
-    it against one latent at a time; ``None`` otherwise (a model that does not broadcast).
+    many latents at once (:meth:`~pyro_realnvp.guide.potential.Potential.batched`, checked
+    at ``u``); ``None`` for any other potential or model.
 
     The start's curvature and scores then cost a few batched passes instead of ``D`` or
-    64 single ones, ``BATCH_BUDGET`` tensor elements at most per pass (a model whose one
-    latent already fills it is scored one latent at a time). Asked once per potential.
+    64 single ones.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -209,38 +203,8 @@ def batched_potential(potential: Callable, u: Tensor) -> tuple[Callable, int] | 
         >>> score(torch.zeros(3, 2)).round(decimals=4)  # -log N(0; 0, I), three latents
         tensor([1.8379, 1.8379, 1.8379])
     """
-    if not hasattr(potential, "log_joint"):
-        return None
-    # Asked once per potential: a set-up asks up to four times, and a model refused for
-    # its size would pay the count every time.
-    if "_batched" not in vars(potential):
-        potential._batched = _check_batched(potential, u)
-    return potential._batched
-
-
-def _check_batched(potential, u: Tensor) -> tuple[Callable, int] | None:
-    u = u.detach()
-    pair = torch.stack([u, u + 0.1 * torch.ones_like(u)])
-    try:
-        potential.set_max_plate_nesting()
-        with torch.no_grad():
-            single = torch.stack([potential(point) for point in pair])
-            both = -potential.log_joint(pair.reshape(potential.latent_shape(2)))
-            # Every element the model makes for two latents, the one-off work included.
-            elements = count_elements(potential.log_joint, pair.reshape(potential.latent_shape(2)))
-    except _FAILURES:
-        return None
-    tolerance = 1e-4 * (1 + single.abs())
-    if both.shape != (2,) or not bool(((both - single).abs() <= tolerance).all()):
-        return None
-    most = BATCH_BUDGET // max(elements // 2, 1)
-    if most < 2:  # a latent's work alone fills the budget: one at a time is as good
-        return None
-
-    def batched(latents: Tensor) -> Tensor:
-        return -potential.log_joint(latents.reshape(potential.latent_shape(len(latents))))
-
-    return batched, most
+    ask = getattr(potential, "batched", None)
+    return None if ask is None else ask(u)
 
 
 def _batched_rows(batched: Callable, u: Tensor, directions: Tensor) -> Tensor:

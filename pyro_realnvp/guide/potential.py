@@ -21,7 +21,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import biject_to
 
-from .._internal.compat import full_data_plates, rng_state, unpack_latent
+from .._internal.compat import count_elements, full_data_plates, rng_state, unpack_latent
 from .._internal.locate import partial_trace
 
 __all__ = [
@@ -35,6 +35,10 @@ __all__ = [
 ]
 
 _PARTICLES = "_potential_particles"
+#: Tensor elements of log-density work in one batched call (latents times the model's
+#: elements per latent): bounds what :meth:`Potential.batched` scores at once.
+BATCH_BUDGET = 2**21
+_NOT_ASKED = object()
 
 
 def _per_particle(log_prob: Tensor, particle_dims: int) -> Tensor:
@@ -113,6 +117,7 @@ class Potential:
         self.args, self.kwargs = args, kwargs or {}
         self.full_data = full_data
         self.max_plate_nesting = 0
+        self._batched = _NOT_ASKED
 
     def latent_shape(self, num_particles: int) -> tuple[int, ...]:
         """Shape of a batch of packed latents: particles left of every plate."""
@@ -158,6 +163,39 @@ class Potential:
         """:math:`U(u)` at one packed latent of shape ``(D,)``: a scalar."""
         trace, log_det = self.trace(u)
         return -(trace.log_prob_sum() + log_det)
+
+    def batched(self, u: Tensor) -> tuple[Callable[[Tensor], Tensor], int] | None:
+        """``(U at a batch of latents, (K, D) -> (K,); the most latents per call)`` where
+        the model scores many latents at once through the particle plate, else ``None``.
+
+        Asked once (a Laplace start asks up to four times): at ``u`` and a point beside
+        it, the batch must score as each latent alone, and one latent's work must leave
+        room for two within ``BATCH_BUDGET`` elements.
+        """
+        if self._batched is _NOT_ASKED:
+            self._batched = self._check_batched(u.detach())
+        return self._batched
+
+    def _check_batched(self, u: Tensor) -> tuple[Callable[[Tensor], Tensor], int] | None:
+        def batched(latents: Tensor) -> Tensor:
+            return -self.log_joint(latents.reshape(self.latent_shape(len(latents))))
+
+        pair, scored = torch.stack([u, u + 0.1 * torch.ones_like(u)]), []
+        try:
+            self.set_max_plate_nesting()
+            with torch.no_grad():
+                single = torch.stack([self(point) for point in pair])
+                # Every element the model makes for two latents, the one-off work included.
+                elements = count_elements(lambda x: scored.append(batched(x)), pair)
+        except (ValueError, RuntimeError, ArithmeticError):
+            return None
+        tolerance = 1e-4 * (1 + single.abs())
+        both = scored[0]
+        if both.shape != (2,) or not bool(((both - single).abs() <= tolerance).all()):
+            return None
+        most = BATCH_BUDGET // max(elements // 2, 1)
+        # A latent's work alone fills the budget: one at a time is as good.
+        return (batched, most) if most >= 2 else None
 
     def set_max_plate_nesting(self) -> int:
         """Read how many plates the model nests (particles go left of them) and keep it."""
