@@ -563,8 +563,8 @@ def render(
     every = exact + pdb + examples
     tables = [
         ("KL(q‖p), nats (log Z exact) · training wall time", exact, _kl_and_wall),
-        ("ELBO", exact + pdb + examples, _metric("elbo")),
-        ("PSIS k-hat", exact + pdb + examples, _metric("k_hat")),
+        ("ELBO", every, _metric("elbo")),
+        ("PSIS k-hat", every, _metric("k_hat")),
         ("max |mean error| / reference sd", exact + pdb, _metric("mean_error")),
         ("sd / reference sd, min–max over coordinates", exact + pdb, _sd_range),
         (
