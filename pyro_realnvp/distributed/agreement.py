@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from .._internal.compat import rng_state
+from .._internal.flat import unpacked
 from .._internal.locate import raised_at
 from ..errors import NonFiniteLossError, RankFailedError
 from ..infer.finite import FiniteELBO, explain_non_finite, rejected_draws_are_non_finite
@@ -208,9 +209,11 @@ def finite_allreduce_hook(state: LocalFinite, bucket):
 
 
 def check_params_in_module(params: dict[str, Tensor], module: nn.Module) -> None:
-    """DDP averages the gradients of module parameters only: refuse loose param-store ones."""
+    """DDP averages the gradients of module parameters only: refuse loose param-store ones
+    (a flat tensor that stands for a flow's parameters is inside where they are)."""
     inside = {id(p) for p in module.parameters()}
-    loose = sorted(name for name, p in params.items() if id(p) not in inside)
+    loose = sorted(name for name, p in params.items()
+                   if not all(id(q) in inside for q in unpacked([p])))  # fmt: skip
     if loose:
         raise ValueError(
             f"parameter(s) {loose[:4]} are in Pyro's param store but in no torch module of "

@@ -228,6 +228,7 @@ class AutoRealNVP(AutoContinuous):
         for name in list(self._pyro_params):
             delattr(self, name)
         self._modules.pop("flow", None)
+        self.__dict__.pop("_packed_flow", None)
         for name in ("start_loc", "start_scale"):
             self._buffers.pop(name, None)
         self.prototype_trace, self.start = None, None
@@ -253,11 +254,17 @@ class AutoRealNVP(AutoContinuous):
             raise
 
     def forward(self, *args, **kwargs) -> dict[str, Tensor]:
+        flat = None
         if self.prototype_trace is not None:  # set-up registers the flow it builds
-            self._register_flow()
+            flat = self._register_flow()
             self._check_arguments(args, kwargs)
+        traced = flat is not None and torch.jit.is_tracing()
         try:
-            return super().forward(*args, **kwargs)
+            shapes = self.__dict__["_packed_flow"].shapes if traced else None
+            with (
+                store.flow_reading(self.flow, flat, shapes) if traced else contextlib.nullcontext()
+            ):
+                return super().forward(*args, **kwargs)
         except ValueError:  # only on failure, so no host sync on the way: a NaN parameter?
             if self.prototype_trace is not None:
                 summaries.check_finite_params(dict(self.named_parameters()), "its draws are NaN")
@@ -271,8 +278,14 @@ class AutoRealNVP(AutoContinuous):
             sites.check_latent_shapes(self._bare, self.prototype_trace, args, kwargs)
         known.add(shapes)
 
-    def _register_flow(self) -> None:
-        store.register_flow(self.flow, self._pyro_get_fullname("flow"))
+    def _register_flow(self) -> Tensor | None:
+        """Declare the flow to Pyro as one flat parameter (``guide.store.declare_flow``);
+        its value, which a JIT trace must compute the flow from."""
+        # The packing is derived state, rebuilt after pickling: outside the attributes.
+        packed = self.__dict__.get("_packed_flow")
+        name = self._pyro_get_fullname("flow")
+        self.__dict__["_packed_flow"], flat = store.declare_flow(self.flow, name, packed)
+        return flat
 
     def requires_grad_(self, requires_grad: bool = True) -> AutoRealNVP:
         """``nn.Module.requires_grad_``, remembered for the parameters set-up creates."""
@@ -306,6 +319,7 @@ class AutoRealNVP(AutoContinuous):
         self._model, self.master = model, master
         # As unpicklable as the model can be; it set up already.
         state["_init_loc_fn"] = state["_bare_model"] = None
+        state.pop("_packed_flow", None)  # the next call packs the flow again
         return state
 
     def __deepcopy__(self, memo: dict) -> AutoRealNVP:

@@ -3,6 +3,10 @@ stale entries refused, and states saved by older versions read."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
+
 import pyro
 import torch
 from pyro.distributions import constraints
@@ -10,7 +14,111 @@ from pyro.params.param_store import param_with_module_name
 from pyro.poutine.runtime import effectful
 from torch import Tensor, nn
 
-__all__ = ["check_stored_shape", "check_stored_sites", "forget", "register_flow"]
+from .._internal.flat import FlatParameters
+
+__all__ = [
+    "check_stored_shape",
+    "check_stored_sites",
+    "declare_flow",
+    "flow_reading",
+    "forget",
+    "register_flow",
+]
+
+
+def declare_flow(
+    flow: nn.Module, name: str, packed: FlatParameters | None
+) -> tuple[FlatParameters | None, Tensor | None]:
+    """Declare ``flow``'s parameters to Pyro as one flat parameter ``name``, its tensors
+    views of it (:class:`~pyro_realnvp._internal.flat.FlatParameters`): the packing to
+    pass back at the next call, and the value Pyro's ``param`` statement gave.
+
+    The flow keeps its own ``nn.Parameter``\\ s (``state_dict``, ``parameters()``, torch
+    optimizers see them as always), but Pyro sees one tensor: one ``param`` statement and
+    one Adam per step, where there would be dozens of each (docs/tuning.md). Where the
+    store holds another tensor under ``name`` (loaded from disk, or a same-named copy's),
+    the flow takes its values, as Pyro's ``PyroParam``\\ s do; entries per tensor, as
+    stores saved before this held them (:func:`register_flow`), are taken and removed.
+    Under ``module_local_params``, with mixed dtypes or a frozen parameter it falls back
+    on :func:`register_flow` (and gives no value).
+
+    Example:
+        >>> layer = nn.Linear(2, 1)
+        >>> packed, value = declare_flow(layer, "guide.flow", None)
+        >>> value is pyro.get_param_store()["guide.flow"], value.shape
+        (True, torch.Size([3]))
+        >>> layer.weight.data_ptr() == value.data_ptr()
+        True
+    """
+    params = list(flow.parameters())
+    one_kind = len({(p.dtype, p.device) for p in params}) == 1
+    if (pyro.settings.get("module_local_params") or not one_kind
+            or not all(p.requires_grad for p in params)):  # fmt: skip
+        register_flow(flow, name)
+        return packed, None
+    _take_entries_per_tensor(flow, name)
+    previous = None if packed is None else packed.flat
+    if packed is None or not packed.holds(params):
+        packed = FlatParameters(params)
+    # Gradient views only where a backward pass may follow: a call under no_grad (a
+    # diagnostic, an explanation of a failure) leaves the gradients as they are.
+    packed.refresh(grads=torch.is_grad_enabled())
+    store = pyro.get_param_store()
+    if name in store and store[name] is not packed.flat:
+        if store[name] is previous:  # ours, before a .to() or .double() made a new one
+            del store[name]
+        else:
+            check_stored_shape(name, packed.flat)
+            packed.release()
+            packed = FlatParameters(params, flat=store[name])
+            packed.bind(from_params=False, grads=torch.is_grad_enabled())
+    return packed, pyro.param(name, packed.flat)  # the statement SVI collects params from
+
+
+@contextlib.contextmanager
+def flow_reading(flow: nn.Module, flat: Tensor, shapes: list[torch.Size]) -> Iterator[None]:
+    """Within, ``flow``'s parameters are views of ``flat`` (of ``shapes``, in
+    ``flow.parameters()``'s order), so a JIT trace records the flow as a function of the
+    one tensor that Pyro's compiled ELBO passes in, not of its parameters as constants
+    (whose very shapes it must not read).
+
+    Example:
+        >>> layer = nn.Linear(1, 1)
+        >>> flat = torch.tensor([2.0, 1.0], requires_grad=True)
+        >>> with flow_reading(layer, flat, [(1, 1), (1,)]):
+        ...     layer(torch.ones(1)).backward()
+        >>> flat.grad, layer.weight.grad is None
+        (tensor([1., 1.]), True)
+    """
+    saved = []
+    views = flat.split([math.prod(shape) for shape in shapes])
+    for (full_name, param), view, shape in zip(
+        flow.named_parameters(), views, shapes, strict=True
+    ):
+        module_name, _, leaf = full_name.rpartition(".")
+        module = flow.get_submodule(module_name)
+        saved.append((module, leaf, param))
+        module._parameters[leaf] = view.view(shape)
+    try:
+        yield
+    finally:
+        for module, leaf, param in saved:
+            module._parameters[leaf] = param
+
+
+def _take_entries_per_tensor(flow: nn.Module, prefix: str) -> None:
+    """Give ``flow`` the values the store holds per tensor under ``prefix`` (a store saved
+    before the flow was declared as one tensor), and remove those entries."""
+    store = pyro.get_param_store()
+    if not any(key.startswith(prefix + "$$$") for key in store.keys()):
+        return
+    with torch.no_grad():
+        for leaf, param in flow.named_parameters():
+            full_name = param_with_module_name(prefix, leaf)
+            if full_name in store:
+                check_stored_shape(full_name, param)
+                param.copy_(store[full_name])
+                del store[full_name]
 
 
 def register_flow(flow: nn.Module, prefix: str) -> None:

@@ -29,7 +29,7 @@ from .._internal.locate import first_line, raised_at
 from ..errors import FastPathError, NonFiniteLossError
 from ..guide.potential import Potential
 from .finite import explain_non_finite, rejected_draws_are_non_finite, usability
-from .flat import FlatParameters
+from .flat import FlatParameters, unpacked
 from .flow_guide import FlowGuide
 from .loop import Schedule, clip_total_norm
 from .losses import check_beta, particle_objective
@@ -313,12 +313,14 @@ class FastELBO:
         return u.reshape(self._replay.latent_shape(num_particles))
 
     def _guide_parameters(self) -> list[Tensor]:
-        """The unconstrained leaves of every guide parameter, collected as ``SVI`` does."""
+        """The unconstrained leaves of every guide parameter, collected as ``SVI`` does;
+        the one tensor Pyro sees for the flow (``guide.store.declare_flow``) stands for the
+        flow's own, which this path trains: it runs the flow without the guide's call."""
         replay = self._replay
         with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as capture:
             self.guide(*replay.args, **replay.kwargs)
         leaves = (site["value"].unconstrained() for site in capture.trace.nodes.values())
-        return list({id(leaf): leaf for leaf in leaves}.values())
+        return list({id(leaf): leaf for leaf in unpacked(leaves)}.values())
 
     def parameters(self) -> list[Tensor]:
         """The tensors an optimizer should step (unconstrained guide parameters)."""

@@ -15,6 +15,7 @@ from pyro.infer.elbo import ELBO
 from torch.distributions import biject_to
 
 from .._internal.compat import elbo_traces, unpack_latent
+from .._internal.flat import unpacked
 from .._internal.locate import first_line, model_raised, partial_trace, raised_at
 from ..errors import NonFiniteLossError
 from ..guide.initial import DefaultStartRejected
@@ -191,8 +192,7 @@ class FiniteELBO(ELBO):
                 loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         except NonFiniteLossError as error:
             params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
-            for param in params:
-                param.grad = None
+            _clear_grads(params)
             self._raise(error, "", model, guide, args, kwargs, params)
         params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
         grads = [p.grad for p in params if p.grad is not None]
@@ -201,8 +201,7 @@ class FiniteELBO(ELBO):
         )
         if math.isfinite(loss) and grads_finite:
             return loss
-        for param in params:
-            param.grad = None
+        _clear_grads(params)
         what = "" if not math.isfinite(loss) else " (the loss was finite, its gradients not)"
         self._raise(loss, what, model, guide, args, kwargs, params)
 
@@ -270,3 +269,10 @@ def usability(
             "usable."
         )
     return "the guide is still usable."
+
+
+def _clear_grads(params: set[torch.Tensor]) -> None:
+    """Drop the gradients of ``params``, and of the parameters a flat one stands for (the
+    flow's, whose gradients are views of its own)."""
+    for param in {*params, *unpacked(params)}:
+        param.grad = None

@@ -7,6 +7,7 @@ import torch
 from helpers import hierarchical
 
 from pyro_realnvp import AutoRealNVP, fit
+from pyro_realnvp.guide import store
 
 SMALL = {"num_layers": 4, "hidden_dims": (32, 32)}
 
@@ -60,3 +61,101 @@ def test_forget_deletes_only_the_names_under_its_prefix():
         pyro.param(name, torch.zeros(1))
     forget("AutoRealNVP.")
     assert sorted(pyro.get_param_store().keys()) == ["AutoRealNVPx.loc", "other"]
+
+
+def flow_vector(guide):
+    return torch.cat([p.detach().reshape(-1) for p in guide.flow.parameters()])
+
+
+def plain_svi(model, guide, steps):
+    """Pyro's own loop, as users write it; seeded, so two runs draw the same noise."""
+    optim = pyro.optim.Adam({"lr": 0.01})
+    svi = pyro.infer.SVI(model, guide, optim, pyro.infer.Trace_ELBO())
+    pyro.set_rng_seed(1)
+    for _ in range(steps):
+        svi.step()
+    return optim
+
+
+def per_tensor(flow, name, packed):
+    """The declaration before the flow was one tensor: a param statement per tensor."""
+    store.register_flow(flow, name)
+    return packed, None
+
+
+def test_pyro_steps_the_flow_as_one_tensor_with_the_updates_it_made_per_tensor(monkeypatch):
+    model = hierarchical(torch.randn(4, 3))
+    trained = {}
+    for old in (False, True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        if old:
+            monkeypatch.setattr(store, "declare_flow", per_tensor)
+        guide = AutoRealNVP(model, **SMALL)
+        optim = plain_svi(model, guide, 20)
+        trained[old] = (flow_vector(guide), len(optim.optim_objs))
+    assert trained[False][1] == 4  # loc, scale, scale_tril and the flow
+    assert trained[True][1] == 3 + len(list(guide.flow.parameters()))
+    assert not torch.equal(trained[False][0], torch.zeros_like(trained[False][0]))
+    assert torch.allclose(trained[False][0], trained[True][0], rtol=1e-5, atol=1e-6)
+
+
+def test_the_store_holds_the_flow_as_one_tensor_the_flow_reads():
+    model = hierarchical(torch.randn(4, 3))
+    guide = AutoRealNVP(model, **SMALL)
+    plain_svi(model, guide, 5)
+    store = pyro.get_param_store()
+    assert not any("$$$" in name for name in store.keys())
+    flat = store["AutoRealNVP.flow"]
+    assert torch.equal(flat.detach(), flow_vector(guide))
+    with torch.no_grad():
+        flat.add_(1.0)  # what Pyro's optimizer does to it
+    assert torch.equal(flat.detach(), flow_vector(guide))
+
+
+def test_the_store_holds_the_trained_flow_right_after_fit():
+    model, guide = trained_guide()  # the fast path trains the flow's own tensors
+    assert torch.equal(pyro.get_param_store()["AutoRealNVP.flow"].detach(), flow_vector(guide))
+
+
+def test_a_torch_optimizer_over_the_guide_trains_the_flow_with_its_own_gradients():
+    model = hierarchical(torch.randn(4, 3))
+    guide = AutoRealNVP(model, **SMALL)
+    guide()
+    optimizer = torch.optim.Adam(guide.parameters(), lr=0.01)
+    loss_fn = pyro.infer.Trace_ELBO().differentiable_loss
+    before = flow_vector(guide)
+    for _ in range(5):
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model, guide).backward()
+        optimizer.step()
+    assert not torch.equal(before, flow_vector(guide))
+    assert torch.equal(pyro.get_param_store()["AutoRealNVP.flow"].detach(), flow_vector(guide))
+    # Gradients accumulate as torch's do: two backward passes at one draw, twice one.
+    optimizer.zero_grad(set_to_none=True)
+    pyro.set_rng_seed(3)
+    loss_fn(model, guide).backward()
+    once = [p.grad.clone() for p in guide.flow.parameters()]
+    pyro.set_rng_seed(3)
+    loss_fn(model, guide).backward()
+    assert all(
+        torch.allclose(p.grad, 2 * g) for p, g in zip(guide.flow.parameters(), once, strict=True)
+    )
+
+
+def test_a_store_saved_with_a_tensor_per_flow_parameter_is_read_into_the_flow():
+    model, guide = trained_guide()
+    names = [name for name, _ in guide.flow.named_parameters()]
+    old = {f"AutoRealNVP.flow$$${n}": p.detach() + 1.0 for n, p in guide.flow.named_parameters()}
+    state = pyro.get_param_store().get_state()
+    pyro.clear_param_store()
+    for name, value in state["params"].items():
+        if name != "AutoRealNVP.flow":
+            pyro.get_param_store().setdefault(name, value, state["constraints"][name])
+    for name, value in old.items():
+        pyro.param(name, value)
+    restored = AutoRealNVP(model, **SMALL)
+    restored()
+    assert torch.equal(flow_vector(restored), torch.cat([v.reshape(-1) for v in old.values()]))
+    assert [n for n, _ in restored.flow.named_parameters()] == names
+    assert not any("$$$" in name for name in pyro.get_param_store().keys())

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyro_realnvp.infer.flat import FlatParameters
+from pyro_realnvp._internal.flat import FlatParameters, unpacked
 
 
 def make_params(seed=0):
@@ -77,3 +77,68 @@ def test_gradients_cleared_elsewhere_are_bound_again_at_the_next_zero_grad():
     for a, b in zip(separate, shared, strict=True):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     assert flat.intact()
+
+
+def test_a_replaced_flat_gradient_is_what_the_parameters_read():
+    params = make_params()
+    flat = FlatParameters(params)
+    flat.bind()
+    loss_of(params).backward()
+    flat.flat.grad = torch.zeros_like(flat.flat)  # as Pyro's zero_grads does after a step
+    flat.sync_grads()
+    loss_of(params).backward()
+    expected = make_params()
+    loss_of(expected).backward()
+    for param, reference in zip(params, expected, strict=True):
+        assert torch.allclose(param.grad, reference.grad)
+    assert torch.equal(flat.flat.grad, torch.cat([p.grad.reshape(-1) for p in params]))
+
+
+def test_gradients_set_elsewhere_keep_their_values_and_cleared_ones_read_as_zero():
+    params = make_params()
+    flat = FlatParameters(params)
+    flat.bind()
+    loss_of(params).backward()
+    params[0].grad = None  # module.zero_grad() on part of them
+    params[1].grad = torch.full((4,), 7.0)
+    flat.sync_grads()
+    assert torch.equal(params[0].grad, torch.zeros(3, 4))
+    assert torch.equal(flat.flat.grad[12:16], torch.full((4,), 7.0))
+    assert all(p.grad.data_ptr() != 0 and p.grad._base is flat.flat.grad for p in params)
+    flat.flat.grad = None  # an optimizer's zero_grad(set_to_none=True) over [flat]
+    flat.sync_grads()
+    assert torch.equal(flat.flat.grad, torch.zeros(flat.flat.numel()))
+    assert all(p.grad._base is flat.flat.grad for p in params)
+
+
+def test_refresh_binds_again_from_a_parameter_moved_elsewhere():
+    params = make_params()
+    flat = FlatParameters(params)
+    flat.bind()
+    params[2].data = params[2].data.clone() + 1.0  # as module.to() or another binding does
+    expected = params[2].detach().clone()
+    flat.refresh()
+    assert params[2].untyped_storage().data_ptr() == flat.flat.untyped_storage().data_ptr()
+    assert torch.equal(flat.flat[-8:], expected.reshape(-1))
+
+
+def test_release_gives_a_parameter_back_its_first_storage_with_the_new_values():
+    outer = make_params()
+    first = FlatParameters(outer)
+    first.bind()
+    second = FlatParameters(outer)  # the fast path binding what the guide already bound
+    second.bind()
+    with torch.no_grad():
+        second.flat.add_(1.0)
+    second.release()
+    assert all(p.untyped_storage().data_ptr() == first.flat.untyped_storage().data_ptr()
+               for p in outer)  # fmt: skip
+    assert torch.equal(first.flat, second.flat)
+
+
+def test_unpacked_stands_a_bound_flat_tensor_for_its_parameters():
+    params, other = make_params(), torch.zeros(2, requires_grad=True)
+    flat = FlatParameters(params)
+    assert list(unpacked([flat.flat, other]))[0] is flat.flat  # not bound: itself
+    flat.bind()
+    assert [id(t) for t in unpacked([flat.flat, other])] == [id(p) for p in params + [other]]
