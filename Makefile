@@ -34,7 +34,8 @@ clean:
 
 # Benchmarks run by hand; each writes its table into docs/. The `bench` extra (zuko, for
 # the "zuko RealNVP" column) is installed on top of `dev`; `make test` does not need it.
-.PHONY: bench bench-posteriordb bench-speed bench-distributed bench-stability bench-diagnostics
+.PHONY: bench bench-posteriordb bench-speed bench-plain-loop bench-distributed bench-stability \
+	bench-diagnostics
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
@@ -59,6 +60,10 @@ bench-diagnostics: $(STAMP)
 
 bench-speed: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/speed.py
+
+# A step of Pyro's own loop (SVI, Adam, Trace_ELBO) for AutoRealNVP and Pyro's guides.
+bench-plain-loop: $(STAMP)
+	$(BIN)/python -m benchmarks.plain_loop
 
 bench-distributed: $(STAMP)
 	$(BIN)/python benchmarks/distributed.py

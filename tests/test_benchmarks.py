@@ -247,3 +247,24 @@ def test_pyro_eight_schools_is_the_examples_model_with_24_latents():
         + dist.Normal(mu + tau * eta, sigma).log_prob(y).sum()
     )
     torch.testing.assert_close(trace.log_prob_sum(), by_hand)
+
+
+def test_plain_loop_bench_writes_a_row_per_target_with_its_ratios(tmp_path):
+    from benchmarks import plain_loop
+
+    args = plain_loop.parse(["--quick", "--no-posteriordb", "--out", str(tmp_path / "p.md")])
+    rows = plain_loop.main(args)
+    assert [name for name, _, _ in rows] == ["funnel_d6", "pyro_eight_schools"]
+    text = (tmp_path / "p.md").read_text()
+    for name, dim, ms in rows:
+        assert set(ms) == set(plain_loop.GUIDES)
+        assert ms["AutoRealNVP"] > 0
+        assert ms["AutoMultivariateNormal"] > 0
+        line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[1] == str(dim)
+        ratio = ms["AutoRealNVP"] / ms["AutoMultivariateNormal"]
+        assert cells[7].startswith(f"{ratio:.2f}")
+        assert ("(met)" in cells[7]) == (ratio <= 2.0)
+        flow = ms["AutoNormalizingFlow (4 couplings)"]  # Pyro's own can fail on a NaN draw
+        assert cells[5] == ("failed" if math.isnan(flow) else f"{flow:.2f}")

@@ -1,0 +1,184 @@
+"""Time one step of Pyro's plain loop, as users write it, for AutoRealNVP and Pyro's guides.
+
+``SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())``, one particle, one
+process, one torch thread. For each target every guide is set up and warmed up, then timed
+in interleaved rounds (so load from other processes hits them alike); the table gives the
+median ms per step and AutoRealNVP's ratio to each rival. Issue 30 asks for at most 1.25x
+``AutoNormalizingFlow`` (4 affine couplings) and at most 2x ``AutoMultivariateNormal``.
+Writes ``docs/plain-loop.md``.
+
+Run ``python -m benchmarks.plain_loop`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.distributions.transforms import affine_coupling, iterated
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import (
+    AutoMultivariateNormal,
+    AutoNormal,
+    AutoNormalizingFlow,
+)
+from pyro.optim import Adam
+
+from benchmarks.posteriordb import load_target
+from benchmarks.pyro_examples import pyro_eight_schools
+from benchmarks.targets import Target, funnel
+from pyro_realnvp import AutoRealNVP
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "plain-loop.md"
+
+
+def coupling_flow(model: Callable) -> AutoNormalizingFlow:
+    """Pyro's own coupling flow as its docs build it: 4 affine couplings."""
+    return AutoNormalizingFlow(model, partial(iterated, 4, affine_coupling))
+
+
+#: Name, guide factory; AutoRealNVP first, the rivals its ratios are taken to after.
+GUIDES: dict[str, Callable] = {
+    "AutoRealNVP": AutoRealNVP,
+    "AutoNormal": AutoNormal,
+    "AutoMultivariateNormal": AutoMultivariateNormal,
+    "AutoNormalizingFlow (4 couplings)": coupling_flow,
+}
+#: Issue 30's bounds on AutoRealNVP's step, as a ratio to these rivals'.
+BOUNDS = {"AutoNormalizingFlow (4 couplings)": 1.25, "AutoMultivariateNormal": 2.0}
+
+
+def targets(posteriordb: bool) -> list[Target]:
+    found = [funnel(6, num_draws=10), pyro_eight_schools()]
+    if posteriordb:
+        found.insert(1, load_target("eight_schools_noncentered"))
+    return found
+
+
+def steppers(target: Target, warmup: int) -> dict[str, Callable[[], float] | None]:
+    """One plain SVI step per guide, each under its own name in a cleared param store
+    (``None`` for a guide whose warm-up raised)."""
+    pyro.clear_param_store()
+    steps = {}
+    for index, (name, make) in enumerate(GUIDES.items()):
+        pyro.set_rng_seed(0)
+        guide = make(target.model)
+        guide._pyro_name = f"guide{index}"
+        svi = SVI(target.model, guide, Adam({"lr": 0.01}), Trace_ELBO())
+        steps[name] = partial(svi.step, *target.args)
+        try:
+            for _ in range(warmup):
+                steps[name]()
+        except (ValueError, RuntimeError) as error:
+            print(f"{target.name}, {name} failed: {str(error).splitlines()[0][:90]}")
+            steps[name] = None
+    return steps
+
+
+def time_steps(steps: dict, rounds: int, per_round: int) -> dict[str, float]:
+    """Median ms per step over ``rounds`` interleaved rounds of ``per_round`` steps; NaN
+    for a guide whose loop raised (Pyro's own flow can meet a NaN draw and stop)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    failed = {name for name, step in steps.items() if step is None}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            if name in failed:
+                continue
+            start = time.perf_counter()
+            try:
+                for _ in range(per_round):
+                    step()
+            except (ValueError, RuntimeError) as error:
+                print(f"{name} failed: {str(error).splitlines()[0][:90]}", flush=True)
+                failed.add(name)
+                continue
+            times[name].append((time.perf_counter() - start) / per_round * 1e3)
+    return {n: math.nan if n in failed else statistics.median(v) for n, v in times.items()}
+
+
+def table(rows: list[tuple[str, int, dict[str, float]]]) -> list[str]:
+    rivals = [name for name in GUIDES if name != "AutoRealNVP"]
+    head = ["target", "latents", *GUIDES, *(f"AutoRealNVP / {r}" for r in rivals)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for target, dim, ms in rows:
+        ratios = []
+        for rival in rivals:
+            if math.isnan(ms[rival]) or math.isnan(ms["AutoRealNVP"]):
+                ratios.append("–")
+                continue
+            ratio = ms["AutoRealNVP"] / ms[rival]
+            bound = BOUNDS.get(rival)
+            mark = "" if bound is None else (" (met)" if ratio <= bound else " (**not met**)")
+            ratios.append(f"{ratio:.2f}{mark}")
+        times = ["failed" if math.isnan(ms[n]) else f"{ms[n]:.2f}" for n in GUIDES]
+        cells = [target, str(dim), *times, *ratios]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_doc(rows: list, args) -> None:
+    bounds = ", ".join(f"{bound}x {name}" for name, bound in BOUNDS.items())
+    text = [
+        "# A step of Pyro's own loop: AutoRealNVP beside Pyro's guides",
+        "",
+        "Written by `benchmarks/plain_loop.py` (`make bench-plain-loop`); do not edit by hand.",
+        "",
+        f"- torch {torch.__version__}, pyro {pyro.__version__}, "
+        f"Python {platform.python_version()}",
+        f"- CPU: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} thread(s); no GPU row (none was measured)",
+        f"- load average while writing: {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        f" on {os.cpu_count()} cores (other processes share the machine)",
+        "- the loop: `SVI(model, guide, pyro.optim.Adam({'lr': 0.01}), Trace_ELBO())`, one"
+        " particle, every guide at its defaults",
+        f"- median ms per step over {args.rounds} interleaved rounds of {args.steps} steps,"
+        f" after {args.warmup} warm-up steps",
+        f"- issue 30's bounds on AutoRealNVP's step: at most {bounds}",
+        "- failed: the guide's loop raised (a NaN draw) during the warm-up or the timing;"
+        " its ratio is left out (–)",
+        "",
+        *table(rows),
+        "",
+    ]
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text("\n".join(text))
+    print(f"wrote {args.out}")
+
+
+def main(args) -> list:
+    torch.set_num_threads(1)
+    rows = []
+    for target in targets(not args.no_posteriordb):
+        ms = time_steps(steppers(target, args.warmup), args.rounds, args.steps)
+        rows.append((target.name, target.dim, ms))
+        print(target.name, {name: round(value, 2) for name, value in ms.items()}, flush=True)
+    write_doc(rows, args)
+    return rows
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timed rounds")
+    parser.add_argument("--steps", type=int, default=60, help="steps per round")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed steps per guide")
+    parser.add_argument("--no-posteriordb", action="store_true",
+                        help="leave out posteriordb's eight schools")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the table")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 3 steps")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps, args.warmup = 2, 3, 2
+    return args
+
+
+if __name__ == "__main__":
+    main(parse())
