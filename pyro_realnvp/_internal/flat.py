@@ -8,12 +8,9 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
+from torch.utils.hooks import unserializable_hook
 
 __all__ = ["FlatParameters", "unpacked"]
-
-#: Each live packing by ``id`` of its flat leaf, for :func:`unpacked` (a tensor attribute
-#: would do, but torch.save refuses a tensor that carries a weak reference).
-_PACKINGS: dict[int, weakref.ref] = {}
 
 
 class FlatParameters:
@@ -43,7 +40,9 @@ class FlatParameters:
         (True, True)
     """
 
-    def __init__(self, params: Iterable[Tensor], flat: Tensor | None = None) -> None:
+    def __init__(
+        self, params: Iterable[Tensor], flat: Tensor | None = None, *, give_back: bool = True
+    ) -> None:
         self.params = list(params)
         if not self.params:
             raise ValueError("FlatParameters needs at least one parameter")
@@ -67,9 +66,9 @@ class FlatParameters:
                 f"got shape {tuple(flat.shape)}"
             )
         self.flat = flat
-        key = id(flat)
-        _PACKINGS[key] = weakref.ref(self, lambda _: _PACKINGS.pop(key, None))
+        self.give_back = give_back
         self.bound = False
+        self._hooks: list = []
         self._buffer: Tensor | None = None
         self._grads: list[Tensor | None] = [None] * len(self.params)
 
@@ -97,7 +96,7 @@ class FlatParameters:
             with torch.no_grad():
                 for param, part in self._slices():
                     self.flat[part] = param.reshape(-1)
-        self._originals = [param.data for param in self.params]
+        self._originals = [param.data for param in self.params] if self.give_back else None
         for param, part in self._slices():
             param.data = self.flat.data[part].view_as(param)
         self._pointers = [param.data_ptr() for param in self.params]
@@ -134,14 +133,57 @@ class FlatParameters:
             grads.append(view)
         self._grads = grads
 
+    def track_grads(self) -> None:
+        """From now on, sync the gradients (:meth:`sync_grads`) as a backward pass reaches
+        a parameter, before it accumulates: whatever replaced or cleared ``flat.grad`` or
+        a parameter's since (Pyro's ``zero_grads``, an optimizer's ``zero_grad`` between
+        the loss and its backward pass) is then accounted for, and the parameters'
+        gradients, accumulated in place, fill ``flat.grad``. Idle while another binding
+        holds the parameters (the fast path's). :meth:`untrack` stops it."""
+        if self._hooks:
+            return
+        ref = weakref.ref(self)
+
+        def hook(index: int):
+            @unserializable_hook
+            def before_accumulating(grad: Tensor) -> None:
+                packing = ref()
+                if packing is not None and packing._stale(index):
+                    packing.sync_grads()
+
+            return before_accumulating
+
+        self._hooks = [param.register_hook(hook(i)) for i, param in enumerate(self.params)]
+
+    def _stale(self, index: int) -> bool:
+        """Whether parameter ``index``, bound here (not by another binding), is about to
+        accumulate where ``flat.grad`` will not see it: O(1), as it runs for each one."""
+        param = self.params[index]
+        if not self.bound or param.data_ptr() != self._pointers[index]:
+            return False
+        own = self._buffer
+        return own is None or self.flat.grad is not own or param.grad is not self._grads[index]
+
+    def untrack(self) -> None:
+        """Remove :meth:`track_grads`' hooks, and the gradients it pointed at ``flat``."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        for param, view in zip(self.params, self._grads, strict=True):
+            if view is not None and param.grad is view:
+                param.grad = None
+
+    def _data_intact(self) -> bool:
+        return all(
+            param.data_ptr() == pointer
+            for param, pointer in zip(self.params, self._pointers, strict=True)
+        )
+
     def refresh(self, grads: bool = True) -> None:
         """Bind again, from the values they have, where parameters moved elsewhere
         (``param.data = ...``, ``module.to(...)``, another binding); then, with ``grads``,
         :meth:`sync_grads`. Address checks only, no device synchronisation."""
-        if self.bound and any(
-            param.data_ptr() != pointer
-            for param, pointer in zip(self.params, self._pointers, strict=True)
-        ):
+        if self.bound and not self._data_intact():
             self.release()
         self.bind(grads=False)
         if grads:
@@ -195,21 +237,20 @@ def _fits(original: Tensor | None, param: Tensor, storage: int) -> bool:
                                                                  param.device)  # fmt: skip
 
 
-def unpacked(tensors: Iterable[Tensor]) -> Iterator[Tensor]:
-    """``tensors``, each flat leaf of a bound :class:`FlatParameters` replaced by the
-    parameters it binds: what to train where nothing keeps its gradient views.
+def unpacked(tensors: Iterable[Tensor], params: Iterable[Tensor]) -> Iterator[Tensor]:
+    """``tensors``, each that shares its storage with some of ``params`` (a flat tensor
+    they are views of) replaced by those: what to train where nothing syncs the views.
 
     Example:
         >>> a, b = torch.ones(2, requires_grad=True), torch.zeros(3, requires_grad=True)
         >>> flat = FlatParameters([a, b])
         >>> flat.bind()
-        >>> [tuple(t.shape) for t in unpacked([flat.flat])]
+        >>> [tuple(t.shape) for t in unpacked([flat.flat], [a, b])]
         [(2,), (3,)]
     """
+    params = list(params)
+    storages = {id(p): p.untyped_storage().data_ptr() for p in params}
     for tensor in tensors:
-        ref = _PACKINGS.get(id(tensor))
-        packing = None if ref is None else ref()
-        if packing is not None and packing.flat is tensor and packing.bound:
-            yield from packing.params
-        else:
-            yield tensor
+        storage = tensor.untyped_storage().data_ptr()
+        shared = [p for p in params if storages[id(p)] == storage and p is not tensor]
+        yield from shared or [tensor]

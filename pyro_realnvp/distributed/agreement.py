@@ -211,9 +211,10 @@ def finite_allreduce_hook(state: LocalFinite, bucket):
 def check_params_in_module(params: dict[str, Tensor], module: nn.Module) -> None:
     """DDP averages the gradients of module parameters only: refuse loose param-store ones
     (a flat tensor that stands for a flow's parameters is inside where they are)."""
-    inside = {id(p) for p in module.parameters()}
+    own = list(module.parameters())
+    inside = {id(p) for p in own}
     loose = sorted(name for name, p in params.items()
-                   if not all(id(q) in inside for q in unpacked([p])))  # fmt: skip
+                   if not all(id(q) in inside for q in unpacked([p], own)))  # fmt: skip
     if loose:
         raise ValueError(
             f"parameter(s) {loose[:4]} are in Pyro's param store but in no torch module of "

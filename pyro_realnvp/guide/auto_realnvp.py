@@ -125,6 +125,7 @@ class AutoRealNVP(AutoContinuous):
         super().__init__(model, init_loc_fn=self._init_loc_fn)
         self._bare_model = (model,)  # without init_loc_fn: what the potential reads
         self.register_load_state_dict_pre_hook(store.raw_loc_of_older_states)
+        self.register_state_dict_post_hook(store.own_storage)
 
     @property
     def _dense(self) -> bool:
@@ -320,6 +321,8 @@ class AutoRealNVP(AutoContinuous):
         # As unpicklable as the model can be; it set up already.
         state["_init_loc_fn"] = state["_bare_model"] = None
         state.pop("_packed_flow", None)  # the next call packs the flow again
+        if "flow" in state["_modules"]:  # its parameters are views of one tensor: one each
+            state["_modules"] = {**state["_modules"], "flow": store.compact_copy(self.flow)}
         return state
 
     def __deepcopy__(self, memo: dict) -> AutoRealNVP:

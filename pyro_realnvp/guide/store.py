@@ -4,6 +4,7 @@ stale entries refused, and states saved by older versions read."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator
 
@@ -19,9 +20,11 @@ from .._internal.flat import FlatParameters
 __all__ = [
     "check_stored_shape",
     "check_stored_sites",
+    "compact_copy",
     "declare_flow",
     "flow_reading",
     "forget",
+    "own_storage",
     "register_flow",
 ]
 
@@ -59,20 +62,29 @@ def declare_flow(
     _take_entries_per_tensor(flow, name)
     previous = None if packed is None else packed.flat
     if packed is None or not packed.holds(params):
-        packed = FlatParameters(params)
-    # Gradient views only where a backward pass may follow: a call under no_grad (a
-    # diagnostic, an explanation of a failure) leaves the gradients as they are.
-    packed.refresh(grads=torch.is_grad_enabled())
+        if packed is not None:  # a .to() or .double(): its gradients meant the old dtype
+            packed.untrack()
+        packed = _packing(params)
+    packed.refresh(grads=False)  # its gradients sync as a backward pass reaches them
     store = pyro.get_param_store()
     if name in store and store[name] is not packed.flat:
         if store[name] is previous:  # ours, before a .to() or .double() made a new one
             del store[name]
         else:
             check_stored_shape(name, packed.flat)
+            packed.untrack()
             packed.release()
-            packed = FlatParameters(params, flat=store[name])
-            packed.bind(from_params=False, grads=torch.is_grad_enabled())
+            packed = _packing(params, store[name])
     return packed, pyro.param(name, packed.flat)  # the statement SVI collects params from
+
+
+def _packing(params: list[Tensor], flat: Tensor | None = None) -> FlatParameters:
+    """The flow's parameters bound to ``flat`` (the store's, whose values they take) or a
+    new one, their gradients synced at each backward pass."""
+    packed = FlatParameters(params, flat, give_back=False)
+    packed.bind(from_params=flat is None, grads=False)
+    packed.track_grads()
+    return packed
 
 
 @contextlib.contextmanager
@@ -104,6 +116,32 @@ def flow_reading(flow: nn.Module, flat: Tensor, shapes: list[torch.Size]) -> Ite
     finally:
         for module, leaf, param in saved:
             module._parameters[leaf] = param
+
+
+def own_storage(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """A ``state_dict`` post-hook: the flow's entries, views of the one tensor Pyro sees,
+    get storage of their own, so that ``pickle`` writes each once (``torch.save`` shares
+    a storage among its views; ``pickle`` writes it whole with each)."""
+    for key, value in state_dict.items():
+        if (key.startswith(prefix + "flow.") and not isinstance(value, nn.Parameter)
+                and value.untyped_storage().nbytes() > value.nbytes):  # fmt: skip
+            state_dict[key] = value.clone()
+
+
+def compact_copy(flow: nn.Module) -> nn.Module:
+    """A deep copy of ``flow`` whose parameters each own their storage (see
+    :func:`own_storage`), for pickling.
+
+    Example:
+        >>> layer = nn.Linear(2, 1)
+        >>> layer.weight.data = torch.zeros(10)[:2].view(1, 2)
+        >>> compact_copy(layer).weight.untyped_storage().nbytes()
+        8
+    """
+    copied = copy.deepcopy(flow)
+    for param in copied.parameters():
+        param.data = param.data.clone()
+    return copied
 
 
 def _take_entries_per_tensor(flow: nn.Module, prefix: str) -> None:

@@ -320,7 +320,8 @@ class FastELBO:
         with torch.no_grad(), poutine.block(), poutine.trace(param_only=True) as capture:
             self.guide(*replay.args, **replay.kwargs)
         leaves = (site["value"].unconstrained() for site in capture.trace.nodes.values())
-        return list({id(leaf): leaf for leaf in unpacked(leaves)}.values())
+        flow = self.guide.flow.parameters()
+        return list({id(leaf): leaf for leaf in unpacked(leaves, flow)}.values())
 
     def parameters(self) -> list[Tensor]:
         """The tensors an optimizer should step (unconstrained guide parameters)."""

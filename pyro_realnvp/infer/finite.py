@@ -15,7 +15,6 @@ from pyro.infer.elbo import ELBO
 from torch.distributions import biject_to
 
 from .._internal.compat import elbo_traces, unpack_latent
-from .._internal.flat import unpacked
 from .._internal.locate import first_line, model_raised, partial_trace, raised_at
 from ..errors import NonFiniteLossError
 from ..guide.initial import DefaultStartRejected
@@ -192,7 +191,7 @@ class FiniteELBO(ELBO):
                 loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         except NonFiniteLossError as error:
             params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
-            _clear_grads(params)
+            _clear_grads(params, guide)
             self._raise(error, "", model, guide, args, kwargs, params)
         params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
         grads = [p.grad for p in params if p.grad is not None]
@@ -201,7 +200,7 @@ class FiniteELBO(ELBO):
         )
         if math.isfinite(loss) and grads_finite:
             return loss
-        _clear_grads(params)
+        _clear_grads(params, guide)
         what = "" if not math.isfinite(loss) else " (the loss was finite, its gradients not)"
         self._raise(loss, what, model, guide, args, kwargs, params)
 
@@ -271,8 +270,9 @@ def usability(
     return "the guide is still usable."
 
 
-def _clear_grads(params: set[torch.Tensor]) -> None:
-    """Drop the gradients of ``params``, and of the parameters a flat one stands for (the
-    flow's, whose gradients are views of its own)."""
-    for param in {*params, *unpacked(params)}:
+def _clear_grads(params: set[torch.Tensor], guide: Callable) -> None:
+    """Drop the gradients of ``params`` and of the guide's own parameters (a flow's,
+    which Pyro sees as one flat tensor of which they are views)."""
+    own = guide.parameters() if isinstance(guide, torch.nn.Module) else ()
+    for param in {*params, *own}:
         param.grad = None

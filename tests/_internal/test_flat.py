@@ -136,9 +136,36 @@ def test_release_gives_a_parameter_back_its_first_storage_with_the_new_values():
     assert torch.equal(first.flat, second.flat)
 
 
-def test_unpacked_stands_a_bound_flat_tensor_for_its_parameters():
+def test_unpacked_stands_a_flat_tensor_for_the_parameters_that_are_its_views():
     params, other = make_params(), torch.zeros(2, requires_grad=True)
     flat = FlatParameters(params)
-    assert list(unpacked([flat.flat, other]))[0] is flat.flat  # not bound: itself
+    assert list(unpacked([flat.flat], params)) == [flat.flat]  # not bound: itself
     flat.bind()
-    assert [id(t) for t in unpacked([flat.flat, other])] == [id(p) for p in params + [other]]
+    assert [id(t) for t in unpacked([flat.flat, other], params)] == [
+        id(p) for p in [*params, other]
+    ]
+    # Another set of views of the same tensor (a same-named copy's flow) is not these.
+    assert [id(t) for t in unpacked([flat.flat], params[:1])] == [id(params[0])]
+
+
+def test_tracked_gradients_fill_flat_whatever_replaced_them_before_the_backward_pass():
+    params = make_params()
+    flat = FlatParameters(params, give_back=False)
+    flat.bind(grads=False)
+    flat.track_grads()
+    expected = make_params()
+    loss_of(expected).backward()
+    reference = torch.cat([p.grad.reshape(-1) for p in expected])
+    # Pyro's zero_grads, then the order loss, zero_grad, backward: each time one gradient.
+    for clear in (lambda: setattr(flat.flat, "grad", torch.zeros_like(flat.flat)),
+                  lambda: setattr(flat.flat, "grad", None),
+                  lambda: [setattr(p, "grad", None) for p in params]):  # fmt: skip
+        loss = loss_of(params)
+        clear()
+        loss.backward()
+        assert torch.allclose(flat.flat.grad, reference)
+        assert all(p.grad._base is flat.flat.grad for p in params)
+    flat.untrack()
+    assert all(p.grad is None for p in params)
+    loss_of(params).backward()  # untracked: the parameters' own gradients, flat's untouched
+    assert all(p.grad._base is None for p in params)

@@ -1,10 +1,14 @@
 """The guide's side of the param store: round trips, and a stale entry refused."""
 
+import copy
+import pickle
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 from helpers import hierarchical
+from pyro import poutine
 
 from pyro_realnvp import AutoRealNVP, fit
 from pyro_realnvp.guide import store
@@ -159,3 +163,47 @@ def test_a_store_saved_with_a_tensor_per_flow_parameter_is_read_into_the_flow():
     assert torch.equal(flow_vector(restored), torch.cat([v.reshape(-1) for v in old.values()]))
     assert [n for n, _ in restored.flow.named_parameters()] == names
     assert not any("$$$" in name for name in pyro.get_param_store().keys())
+
+
+def test_an_optimizer_over_the_store_zeroed_between_loss_and_backward_trains_the_flow(
+    monkeypatch,
+):
+    model = hierarchical(torch.randn(4, 3))
+    trained = []
+    for old in (False, True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        if old:
+            monkeypatch.setattr(store, "declare_flow", per_tensor)
+        guide = AutoRealNVP(model, **SMALL)
+        loss_fn = pyro.infer.Trace_ELBO().differentiable_loss
+        with poutine.trace(param_only=True) as capture:
+            loss_fn(model, guide)
+        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        optimizer = torch.optim.Adam(params, lr=0.01)
+        pyro.set_rng_seed(1)
+        for _ in range(5):  # the order of Lightning's automatic optimisation
+            loss = loss_fn(model, guide)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        trained.append(flow_vector(guide))
+    assert torch.allclose(trained[0], trained[1], rtol=1e-5, atol=1e-6)
+    assert trained[0].abs().sum() > 0
+
+
+def test_fit_trains_a_flow_whose_same_named_copy_was_called():
+    model, guide = trained_guide()
+    clone = copy.deepcopy(guide)
+    clone()  # shares the stored tensor, as Pyro's guides of one name do
+    before = flow_vector(guide)
+    fit(model, guide, num_steps=5, progress=False)
+    assert not torch.equal(before, flow_vector(guide))
+    assert all(p.grad is None for p in guide.parameters())
+
+
+def test_pickle_writes_each_flow_parameter_once():
+    _, guide = trained_guide()
+    size = sum(p.numel() * p.element_size() for p in guide.flow.parameters())
+    assert len(pickle.dumps(guide.state_dict())) < 1.5 * size + 20_000
+    assert len(pickle.dumps(guide)) < 1.5 * size + 100_000
