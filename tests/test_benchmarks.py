@@ -257,7 +257,7 @@ def test_plain_loop_bench_writes_a_row_per_target_with_its_ratios(tmp_path):
     assert [name for name, _, _ in rows] == ["funnel_d6", "pyro_eight_schools"]
     text = (tmp_path / "p.md").read_text()
     for name, dim, ms in rows:
-        assert set(ms) == set(plain_loop.GUIDES)
+        assert set(ms) == {*plain_loop.GUIDES, plain_loop.FALL_BACK}
         assert ms["AutoRealNVP"] > 0
         assert ms["AutoMultivariateNormal"] > 0
         line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
@@ -268,3 +268,4 @@ def test_plain_loop_bench_writes_a_row_per_target_with_its_ratios(tmp_path):
         assert ("(met)" in cells[7]) == (ratio <= 2.0)
         flow = ms["AutoNormalizingFlow (4 couplings)"]  # Pyro's own can fail on a NaN draw
         assert cells[5] == ("failed" if math.isnan(flow) else f"{flow:.2f}")
+        assert cells[-1].startswith(f"{ms[plain_loop.FALL_BACK] / ms['AutoRealNVP']:.2f}")
