@@ -34,8 +34,8 @@ clean:
 
 # Benchmarks run by hand; each writes its table into docs/. The `bench` extra (zuko, for
 # the "zuko RealNVP" column) is installed on top of `dev`; `make test` does not need it.
-.PHONY: bench bench-posteriordb bench-speed bench-plain-loop bench-distributed bench-stability \
-	bench-diagnostics
+.PHONY: bench bench-posteriordb bench-speed bench-plain-loop bench-time bench-distributed \
+	bench-stability bench-diagnostics
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml constraints.txt
@@ -60,6 +60,10 @@ bench-diagnostics: $(STAMP)
 
 bench-speed: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/speed.py
+
+# The ELBO each guide reaches against seconds, set-up included (issue 30's time to accuracy).
+bench-time: $(STAMP)
+	$(BIN)/python -m benchmarks.time_to_accuracy
 
 # A step of Pyro's own loop (SVI, Adam, Trace_ELBO) for AutoRealNVP and Pyro's guides.
 bench-plain-loop: $(STAMP)

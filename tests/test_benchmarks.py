@@ -269,3 +269,34 @@ def test_plain_loop_bench_writes_a_row_per_target_with_its_ratios(tmp_path):
         flow = ms["AutoNormalizingFlow (4 couplings)"]  # Pyro's own can fail on a NaN draw
         assert cells[5] == ("failed" if math.isnan(flow) else f"{flow:.2f}")
         assert cells[-1].startswith(f"{ms[plain_loop.FALL_BACK] / ms['AutoRealNVP']:.2f}")
+
+
+def test_time_to_reach_is_the_first_point_within_two_standard_errors():
+    from benchmarks.time_to_accuracy import time_to_reach
+
+    points = [(1.0, 10, -12.0, 0.1), (2.0, 20, -10.3, 0.1), (3.0, 30, -9.0, 0.1)]
+    assert time_to_reach(points, -10.0, 0.2) == 2.0  # -10.3 is within 2 * 0.22 of -10
+    assert time_to_reach(points, -10.0, 0.01) == 3.0  # not within 2 * 0.1 any more
+    assert time_to_reach(points, -8.0, 0.1) is None
+
+
+def test_time_to_accuracy_bench_compares_every_rival_on_every_target(tmp_path):
+    from benchmarks import time_to_accuracy as tta
+
+    args = tta.parse(["--quick", "--out", str(tmp_path / "t.md"),
+                      "--figure", str(tmp_path / "t.png")])  # fmt: skip
+    args.steps, args.draws = 25, 100
+    runs = tta.main(args)
+    assert set(runs) == {"banana_d2", "pyro_eight_schools"}
+    for by_guide in runs.values():
+        assert set(by_guide) == {tta.OURS, *tta.RIVALS}
+        for run in by_guide.values():
+            seconds = [point[0] for point in run["points"]]
+            assert seconds == sorted(seconds)
+            assert seconds[0] >= run["setup"]
+            assert [point[1] for point in run["points"]] == tta.checkpoints(25)
+    rows = tta.comparisons(runs)
+    assert len(rows) == 2 * len(tta.RIVALS)
+    text = (tmp_path / "t.md").read_text()
+    assert all(f"| {row['target']} | {row['rival']} |" in text for row in rows)
+    assert (tmp_path / "t.png").stat().st_size > 10_000
