@@ -121,7 +121,16 @@ def flow_reading(flow: nn.Module, flat: Tensor, shapes: list[torch.Size]) -> Ite
 def own_storage(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
     """A ``state_dict`` post-hook: the flow's entries, views of the one tensor Pyro sees,
     get storage of their own, so that ``pickle`` writes each once (``torch.save`` shares
-    a storage among its views; ``pickle`` writes it whole with each)."""
+    a storage among its views; ``pickle`` writes it whole with each).
+
+    Example:
+        >>> flow = nn.Linear(2, 1)
+        >>> flow.weight.data = torch.zeros(10)[:2].view(1, 2)
+        >>> state = {"flow.weight": flow.weight.detach()}
+        >>> own_storage(None, state, "", {})
+        >>> state["flow.weight"].untyped_storage().nbytes()
+        8
+    """
     for key, value in state_dict.items():
         if (key.startswith(prefix + "flow.") and not isinstance(value, nn.Parameter)
                 and value.untyped_storage().nbytes() > value.nbytes):  # fmt: skip
