@@ -180,7 +180,14 @@ def mlp_call(net: nn.Module, x: Tensor, detach: bool = False, plain: bool | None
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, gain: float) -> Tensor:
     """``x (gain W)^T + b``; with a bias, one ``addmm`` scales the product by the gain
-    instead of multiplying the weight at every call."""
+    instead of multiplying the weight at every call. Of no inputs (the conditioner of a
+    one-coordinate coupling) it is the bias: TorchScript cannot differentiate a product
+    with an empty factor (Pyro's JIT ELBOs)."""
+    if weight.shape[-1] == 0:
+        # The empty weight's row sums are zeros, which keep it in the graph: every
+        # parameter gets a gradient, as DistributedDataParallel asks.
+        out = weight.sum(-1) if bias is None else bias + weight.sum(-1)
+        return out.expand(*x.shape[:-1], weight.shape[0])
     if bias is None or x.dim() < 2:
         return nn.functional.linear(x, weight * gain if gain != 1.0 else weight, bias)
     flat = x.flatten(0, -2) if x.dim() > 2 else x

@@ -81,3 +81,14 @@ def test_a_conditioner_without_inputs_or_hidden_layers_builds_without_warnings()
         warnings.simplefilter("error")
         net = conditioner(0, 2, hidden_dims=())
     assert net(torch.zeros(3, 0)).shape == (3, 2)
+
+
+def test_a_layer_of_no_inputs_is_its_bias_and_every_parameter_gets_a_gradient():
+    layer = ScaledLinear(0, 3)
+    torch.nn.init.normal_(layer.bias)
+    x = torch.zeros(5, 0)
+    out = layer(x)
+    assert torch.equal(out, layer.bias.expand(5, 3))
+    out.sum().backward()
+    assert layer.weight.grad.shape == (3, 0)
+    assert torch.equal(layer.bias.grad, torch.full((3,), 5.0))

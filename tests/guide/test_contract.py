@@ -390,3 +390,16 @@ def test_a_guide_whose_parameters_went_non_finite_refuses_to_summarise_itself():
         guide.median()
     with pytest.raises(ValueError, match="hold NaN or infinite values"):
         guide.quantiles(LEVELS)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:.*torch.jit.trace")
+def test_jit_elbo_trains_a_guide_of_one_latent():
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=torch.tensor(0.5))
+
+    guide = AutoRealNVP(model, **SMALL)  # its couplings' conditioners read no inputs
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.JitTrace_ELBO())
+    for _ in range(50):
+        svi.step()
+    assert abs(guide.median()["mu"] - 0.25) < 0.1  # the posterior is N(0.25, 1/2)
