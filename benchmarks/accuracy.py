@@ -19,11 +19,9 @@ import argparse
 import json
 import math
 import multiprocessing
-import platform
 import runpy
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -41,6 +39,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.importance import psis_diagnostic, vectorized_importance_weights
 from pyro.optim import Adam, ClippedAdam
 
+from benchmarks.environment import environment_lines
 from benchmarks.guides import GUIDES, ZUKO_GUIDE, fit_counting_redraws, make_guide
 from benchmarks.metrics import moment_errors, sliced_w1, standardize
 from benchmarks.pdb_report import examples_section, median_of, posteriordb_sections, yes
@@ -453,34 +452,6 @@ def _gaussian_floor_check(results, pdb) -> list[str]:
     return lines
 
 
-def _environment() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        models = [
-            line.split(":", 1)[1].strip()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        cpu = models[0] if models else cpu
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return [
-        f"- CPU: {cpu}, {multiprocessing.cpu_count()} cores visible (shared with other jobs)",
-        f"- Python {platform.python_version()}, torch {torch.__version__}, "
-        f"pyro-ppl {pyro.__version__}, {platform.platform()}",
-        f"- pyro-realnvp commit {commit}",
-    ]
-
-
 def _particles_prose(particles: int | None) -> str:
     if particles is not None:
         return f"{particles} particle(s) per step for every guide"
@@ -825,7 +796,7 @@ def main(args: argparse.Namespace) -> str:
     start = time.perf_counter()
     if ZUKO_GUIDE not in GUIDES:
         print(f"zuko is not installed: the {ZUKO_GUIDE!r} column is left out", file=sys.stderr)
-    env = _environment()  # the commit the run started from
+    env = environment_lines()  # the commit the run started from
     if args.from_results is not None:
         results = _read_results(args.from_results)
         env.append(f"- fits read from {args.from_results.name} (an earlier run of the same jobs)")

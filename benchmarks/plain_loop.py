@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +31,7 @@ from pyro.infer.autoguide import (
 )
 from pyro.optim import Adam
 
+from benchmarks.environment import environment_lines
 from benchmarks.posteriordb import load_target
 from benchmarks.pyro_examples import pyro_eight_schools
 from benchmarks.targets import Target, funnel
@@ -149,12 +148,8 @@ def write_doc(rows: list, args) -> None:
         "",
         "Written by `benchmarks/plain_loop.py` (`make bench-plain-loop`); do not edit by hand.",
         "",
-        f"- torch {torch.__version__}, pyro {pyro.__version__}, "
-        f"Python {platform.python_version()}",
-        f"- CPU: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} thread(s); no GPU row (none was measured)",
-        f"- load average while writing: {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
-        f" on {os.cpu_count()} cores (other processes share the machine)",
+        *environment_lines(),
+        f"- {torch.get_num_threads()} torch thread(s); no GPU row (none was measured)",
         "- the loop: `SVI(model, guide, pyro.optim.Adam({'lr': 0.01}), Trace_ELBO())`, one"
         " particle, every guide at its defaults",
         f"- median ms per step over {args.rounds} interleaved rounds of {args.steps} steps,"

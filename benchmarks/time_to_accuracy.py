@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from pyro.infer.importance import vectorized_importance_weights
 
 from benchmarks.accuracy import get_target
+from benchmarks.environment import environment_lines
 from benchmarks.guides import make_guide
 from benchmarks.targets import Target
 from pyro_realnvp import NonFiniteLossError
@@ -187,11 +187,9 @@ def write_doc(runs: dict, args) -> None:
         "",
         "Written by `benchmarks/time_to_accuracy.py` (`make bench-time`); do not edit by hand.",
         "",
-        f"- torch {torch.__version__}, pyro {pyro.__version__}, "
-        f"Python {platform.python_version()}; CPU {platform.machine()}, one thread, one "
-        "process, guides one after another; no GPU row (none was measured)",
-        f"- load average while writing: {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
-        f" on {os.cpu_count()} cores (other processes share the machine)",
+        *environment_lines(),
+        "- one torch thread, one process, guides one after another; no GPU row (none was"
+        " measured)",
         f"- every guide through `fit` at its defaults, {args.steps} steps, seed 0; the"
         " clock runs over set-up and steps and stops while the ELBO is estimated from"
         f" {args.draws} fresh draws at steps {', '.join(map(str, checkpoints(args.steps)))}",

@@ -87,15 +87,20 @@ def per_tensor(flow, name, packed):
     return packed, None
 
 
+def seeded_guide(model, monkeypatch, old: bool) -> AutoRealNVP:
+    """A fresh guide in a cleared store, seeded; ``old``: declared a tensor at a time."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    if old:
+        monkeypatch.setattr(store, "declare_flow", per_tensor)
+    return AutoRealNVP(model, **SMALL)
+
+
 def test_pyro_steps_the_flow_as_one_tensor_with_the_updates_it_made_per_tensor(monkeypatch):
     model = hierarchical(torch.randn(4, 3))
     trained = {}
     for old in (False, True):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        if old:
-            monkeypatch.setattr(store, "declare_flow", per_tensor)
-        guide = AutoRealNVP(model, **SMALL)
+        guide = seeded_guide(model, monkeypatch, old)
         optim = plain_svi(model, guide, 20)
         trained[old] = (flow_vector(guide), len(optim.optim_objs))
     assert trained[False][1] == 4  # loc, scale, scale_tril and the flow
@@ -171,11 +176,7 @@ def test_an_optimizer_over_the_store_zeroed_between_loss_and_backward_trains_the
     model = hierarchical(torch.randn(4, 3))
     trained = []
     for old in (False, True):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        if old:
-            monkeypatch.setattr(store, "declare_flow", per_tensor)
-        guide = AutoRealNVP(model, **SMALL)
+        guide = seeded_guide(model, monkeypatch, old)
         loss_fn = pyro.infer.Trace_ELBO().differentiable_loss
         with poutine.trace(param_only=True) as capture:
             loss_fn(model, guide)
