@@ -70,7 +70,12 @@ class FlatParameters:
         self.bound = False
         self._hooks: list = []
         self._buffer: Tensor | None = None
+        #: Each parameter's view of the buffer, what its gradient is meant to be (the
+        #: view, or a mirror: see _mirror), and the buffer generation it was synced at.
+        self._views: list[Tensor | None] = [None] * len(self.params)
         self._grads: list[Tensor | None] = [None] * len(self.params)
+        self._seen = [0] * len(self.params)
+        self._generation = 0
 
     def holds(self, params: Iterable[Tensor]) -> bool:
         """Whether these are the parameters it binds, still of ``flat``'s dtype and device."""
@@ -99,70 +104,107 @@ class FlatParameters:
         self._originals = [param.data for param in self.params] if self.give_back else None
         for param, part in self._slices():
             param.data = self.flat.data[part].view_as(param)
-        self._pointers = [param.data_ptr() for param in self.params]
+        self._pointers = [_address(param) for param in self.params]
         self.bound = True
         if grads:
             self.sync_grads()
 
-    def sync_grads(self) -> None:
-        """Make each gradient a view of ``flat.grad`` again where something replaced
-        either. A replaced ``flat.grad`` (Pyro's ``zero_grads`` sets a new one at every
-        step) is copied into the buffer the views read, one copy rather than dozens of
-        new views; a cleared one reads as zero; a parameter's gradient set to ``None``
-        reads as zero, set to another tensor, as that tensor. Identity checks only, no
-        device synchronisation."""
+    def _sync_buffer(self) -> None:
+        """Make ``flat.grad`` the buffer the views read: a replaced one (Pyro's
+        ``zero_grads`` sets a new one at every step) is copied into it, one copy rather
+        than dozens of new views; a cleared one reads as zero."""
         own, given = self._buffer, self.flat.grad
-        first = own is None  # the first since bind: the buffer is flat's gradient, or zeros
-        if first:
+        if own is None:  # the first since bind: the buffer is flat's gradient, or zeros
             own = given if given is not None else torch.zeros_like(self.flat)
+            self._views = [own[part].view_as(param) for param, part in self._slices()]
         elif given is None:
             own.zero_()
         elif given is not own:
             own.copy_(given)
-        self.flat.grad, self._buffer = own, own
-        if not first and self._grads_intact():
+        else:
             return
-        grads = []
-        for (param, part), old in zip(self._slices(), self._grads, strict=True):
-            view, held = own[part].view_as(param), param.grad
-            if held is None:
-                view.zero_()
-            elif held is not old:  # a gradient of its own: keep its values
-                view.copy_(held)
-            param.grad = view
-            grads.append(view)
-        self._grads = grads
+        self.flat.grad = self._buffer = own
+        self._generation += 1  # mirrors of the buffer before (see _mirror) are stale
+
+    def _sync_one(self, index: int, point: bool = True) -> None:
+        """Parameter ``index``'s gradient made its view of the buffer: a current mirror
+        stays, another tensor's values are kept; ``None`` reads as zero, and stays
+        ``None`` unless ``point`` (a backward pass may not reach it: ``autograd.grad``
+        runs the hooks too, and must leave ``.grad`` alone)."""
+        param, view = self.params[index], self._views[index]
+        held = param.grad
+        if held is view:
+            return
+        mirror = held is self._grads[index] and self._seen[index] == self._generation
+        if held is None:
+            view.zero_()
+            if not point:
+                return
+        elif mirror:
+            return
+        elif held is not self._grads[index]:  # a gradient of its own: keep its values
+            view.copy_(held)
+        param.grad = self._grads[index] = view
+        self._seen[index] = self._generation
+
+    def sync_grads(self) -> None:
+        """Make every gradient a view of ``flat.grad`` (:meth:`_sync_buffer`,
+        :meth:`_sync_one`). Identity checks only, no device synchronisation."""
+        self._sync_buffer()
+        for index in range(len(self.params)):
+            self._sync_one(index)
 
     def track_grads(self) -> None:
-        """From now on, sync the gradients (:meth:`sync_grads`) as a backward pass reaches
-        a parameter, before it accumulates: whatever replaced or cleared ``flat.grad`` or
-        a parameter's since (Pyro's ``zero_grads``, an optimizer's ``zero_grad`` between
-        the loss and its backward pass) is then accounted for, and the parameters'
-        gradients, accumulated in place, fill ``flat.grad``. Idle while another binding
-        holds the parameters (the fast path's). :meth:`untrack` stops it."""
+        """From now on, sync each parameter's gradient as a backward pass reaches it: before
+        it accumulates, whatever replaced or cleared ``flat.grad`` or its gradient since
+        (Pyro's ``zero_grads``, an optimizer's ``zero_grad`` between the loss and its
+        backward pass) is accounted for, so its gradient, accumulated in place, fills
+        ``flat.grad``; one the pass does not reach keeps its ``None``. After it
+        accumulates into a new tensor (from ``None``, or with ``create_graph=True``),
+        that tensor is mirrored into ``flat.grad``. Idle while another binding holds
+        the parameters (the fast path's). :meth:`untrack` stops it."""
         if self._hooks:
             return
         ref = weakref.ref(self)
 
-        def hook(index: int):
+        def hooks(index: int, param: Tensor) -> list:
             @unserializable_hook
             def before_accumulating(grad: Tensor) -> None:
                 packing = ref()
                 if packing is not None and packing._stale(index):
-                    packing.sync_grads()
+                    packing._sync_buffer()
+                    packing._sync_one(index, point=False)  # after it accumulates: _mirror
 
-            return before_accumulating
+            def after_accumulating(param: Tensor) -> None:
+                packing = ref()
+                if packing is not None and packing._stale(index):
+                    packing._mirror(index)
 
-        self._hooks = [param.register_hook(hook(i)) for i, param in enumerate(self.params)]
+            return [param.register_hook(before_accumulating),
+                    param.register_post_accumulate_grad_hook(after_accumulating)]  # fmt: skip
+
+        self._hooks = [hook for i, p in enumerate(self.params) for hook in hooks(i, p)]
+
+    def _mirror(self, index: int) -> None:
+        """Copy a gradient accumulated out of place (or a first one, where it was
+        ``None``) into the buffer, and remember it as current until the buffer is
+        replaced."""
+        param, view = self.params[index], self._views[index]
+        held = param.grad
+        view.copy_(held.detach())
+        if not held.requires_grad:  # no graph to keep (create_graph=False): the view
+            param.grad = held = view
+        self._grads[index], self._seen[index] = held, self._generation
 
     def _stale(self, index: int) -> bool:
         """Whether parameter ``index``, bound here (not by another binding), is about to
-        accumulate where ``flat.grad`` will not see it: O(1), as it runs for each one."""
+        accumulate, or has, where ``flat.grad`` does not see it: O(1), as it runs for each
+        one."""
         param = self.params[index]
-        if not self.bound or param.data_ptr() != self._pointers[index]:
+        if not self.bound or _address(param) != self._pointers[index]:
             return False
         own = self._buffer
-        return own is None or self.flat.grad is not own or param.grad is not self._grads[index]
+        return own is None or self.flat.grad is not own or param.grad is not self._views[index]
 
     def untrack(self) -> None:
         """Remove :meth:`track_grads`' hooks, and the gradients it pointed at ``flat``."""
@@ -175,7 +217,7 @@ class FlatParameters:
 
     def _data_intact(self) -> bool:
         return all(
-            param.data_ptr() == pointer
+            _address(param) == pointer
             for param, pointer in zip(self.params, self._pointers, strict=True)
         )
 
@@ -189,15 +231,12 @@ class FlatParameters:
         if grads:
             self.sync_grads()
 
-    def _grads_intact(self) -> bool:
-        return all(p.grad is g for p, g in zip(self.params, self._grads, strict=True))
-
     def intact(self) -> bool:
         """Whether every parameter and gradient is still its view: ``param.grad = None``
         (``module.zero_grad()``) or ``param.data = ...`` elsewhere would leave the buffer
         stale. Identity and address checks only, no device synchronisation."""
         return all(
-            param.grad is grad and param.data_ptr() == pointer
+            param.grad is grad and _address(param) == pointer
             for param, grad, pointer in zip(self.params, self._grads, self._pointers, strict=True)
         )
 
@@ -227,6 +266,12 @@ class FlatParameters:
             self.release()
             self.bind()
         self.flat.grad.zero_()
+
+
+def _address(param: Tensor) -> tuple[int, int]:
+    """Where ``param``'s values live: its storage and offset (``data_ptr`` is 0 for every
+    empty tensor, wherever it lives)."""
+    return param.untyped_storage().data_ptr(), param.storage_offset()
 
 
 def _fits(original: Tensor | None, param: Tensor, storage: int) -> bool:

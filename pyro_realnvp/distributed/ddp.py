@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._internal.compat import elbo_traces
+from ..guide import AutoRealNVP
 from ..infer.loop import History, check_training_args
 from ..infer.preflight import preflight
 from ..infer.svi import fit
@@ -57,6 +58,14 @@ def _distribute(module: nn.Module, **options) -> tuple[nn.Module, LocalFinite | 
     """``module`` in DDP with the finite-noting hook, or as it is without a process group."""
     if not in_process_group():
         return module, None
+    if options.get("gradient_as_bucket_view") and any(
+        isinstance(m, AutoRealNVP) for m in module.modules()
+    ):
+        raise ValueError(
+            "gradient_as_bucket_view=True is not supported with AutoRealNVP: its flow's "
+            "gradients are views of the one tensor Pyro's optimizer steps, and DDP would "
+            "make them views of its buckets instead; leave it False (the default)"
+        )
     device = next(module.parameters()).device
     ddp = DistributedDataParallel(
         module,

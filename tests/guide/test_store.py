@@ -208,3 +208,46 @@ def test_pickle_writes_each_flow_parameter_once():
     size = sum(p.numel() * p.element_size() for p in guide.flow.parameters())
     assert len(pickle.dumps(guide.state_dict())) < 1.5 * size + 20_000
     assert len(pickle.dumps(guide)) < 1.5 * size + 100_000
+
+
+def test_fit_trains_every_coupling_of_a_one_latent_flow():
+    def model():  # each conditioner reads no inputs: its first weight is empty
+        pyro.sample("x", dist.Gamma(2.0, 1.0))
+
+    guide = AutoRealNVP(model, **SMALL)
+    guide()
+    before = [layer.net[-1].bias.detach().clone() for layer in guide.flow.layers]
+    fit(model, guide, num_steps=20, progress=False)
+    after = [layer.net[-1].bias for layer in guide.flow.layers]
+    assert all(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+def test_pyro_optimizer_after_a_backward_pass_that_creates_a_graph(monkeypatch):
+    model = hierarchical(torch.randn(4, 3))
+    trained = []
+    for old in (False, True):
+        guide = seeded_guide(model, monkeypatch, old)
+        loss_fn = pyro.infer.Trace_ELBO().differentiable_loss
+        optim = pyro.optim.Adam({"lr": 0.01})
+        pyro.set_rng_seed(1)
+        for _ in range(3):
+            with poutine.trace(param_only=True) as capture:
+                loss = loss_fn(model, guide)
+            loss.backward(create_graph=True)  # torch accumulates out of place
+            params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+            optim(params)
+            pyro.infer.util.zero_grads(params)
+        trained.append(flow_vector(guide))
+    assert torch.allclose(trained[0], trained[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_backward_pass_through_part_of_the_flow_leaves_the_rest_without_gradient():
+    model = hierarchical(torch.randn(4, 3))
+    guide = AutoRealNVP(model, **SMALL)
+    pyro.infer.Trace_ELBO().differentiable_loss(model, guide).backward()
+    guide.zero_grad()  # set_to_none
+    first = guide.flow.layers[0]
+    first(torch.randn(5, guide.latent_dim)).sum().backward()
+    rest = [p for layer in guide.flow.layers[1:] for p in layer.parameters()]
+    assert all(p.grad is None for p in rest)
+    assert all(p.grad is not None for p in first.parameters())
