@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._internal.compat import elbo_traces
-from ..guide import AutoRealNVP
+from ..infer.flow_guide import FlowGuide
 from ..infer.loop import History, check_training_args
 from ..infer.preflight import preflight
 from ..infer.svi import fit
@@ -59,7 +59,7 @@ def _distribute(module: nn.Module, **options) -> tuple[nn.Module, LocalFinite | 
     if not in_process_group():
         return module, None
     if options.get("gradient_as_bucket_view") and any(
-        isinstance(m, AutoRealNVP) for m in module.modules()
+        isinstance(m, FlowGuide) for m in module.modules()
     ):
         raise ValueError(
             "gradient_as_bucket_view=True is not supported with AutoRealNVP: its flow's "
