@@ -157,7 +157,10 @@ def _take_entries_per_tensor(flow: nn.Module, prefix: str) -> None:
     """Give ``flow`` the values the store holds per tensor under ``prefix`` (a store saved
     before the flow was declared as one tensor), and remove those entries."""
     store = pyro.get_param_store()
-    if not any(key.startswith(prefix + "$$$") for key in store.keys()):
+    # Such a store holds every trainable tensor, the first among them: one lookup per
+    # call rather than a scan of the store.
+    first = next(iter(flow.named_parameters()), None)
+    if first is None or param_with_module_name(prefix, first[0]) not in store:
         return
     with torch.no_grad():
         for leaf, param in flow.named_parameters():
