@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +32,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoIAFNormal, AutoNormal, AutoNormalizingFlow
 from pyro.optim import Adam
 
+from benchmarks.environment import environment_lines
 from benchmarks.zuko_guide import AutoZukoRealNVP, zuko_available
 from pyro_realnvp import AutoRealNVP, FastELBO
 from pyro_realnvp.flows.coupling import default_hidden_dims
@@ -206,13 +205,8 @@ def write_doc(rows: list[dict], args) -> None:
         "",
         "Written by `benchmarks/speed.py` (`make bench-speed`); do not edit by hand.",
         "",
-        f"- torch {torch.__version__}, pyro {pyro.__version__}, "
-        f"Python {platform.python_version()}",
-        f"- CPU: {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} thread(s)",
-        f"- CUDA device: {cuda}",
-        f"- load average while writing: {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
-        f" on {os.cpu_count()} cores (other processes share the machine)",
+        *environment_lines(),
+        f"- {torch.get_num_threads()} torch thread(s); CUDA device: {cuda}",
         f"- median of {args.rounds} interleaved timed steps after {args.warmup} warm-up steps",
         f"- model: `x ~ N(0, I_D)`, `y ~ N(x, I)` observed; {NUM_LAYERS} coupling/IAF layers,"
         " hidden widths `default_hidden_dims(D)` (two layers of `clamp(4D, 32, 256)`) for every"
