@@ -27,6 +27,7 @@ __all__ = [
     "covariance_factor",
     "find_mode",
     "gaussian_elbo",
+    "gaussian_log_weights",
     "hessian",
     "laplace_start",
     "local_start",
@@ -40,6 +41,9 @@ MODE_GAIN = 1e-6
 #: L-BFGS iterations of a restart's first leg: one still above the first mode by then is
 #: taken to share its basin; one already below is searched on to its own mode.
 RESTART_ITERS = 30
+#: Nats: a Laplace Gaussian whose draws put log Z within this of its ELBO is taken
+#: without scoring the local candidate (:func:`laplace_start`; docs/tuning.md, issue 30).
+ALREADY_GOOD = 1.0
 #: The widest start of any coordinate of the local (non-Laplace) candidate.
 MAX_LOCAL_SCALE = 1.0
 _FAILURES = (ValueError, RuntimeError, ArithmeticError)
@@ -327,6 +331,41 @@ def diagonal_factor(curvature: Tensor, cap: float = math.inf) -> tuple[Tensor, T
     return torch.diag(scale.clamp(max=cap)), bad
 
 
+def gaussian_log_weights(
+    potential: Callable[[Tensor], Tensor],
+    loc: Tensor,
+    scale_tril: Tensor,
+    *,
+    num_draws: int = 64,
+    seed: int = 0,
+) -> Tensor | None:
+    r""":math:`-U(u_k) - \log q(u_k)` at fixed-seed draws :math:`u_k \sim q = \mathcal
+    N(\text{loc}, LL^T)`, shape ``(num_draws,)``; ``None`` if the model cannot score one.
+
+    Example:
+        >>> gaussian_log_weights(lambda u: (u**2).sum() / 2, torch.zeros(3), torch.eye(3),
+        ...                      num_draws=2)  # q is exp(-U) normalised: log Z = 2.757
+        tensor([2.7568, 2.7568])
+    """
+    generator = torch.Generator(device=loc.device).manual_seed(seed)
+    eps = torch.randn((num_draws, loc.numel()), generator=generator, dtype=loc.dtype,
+                      device=loc.device)  # fmt: skip
+    draws = loc + eps @ scale_tril.T
+    log_q = -0.5 * (eps**2).sum(-1) - scale_tril.diagonal().log().sum()
+    log_q = log_q - 0.5 * loc.numel() * math.log(2 * math.pi)
+    batched = batched_potential(potential, loc)
+    try:
+        with torch.no_grad():
+            if batched is not None:
+                score, most = batched
+                values = torch.cat([score(part) for part in draws.split(most)])
+            else:
+                values = torch.stack([potential(draw).reshape(()) for draw in draws])
+    except _FAILURES:
+        return None
+    return -values - log_q
+
+
 def gaussian_elbo(
     potential: Callable[[Tensor], Tensor],
     loc: Tensor,
@@ -337,37 +376,34 @@ def gaussian_elbo(
 ) -> float:
     r"""Monte-Carlo :math:`E_q[-U(u) - \log q(u)]` for :math:`q = \mathcal N(\text{loc}, LL^T)`.
 
-    Fixed-seed draws, so two candidates are scored on the same noise; ``-inf`` if the
-    model cannot score any draw (a start whose draws overflow is no start).
+    Fixed-seed draws (:func:`gaussian_log_weights`), so two candidates are scored on the
+    same noise; ``-inf`` if the model cannot score any draw (a start whose draws overflow
+    is no start).
 
     Example:
         >>> round(gaussian_elbo(lambda u: (u**2).sum() / 2, torch.zeros(3), torch.eye(3)), 3)
         2.757
     """
-    generator = torch.Generator(device=loc.device).manual_seed(seed)
-    eps = torch.randn((num_draws, loc.numel()), generator=generator, dtype=loc.dtype,
-                      device=loc.device)  # fmt: skip
-    draws = loc + eps @ scale_tril.T
-    log_q = -0.5 * (eps**2).sum(-1) - scale_tril.diagonal().log().sum()
-    log_q = log_q - 0.5 * loc.numel() * math.log(2 * math.pi)
-    batched = batched_potential(potential, loc)
-    if batched is not None:
-        score, most = batched
-        try:
-            with torch.no_grad():
-                values = torch.cat([score(part) for part in draws.split(most)])
-            total = float((-values - log_q).sum())
-            return total / num_draws if math.isfinite(total) else -math.inf
-        except _FAILURES:
-            return -math.inf
-    total = 0.0
-    with torch.no_grad():
-        for draw, log_q_draw in zip(draws, log_q, strict=True):
-            try:
-                total += (-potential(draw) - log_q_draw).item()
-            except _FAILURES:
-                return -math.inf
-    return total / num_draws if math.isfinite(total) else -math.inf
+    return _mean(gaussian_log_weights(potential, loc, scale_tril, num_draws=num_draws, seed=seed))
+
+
+def _mean(log_w: Tensor | None) -> float:
+    total = -math.inf if log_w is None else float(log_w.double().sum())
+    return total / len(log_w) if math.isfinite(total) else -math.inf
+
+
+def _kl_estimate(log_w: Tensor | None) -> float:
+    r""":math:`\log \frac1K \sum_k w_k - \frac1K \sum_k \log w_k`: the draws' estimate of
+    :math:`\log Z - \text{ELBO} = \mathrm{KL}(q \| p)` (low where they miss p's mass)."""
+    if log_w is None or not bool(torch.isfinite(log_w).all()):
+        return math.inf
+    log_w = log_w.double()
+    return float(torch.logsumexp(log_w, 0) - math.log(len(log_w)) - log_w.mean())
+
+
+def _scored(start: GaussianStart, potential: Callable, num_draws: int) -> GaussianStart:
+    start.elbo = gaussian_elbo(potential, start.loc, start.scale_tril, num_draws=num_draws)
+    return start
 
 
 def local_start(potential: Callable[[Tensor], Tensor], init: Tensor) -> GaussianStart:
@@ -407,6 +443,9 @@ def laplace_start(
     x1's width, which tail-adaptive weights keep and reverse KL narrows (docs/math.md,
     docs/tuning.md). ``elbo_choice`` then holds the start the ELBO rule would have taken.
     A search that hits its budget found no mode, so by either rule the start is local.
+    Where the Laplace Gaussian is proper and its draws put :math:`\log Z` within
+    ``ALREADY_GOOD`` nats of its ELBO, no Gaussian could beat it by more, and the local
+    one is not computed (its curvature costs ``D`` Hessian-vector products).
 
     Example:
         >>> start = laplace_start(lambda u: ((u - 2.0) ** 2).sum() * 50, torch.zeros(2))
@@ -415,20 +454,25 @@ def laplace_start(
     """
     if rule not in START_RULES:
         raise ValueError(f"rule must be one of {START_RULES}, got {rule!r}")
-    local = local_start(potential, init)
-    # Not preconditioned by local.scale: docs/tuning.md says why.
+    # Not preconditioned by the local scale: docs/tuning.md says why.
     mode, converged = best_mode(potential, init, max_iter=max_iter)
-    local.elbo = gaussian_elbo(potential, local.loc, local.scale_tril, num_draws=num_draws)
     if not converged:
         # Still descending at its budget: a potential with no minimum there (a
         # hierarchical scale on its way to zero), whose curvature would start the guide
         # in the degenerate neck, too narrow to leave it (docs/tuning.md, issue 28).
-        return local
+        return _scored(local_start(potential, init), potential, num_draws)
     curvature = hessian(potential, mode, diagonal=not dense)
     factor, bad = covariance_factor(curvature) if dense else diagonal_factor(curvature)
     laplace = GaussianStart(mode, factor, bad, kind="laplace")
-    laplace.elbo = gaussian_elbo(potential, laplace.loc, laplace.scale_tril, num_draws=num_draws)
+    log_w = gaussian_log_weights(potential, mode, factor, num_draws=num_draws)
+    laplace.elbo = _mean(log_w)
     proper = not bool(bad.any()) and math.isfinite(laplace.elbo)
+    if proper and _kl_estimate(log_w) < ALREADY_GOOD:
+        # No Gaussian's ELBO is above log Z, which the draws put within ALREADY_GOOD of
+        # this one's: the local candidate could not win by more, so its D curvature rows
+        # (most of the start's cost at many latents) are not computed.
+        return laplace
+    local = _scored(local_start(potential, init), potential, num_draws)
     if rule == "proper" and proper:
         if laplace.elbo < local.elbo:
             laplace.elbo_choice = local

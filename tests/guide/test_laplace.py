@@ -167,6 +167,40 @@ def test_laplace_start_takes_the_mode_of_a_gaussian_and_its_covariance():
     assert torch.allclose(start.scale_tril @ start.scale_tril.T, torch.linalg.inv(precision))
 
 
+def test_kl_estimate_of_the_draws_approaches_kl_q_to_p():
+    # p = N(0, I) in 2-d, normalised (log Z = 0); q = N(0.3, 1.2^2 I): KL(q || p) in closed form.
+    potential = lambda u: 0.5 * (u**2).sum(-1) + math.log(2 * math.pi)  # noqa: E731
+    loc, scale = torch.full((2,), 0.3, dtype=torch.float64), 1.2
+    log_w = laplace.gaussian_log_weights(potential, loc, scale * torch.eye(2, dtype=torch.float64),
+                                         num_draws=20_000)  # fmt: skip
+    kl = 2 * (math.log(1 / scale) + (scale**2 + 0.3**2) / 2 - 0.5)
+    assert laplace._kl_estimate(log_w) == pytest.approx(kl, abs=0.02)
+    assert laplace._kl_estimate(None) == math.inf
+    assert laplace._kl_estimate(torch.tensor([0.0, -math.inf])) == math.inf
+
+
+@pytest.mark.parametrize("rule", ["elbo", "proper"])
+def test_an_already_good_laplace_start_skips_the_local_candidates_curvature(monkeypatch, rule):
+    calls = []
+    monkeypatch.setattr(laplace, "local_start", lambda *a: calls.append(a) or 1 / 0)
+    precision, mode = spd(4), torch.randn(4, dtype=torch.float64)
+    start = laplace_start(quadratic(precision, mode), torch.zeros(4, dtype=torch.float64),
+                          rule=rule)  # fmt: skip
+    assert calls == []
+    assert start.kind == "laplace" and start.elbo_choice is None
+    assert torch.allclose(start.loc, mode, atol=1e-6)
+
+
+def test_a_laplace_start_not_yet_good_is_still_scored_against_the_local_one(monkeypatch):
+    calls = []
+    original = laplace.local_start
+    monkeypatch.setattr(laplace, "local_start", lambda *a: calls.append(a) or original(*a))
+    init = torch.tensor(BANANA_INIT, dtype=torch.float64)
+    start = laplace_start(banana_potential, init)
+    assert len(calls) == 1
+    assert start.kind == "local"
+
+
 @pytest.mark.parametrize("start_rule", ["elbo", "proper"])
 def test_laplace_start_refuses_a_degenerate_mode(start_rule):
     # Neal's funnel: the joint density peaks at v = -40 with x_i pinned to e^{-20}; the
