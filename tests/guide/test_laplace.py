@@ -187,7 +187,8 @@ def test_an_already_good_laplace_start_skips_the_local_candidates_curvature(monk
     start = laplace_start(quadratic(precision, mode), torch.zeros(4, dtype=torch.float64),
                           rule=rule)  # fmt: skip
     assert calls == []
-    assert start.kind == "laplace" and start.elbo_choice is None
+    assert start.kind == "laplace"
+    assert start.elbo_choice is None
     assert torch.allclose(start.loc, mode, atol=1e-6)
 
 
