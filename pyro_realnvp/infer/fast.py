@@ -31,7 +31,7 @@ from ..guide.potential import Potential
 from .finite import explain_non_finite, rejected_draws_are_non_finite, usability
 from .flat import FlatParameters, unpacked
 from .flow_guide import FlowGuide
-from .loop import Schedule, clip_total_norm
+from .loop import NOTHING_TO_FIT, Schedule, clip_total_norm
 from .losses import check_beta, particle_objective
 
 __all__ = ["FastELBO", "FastStep", "particles_for"]
@@ -157,10 +157,6 @@ def _set_up(guide: FlowGuide, args: tuple, kwargs: dict, beta: float | None,
 
 
 #: What fit says of a guide whose every parameter is frozen.
-NOTHING_TO_FIT = (
-    "the guide has no trainable parameters (every parameter has requires_grad=False, e.g. "
-    "frozen by requires_grad_(False)): nothing to fit; unfreeze it with requires_grad_()"
-)
 
 
 class FastELBO:

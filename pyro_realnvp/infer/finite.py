@@ -185,21 +185,33 @@ class FiniteELBO(ELBO):
         return loss
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        loss, params = self.loss_grads_and_params(model, guide, *args, **kwargs)
+        grads = [p.grad for p in params if p.grad is not None]
+        grads_finite = not grads or bool(
+            torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        )
+        self.check(loss, grads_finite, params, model, guide, args, kwargs)
+        return loss
+
+    def loss_grads_and_params(
+        self, model: Callable, guide: Callable, *args, **kwargs
+    ) -> tuple[float, list[torch.Tensor]]:
+        """The wrapped ELBO's ``loss_and_grads``, and the unconstrained parameters it met
+        (in the order met); raises where the model rejected the draw, updating nothing."""
         capture = poutine.trace(param_only=True)
         try:
             with capture, rejected_draws_are_non_finite():
                 loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         except NonFiniteLossError as error:
-            params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+            params = _met(capture.trace)
             _clear_grads(params, guide)
             self._raise(error, "", model, guide, args, kwargs, params)
-        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
-        grads = [p.grad for p in params if p.grad is not None]
-        grads_finite = not grads or bool(
-            torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        )
+        return loss, _met(capture.trace)
+
+    def check(self, loss: float, grads_finite: bool, params, model, guide, args, kwargs) -> None:
+        """Raise, gradients cleared, where ``loss`` or the gradients are not finite."""
         if math.isfinite(loss) and grads_finite:
-            return loss
+            return
         _clear_grads(params, guide)
         what = "" if not math.isfinite(loss) else " (the loss was finite, its gradients not)"
         self._raise(loss, what, model, guide, args, kwargs, params)
@@ -270,7 +282,13 @@ def usability(
     return "the guide is still usable."
 
 
-def _clear_grads(params: set[torch.Tensor], guide: Callable) -> None:
+def _met(trace: poutine.Trace) -> list[torch.Tensor]:
+    """The unconstrained tensors of a param-only trace's sites, each once, in order met."""
+    met = (site["value"].unconstrained() for site in trace.nodes.values())
+    return list({id(param): param for param in met}.values())
+
+
+def _clear_grads(params, guide: Callable) -> None:
     """Drop the gradients of ``params`` and of the guide's own parameters (a flow's,
     which Pyro sees as one flat tensor of which they are views)."""
     own = guide.parameters() if isinstance(guide, torch.nn.Module) else ()

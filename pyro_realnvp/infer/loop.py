@@ -46,6 +46,13 @@ __all__ = [
 ]
 
 
+#: What a step says where the guide has nothing it can train.
+NOTHING_TO_FIT = (
+    "the guide has no trainable parameters (every parameter has requires_grad=False, e.g. "
+    "frozen by requires_grad_(False)): nothing to fit; unfreeze it with requires_grad_()"
+)
+
+
 class History(list):
     """The loss of every step (a ``list`` of floats), and what the run did besides.
 

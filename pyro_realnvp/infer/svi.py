@@ -13,22 +13,20 @@ import logging
 import math
 from collections.abc import Callable
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import Trace_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
 
 from ..errors import FastPathError
 from ..guide.summaries import check_finite_params
 from .averaging import AVERAGE, AveragedStep
-from .fast import NOTHING_TO_FIT, FastStep
-from .finite import FiniteELBO
+from .fast import FastStep
 from .flow_guide import FlowGuide
 from .loop import History, Schedule, Step, check_training_args, train
 from .losses import TAIL_BETA, check_beta
 from .preflight import preflight
+from .svi_step import ScheduledSVIStep, SVIStep
 
 __all__ = ["CLIP_NORMS", "SVIStep", "fit", "fit_fast", "fit_step"]
 
@@ -45,54 +43,6 @@ CLIP_NORMS = {"svi": 10.0, "fast": 100.0}
 FLOW_LR_DECAY = 0.1
 #: The modes of ``torch.compile`` that ``fit``'s ``compile`` may name.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class SVIStep:
-    """One ``SVI`` step with :class:`~pyro_realnvp.FiniteELBO`: Pyro's ELBO, any guide, any model.
-
-    Example:
-        >>> import pyro, pyro.distributions as dist
-        >>> from pyro.infer.autoguide import AutoNormal
-        >>> def model():
-        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
-        >>> step = SVIStep(model, AutoNormal(model), Trace_ELBO(),
-        ...                pyro.optim.Adam({"lr": 0.01}), (), {})
-        >>> len(train(step, 3, progress=False))
-        3
-    """
-
-    name = "SVI"
-
-    def __init__(self, model, guide, loss: ELBO, optim: PyroOptim, args, kwargs) -> None:
-        self.svi = SVI(model, guide, optim, FiniteELBO(loss))
-        self.guide, self.args, self.kwargs = guide, args, kwargs
-        self._trained: list[torch.Tensor] = []
-
-    def __call__(self) -> float:
-        if self._trained:
-            return self.svi.step(*self.args, **self.kwargs)
-        # Until a step succeeds: what SVI steps, the unconstrained values of the param sites
-        # it meets, which a step that raised need not have met yet.
-        with poutine.trace(param_only=True) as capture:
-            loss = self.svi.step(*self.args, **self.kwargs)
-        trained = (site["value"].unconstrained() for site in capture.trace.nodes.values())
-        trained = list({id(p): p for p in trained}.values())
-        if trained and not any(p.requires_grad for p in trained):  # it moved nothing
-            raise ValueError(NOTHING_TO_FIT)
-        self._trained = trained
-        return loss
-
-    def parameters(self) -> list[torch.Tensor]:
-        """The unconstrained tensors the first successful step trained (none before it)."""
-        return list(self._trained)
-
-    def clear_grads(self) -> None:
-        # Pyro zeroes gradients only after its update; an interrupt before it leaves them.
-        params = [p for _, p in pyro.get_param_store().named_parameters()]
-        if isinstance(self.guide, torch.nn.Module):
-            params += list(self.guide.parameters())
-        for param in params + self._trained:
-            param.grad = None
 
 
 def fit(
@@ -341,11 +291,13 @@ def _check_callables(model, guide, loss, optim) -> None:
 
 
 def _svi_step(model, guide, args, kwargs, loss, optim, num_particles, schedule) -> SVIStep:
+    """The step on Pyro's ELBO: with the user's ``optim``, Pyro's ``SVI``; else ``fit``'s
+    schedule in one fused Adam (:class:`~pyro_realnvp.infer.svi_step.ScheduledSVIStep`)."""
     num_particles = 1 if num_particles is None else num_particles
     if loss is None:
         loss = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     if optim is None:
-        optim = schedule.pyro_optim()
+        return ScheduledSVIStep(model, guide, loss, schedule, args, kwargs)
     return SVIStep(model, guide, loss, optim, args, kwargs)
 
 

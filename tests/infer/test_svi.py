@@ -13,6 +13,7 @@ from pyro_realnvp import AutoRealNVP, FastPathError, NonFiniteLossError, fit
 from pyro_realnvp.infer import MAX_PARTICLES
 from pyro_realnvp.infer import fast as fast_module
 from pyro_realnvp.infer import loop as train_module
+from pyro_realnvp.infer import svi_step as svi_step_module
 
 SMALL = {"num_layers": 2, "hidden_dims": (8,)}
 
@@ -158,6 +159,7 @@ def test_fit_clips_pyros_elbo_at_10_and_the_fast_path_at_100(
 
     monkeypatch.setattr(train_module, "clip_total_norm", spy)
     monkeypatch.setattr(fast_module, "clip_total_norm", spy)
+    monkeypatch.setattr(svi_step_module, "clip_total_norm", spy)
     model = regression()
     history = fit(model, AutoRealNVP(model, **SMALL), num_steps=3, progress=False,
                   fast=fast, clip_norm=clip_norm)  # fmt: skip

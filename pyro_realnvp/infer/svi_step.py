@@ -1,0 +1,144 @@
+"""Steps on Pyro's ELBO: ``SVI`` with any Pyro optimizer, or ``fit``'s schedule in one
+fused Adam. Either raises :class:`~pyro_realnvp.NonFiniteLossError` having updated
+nothing where the loss or a gradient is not finite (:class:`~pyro_realnvp.FiniteELBO`)."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import SVI
+from pyro.infer.elbo import ELBO
+from pyro.optim import PyroOptim
+from torch import Tensor
+from torch.nn.utils import get_total_norm
+
+from .finite import FiniteELBO
+from .loop import NOTHING_TO_FIT, Schedule, clip_total_norm
+
+__all__ = ["SVIStep", "ScheduledSVIStep"]
+
+
+def _refuse_if_frozen(trained: list[Tensor]) -> None:
+    if trained and not any(p.requires_grad for p in trained):  # it would move nothing
+        raise ValueError(NOTHING_TO_FIT)
+
+
+class SVIStep:
+    """One ``SVI`` step with :class:`~pyro_realnvp.FiniteELBO`: Pyro's ELBO, any guide, any
+    model, any Pyro optimizer.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer import Trace_ELBO
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> from pyro_realnvp.infer.loop import train
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0))
+        >>> step = SVIStep(model, AutoNormal(model), Trace_ELBO(),
+        ...                pyro.optim.Adam({"lr": 0.01}), (), {})
+        >>> len(train(step, 3, progress=False))
+        3
+    """
+
+    name = "SVI"
+
+    def __init__(self, model, guide, loss: ELBO, optim: PyroOptim, args, kwargs) -> None:
+        self.svi = SVI(model, guide, optim, FiniteELBO(loss))
+        self.guide, self.args, self.kwargs = guide, args, kwargs
+        self._trained: list[Tensor] = []
+
+    def __call__(self) -> float:
+        if self._trained:
+            return self.svi.step(*self.args, **self.kwargs)
+        # Until a step succeeds: what SVI steps, the unconstrained values of the param sites
+        # it meets, which a step that raised need not have met yet.
+        with poutine.trace(param_only=True) as capture:
+            loss = self.svi.step(*self.args, **self.kwargs)
+        trained = (site["value"].unconstrained() for site in capture.trace.nodes.values())
+        trained = list({id(p): p for p in trained}.values())
+        _refuse_if_frozen(trained)
+        self._trained = trained
+        return loss
+
+    def parameters(self) -> list[Tensor]:
+        """The unconstrained tensors the first successful step trained (none before it)."""
+        return list(self._trained)
+
+    def clear_grads(self) -> None:
+        # Pyro zeroes gradients only after its update; an interrupt before it leaves them.
+        params = [p for _, p in pyro.get_param_store().named_parameters()]
+        if isinstance(self.guide, torch.nn.Module):
+            params += list(self.guide.parameters())
+        for param in params + self._trained:
+            param.grad = None
+
+
+class ScheduledSVIStep(SVIStep):
+    """One step of Pyro's ELBO under ``fit``'s :class:`~pyro_realnvp.infer.loop.Schedule`:
+    the gradients' total norm is the finiteness check and the clip's norm at once (one
+    pass over them), and one fused torch ``Adam`` steps every parameter, its lr decayed
+    by ``ExponentialLR``, as on the fast path.
+
+    What ``SVI`` with :meth:`Schedule.pyro_optim` does, in fewer passes: Pyro's optimizer
+    runs a Python ``ClippedAdam`` per parameter tensor, and the check and the clip each
+    read every gradient (docs/tuning.md, issue 30).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro.infer import Trace_ELBO
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> from pyro_realnvp.infer.loop import train
+        >>> def model():
+        ...     pyro.sample("x", dist.Normal(3.0, 1.0))
+        >>> schedule = Schedule(lr=0.05, lr_decay=0.1, clip_norm=10.0, num_steps=500)
+        >>> guide = AutoNormal(model)
+        >>> _ = train(ScheduledSVIStep(model, guide, Trace_ELBO(), schedule, (), {}), 500,
+        ...           progress=False)
+        >>> round(guide.median()["x"].item())
+        3
+    """
+
+    def __init__(self, model, guide, loss: ELBO, schedule: Schedule, args, kwargs) -> None:
+        self.model, self.elbo, self.schedule = model, FiniteELBO(loss), schedule
+        self.guide, self.args, self.kwargs = guide, args, kwargs
+        self._trained: list[Tensor] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.decay = None
+        self._held: set[int] = set()
+
+    def __call__(self) -> float:
+        model, guide, args, kwargs = self.model, self.guide, self.args, self.kwargs
+        loss, params = self.elbo.loss_grads_and_params(model, guide, *args, **kwargs)
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = get_total_norm(grads) if grads else None
+        finite = norm is None or math.isfinite(norm) or _all_finite(grads)
+        self.elbo.check(loss, finite, params, model, guide, args, kwargs)
+        if not self._trained:
+            _refuse_if_frozen(params)
+            self._trained = list(params)
+        clip_total_norm(params, self.schedule.clip_norm, norm)
+        self._optimizer_for(params).step()
+        self.decay.step()
+        for param in params:  # None, not zeros: the next backward pass writes, not adds
+            param.grad = None
+        return loss
+
+    def _optimizer_for(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        """The one Adam, holding every parameter met so far: one met later (a guide that
+        creates some lazily) joins at the lr the others have decayed to."""
+        new = [p for p in params if p.requires_grad and id(p) not in self._held]
+        if new and self.optimizer is None:
+            self.optimizer, self.decay = self.schedule.torch_optimizer(new)
+        elif new:
+            self.optimizer.add_param_group({"params": new, "lr": self.decay.get_last_lr()[0]})
+        self._held.update(id(p) for p in new)
+        return self.optimizer
+
+
+def _all_finite(grads: list[Tensor]) -> bool:
+    """Whether every entry is finite: asked only where the total norm overflowed, which
+    finite gradients of float32 can do (entries beyond about 1e19)."""
+    return all(bool(torch.isfinite(grad).all()) for grad in grads)
