@@ -45,7 +45,7 @@ from benchmarks.metrics import moment_errors, sliced_w1, standardize
 from benchmarks.pdb_report import examples_section, median_of, posteriordb_sections, yes
 from benchmarks.posteriordb import POSTERIORDB_TARGETS
 from benchmarks.posteriordb.classic import SPECS as CLASSIC_SPECS
-from benchmarks.pyro_examples import PYRO_EXAMPLES
+from benchmarks.pyro_examples import OTHER_PYRO_EXAMPLES, PYRO_EXAMPLES
 from benchmarks.targets import EXACT_TARGETS, Target
 from pyro_realnvp import NonFiniteLossError, importance_resample
 from pyro_realnvp.infer import MAX_PARTICLES, fit_step, train
@@ -101,6 +101,8 @@ def get_target(name: str, num_draws: int) -> Target:
         return EXACT_TARGETS[name](num_draws=num_draws)
     if name in PYRO_EXAMPLES:
         return PYRO_EXAMPLES[name]()
+    if name in OTHER_PYRO_EXAMPLES:
+        return OTHER_PYRO_EXAMPLES[name]()
     return POSTERIORDB_TARGETS[name]()
 
 
