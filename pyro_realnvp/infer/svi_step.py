@@ -120,13 +120,15 @@ class ScheduledSVIStep(SVIStep):
             _refuse_if_frozen(params)
             self._trained = list(params)
         clip_total_norm(params, self.schedule.clip_norm, norm)
-        self._optimizer_for(params).step()
-        self.decay.step()
+        optimizer = self._optimizer_for(params)
+        if optimizer is not None:  # None: a guide with no parameters yet
+            optimizer.step()
+            self.decay.step()
         for param in params:  # None, not zeros: the next backward pass writes, not adds
             param.grad = None
         return loss
 
-    def _optimizer_for(self, params: list[Tensor]) -> torch.optim.Optimizer:
+    def _optimizer_for(self, params: list[Tensor]) -> torch.optim.Optimizer | None:
         """The one Adam, holding every parameter met so far: one met later (a guide that
         creates some lazily) joins at the lr the others have decayed to."""
         new = [p for p in params if p.requires_grad and id(p) not in self._held]

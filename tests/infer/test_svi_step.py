@@ -112,3 +112,13 @@ def test_a_non_finite_gradient_raises_and_updates_nothing():
         assert param.grad is None or not param.grad.abs().sum(), name
     state["poison"] = False
     assert math.isfinite(step())
+
+
+def test_a_guide_without_parameters_steps_without_an_optimizer():
+    def fixed(data):
+        pyro.sample("loc", dist.Normal(3.0, 1.0))
+        pyro.sample("scale", dist.LogNormal(0.0, 0.1))
+
+    step = ScheduledSVIStep(model, fixed, Trace_ELBO(), SCHEDULE, (DATA,), {})
+    assert math.isfinite(step())
+    assert step.optimizer is None
