@@ -128,10 +128,13 @@ def pyro_regression_tutorial(num_rows: int = 170, seed: int = 0) -> Target:
 
 
 def lkj_model(y: Tensor) -> None:
-    """``examples/lkj.py``'s model: HalfCauchy variances, an LKJ correlation factor."""
+    """``examples/lkj.py``'s model: HalfCauchy variances, an LKJ correlation factor (the
+    variances one event, which SVI needs and the example's NUTS did not)."""
     d = y.shape[1]
     options = dict(dtype=y.dtype, device=y.device)
-    theta = pyro.sample("theta", dist.HalfCauchy(torch.ones(d, **options)))
+    # The example's HalfCauchy has no .to_event(1): NUTS lets that pass, SVI's shape
+    # check does not, so here it is one event of d variances, as SVI needs.
+    theta = pyro.sample("theta", dist.HalfCauchy(torch.ones(d, **options)).to_event(1))
     L_omega = pyro.sample("L_omega", dist.LKJCholesky(d, torch.ones((), **options)))
     # The example's torch.mm, batched as its comment suggests for SVI.
     L_Omega = torch.matmul(theta.sqrt().diag_embed(), L_omega)

@@ -83,27 +83,32 @@ def elbo_estimate(target: Target, guide, draws: int) -> tuple[float, float]:
     return float(log_w.mean()), float(log_w.std() / math.sqrt(draws))
 
 
+#: What a guide's fit may raise: it is recorded as failed, and the run goes on.
+FAILURES = (NonFiniteLossError, ValueError, RuntimeError)
+
+
 def trajectory(target: Target, name: str, steps: int, draws: int, seed: int = 0) -> dict:
     """``{"setup": s, "points": [(seconds, step, elbo, se), ...]}`` of one guide's ``fit``;
-    ``"failed"`` says why where a step raised."""
+    ``"failed"`` says why where its set-up or a step raised (``FAILURES``)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     start = time.perf_counter()
-    guide = make_guide(name, target.model)
-    step = fit_step(target.model, guide, *target.args, num_steps=steps)[0]
-    clock = setup = time.perf_counter() - start
-    points, done = [], 0
-    for checkpoint in checkpoints(steps):
-        start = time.perf_counter()
-        try:
+    points, done, setup = [], 0, math.nan
+    try:
+        guide = make_guide(name, target.model)
+        step = fit_step(target.model, guide, *target.args, num_steps=steps)[0]
+        clock = setup = time.perf_counter() - start
+        for checkpoint in checkpoints(steps):
+            start = time.perf_counter()
             train(step, checkpoint - done, progress=False)
             if checkpoint == steps and hasattr(step, "write"):
                 step.write()  # fit's own end: the iterate average, where it keeps one
-        except NonFiniteLossError as error:
-            return {"setup": setup, "points": points, "failed": str(error).split(";")[0]}
-        clock += time.perf_counter() - start
-        done = checkpoint
-        points.append((clock, done, *elbo_estimate(target, guide, draws)))
+            clock += time.perf_counter() - start
+            done = checkpoint
+            points.append((clock, done, *elbo_estimate(target, guide, draws)))
+    except FAILURES as error:
+        said = str(error).split(";")[0].splitlines()[0]
+        return {"setup": setup, "points": points, "failed": f"{type(error).__name__}: {said}"}
     return {"setup": setup, "points": points}
 
 
