@@ -6,8 +6,8 @@ then again when the guide's set-up stopped drawing from the global random state 
 28: the start's potential no longer runs init_loc_fn's messenger), which moved every
 draw after it. ``FIT_SVI`` once more when ``fit``'s step on Pyro's ELBO went from Pyro's
 ``ClippedAdam`` to torch's fused ``Adam`` (issue 30: Adam's eps is added after the bias
-correction, as torch adds it; the first loss is the same, the later ones within a few
-percent). A change that moves them changes what users get, and must say so.
+correction, as torch adds it; the first loss is the same, the later ones within 0.08).
+A change that moves them changes what users get, and must say so.
 """
 
 from __future__ import annotations
