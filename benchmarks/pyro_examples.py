@@ -27,6 +27,12 @@ _EIGHT_SCHOOLS_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
 _EIGHT_SCHOOLS_SIGMA = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)
 
 
+def _no_reference(name: str, model: Callable, args: tuple, columns, notes: str,
+                  plates: int = 1) -> Target:  # fmt: skip
+    return Target(name=name, model=model, args=args, columns=columns, reference=None,
+                  ref_mean=None, ref_sd=None, notes=notes, max_plate_nesting=plates)  # fmt: skip
+
+
 def pyro_eight_schools_model(data: Tensor) -> None:
     """Pyro's ``examples/eight_schools/svi.py`` model: ``mu`` and ``tau`` are drawn inside
     the schools' plate, so each school has its own (24 latents, not 10)."""
@@ -42,27 +48,17 @@ def pyro_eight_schools_model(data: Tensor) -> None:
 def pyro_eight_schools() -> Target:
     """Pyro's eight schools example as a target without a reference."""
     data = torch.stack([torch.tensor(_EIGHT_SCHOOLS_Y), torch.tensor(_EIGHT_SCHOOLS_SIGMA)], 1)
-    return Target(
-        name="pyro_eight_schools",
-        model=pyro_eight_schools_model,
-        args=(data,),
-        columns=(("eta", 8), ("mu", 8), ("tau", 8)),
-        reference=None,
-        ref_mean=None,
-        ref_sd=None,
-        notes="Pyro's examples/eight_schools/svi.py model, 24 latents; no reference",
-        max_plate_nesting=1,
+    return _no_reference(
+        "pyro_eight_schools",
+        pyro_eight_schools_model,
+        (data,),
+        (("eta", 8), ("mu", 8), ("tau", 8)),
+        "Pyro's examples/eight_schools/svi.py model, 24 latents; no reference",
     )
 
 
 #: Row label -> the target, for ``benchmarks.accuracy --examples``.
 PYRO_EXAMPLES: dict[str, Callable[[], Target]] = {"pyro_eight_schools": pyro_eight_schools}
-
-
-def _no_reference(name: str, model: Callable, args: tuple, columns, notes: str,
-                  plates: int = 1) -> Target:  # fmt: skip
-    return Target(name=name, model=model, args=args, columns=columns, reference=None,
-                  ref_mean=None, ref_sd=None, notes=notes, max_plate_nesting=plates)  # fmt: skip
 
 
 #: Efron and Morris's 18 players: hits in their first 45 at-bats of 1970 (Pyro's

@@ -156,9 +156,6 @@ def _set_up(guide: FlowGuide, args: tuple, kwargs: dict, beta: float | None,
         ) from error
 
 
-#: What fit says of a guide whose every parameter is frozen.
-
-
 class FastELBO:
     r"""``Trace_ELBO`` for :class:`~pyro_realnvp.AutoRealNVP` with the model captured once.
 

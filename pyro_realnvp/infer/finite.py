@@ -13,6 +13,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.elbo import ELBO
 from torch.distributions import biject_to
+from torch.nn.utils import get_total_norm
 
 from .._internal.compat import elbo_traces, unpack_latent
 from .._internal.locate import first_line, model_raised, partial_trace, raised_at
@@ -186,10 +187,7 @@ class FiniteELBO(ELBO):
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         loss, params = self.loss_grads_and_params(model, guide, *args, **kwargs)
-        grads = [p.grad for p in params if p.grad is not None]
-        grads_finite = not grads or bool(
-            torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        )
+        _, grads_finite = gradient_norm(params)
         self.check(loss, grads_finite, params, model, guide, args, kwargs)
         return loss
 
@@ -203,10 +201,10 @@ class FiniteELBO(ELBO):
             with capture, rejected_draws_are_non_finite():
                 loss = self.elbo.loss_and_grads(model, guide, *args, **kwargs)
         except NonFiniteLossError as error:
-            params = _met(capture.trace)
+            params = params_met(capture.trace)
             _clear_grads(params, guide)
             self._raise(error, "", model, guide, args, kwargs, params)
-        return loss, _met(capture.trace)
+        return loss, params_met(capture.trace)
 
     def check(self, loss: float, grads_finite: bool, params, model, guide, args, kwargs) -> None:
         """Raise, gradients cleared, where ``loss`` or the gradients are not finite."""
@@ -282,10 +280,24 @@ def usability(
     return "the guide is still usable."
 
 
-def _met(trace: poutine.Trace) -> list[torch.Tensor]:
+def params_met(trace: poutine.Trace) -> list[torch.Tensor]:
     """The unconstrained tensors of a param-only trace's sites, each once, in order met."""
     met = (site["value"].unconstrained() for site in trace.nodes.values())
     return list({id(param): param for param in met}.values())
+
+
+def gradient_norm(params) -> tuple[torch.Tensor | None, bool]:
+    """The total norm of the gradients of ``params`` (``None`` where none has one) and
+    whether every entry is finite: one pass, and one host sync; the entries are read
+    only where the norm is not finite, which finite float32 gradients beyond about 1e19
+    can make it."""
+    grads = [param.grad for param in params if param.grad is not None]
+    if not grads:
+        return None, True
+    norm = get_total_norm(grads)
+    if math.isfinite(norm):
+        return norm, True
+    return norm, all(bool(torch.isfinite(grad).all()) for grad in grads)
 
 
 def _clear_grads(params, guide: Callable) -> None:

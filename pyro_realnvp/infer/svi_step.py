@@ -4,8 +4,6 @@ nothing where the loss or a gradient is not finite (:class:`~pyro_realnvp.Finite
 
 from __future__ import annotations
 
-import math
-
 import pyro
 import torch
 from pyro import poutine
@@ -13,9 +11,8 @@ from pyro.infer import SVI
 from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
 from torch import Tensor
-from torch.nn.utils import get_total_norm
 
-from .finite import FiniteELBO
+from .finite import FiniteELBO, gradient_norm, params_met
 from .loop import NOTHING_TO_FIT, Schedule, clip_total_norm
 
 __all__ = ["SVIStep", "ScheduledSVIStep"]
@@ -57,8 +54,7 @@ class SVIStep:
         # it meets, which a step that raised need not have met yet.
         with poutine.trace(param_only=True) as capture:
             loss = self.svi.step(*self.args, **self.kwargs)
-        trained = (site["value"].unconstrained() for site in capture.trace.nodes.values())
-        trained = list({id(p): p for p in trained}.values())
+        trained = params_met(capture.trace)
         _refuse_if_frozen(trained)
         self._trained = trained
         return loss
@@ -112,9 +108,7 @@ class ScheduledSVIStep(SVIStep):
     def __call__(self) -> float:
         model, guide, args, kwargs = self.model, self.guide, self.args, self.kwargs
         loss, params = self.elbo.loss_grads_and_params(model, guide, *args, **kwargs)
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = get_total_norm(grads) if grads else None
-        finite = norm is None or math.isfinite(norm) or _all_finite(grads)
+        norm, finite = gradient_norm(params)
         self.elbo.check(loss, finite, params, model, guide, args, kwargs)
         if not self._trained:
             _refuse_if_frozen(params)
@@ -138,9 +132,3 @@ class ScheduledSVIStep(SVIStep):
             self.optimizer.add_param_group({"params": new, "lr": self.decay.get_last_lr()[0]})
         self._held.update(id(p) for p in new)
         return self.optimizer
-
-
-def _all_finite(grads: list[Tensor]) -> bool:
-    """Whether every entry is finite: asked only where the total norm overflowed, which
-    finite gradients of float32 can do (entries beyond about 1e19)."""
-    return all(bool(torch.isfinite(grad).all()) for grad in grads)
