@@ -161,9 +161,9 @@ def run_job(job: dict) -> dict:
     except (RuntimeError, ValueError) as error:  # NonFiniteLossError is a RuntimeError
         result["error"] = f"{type(error).__name__}: {str(error)[:200]}"
         return result
-    result["wall_s"] = wall
-    result["ms_per_step"] = 1e3 * wall / job["steps"]
-    result["time_to_kl"] = _time_to_kl(losses, target.log_z, wall / job["steps"])
+    result.update(wall_s=wall, steps_run=len(losses), stopped=getattr(losses, "stopped", ""))
+    result["ms_per_step"] = 1e3 * wall / len(losses)
+    result["time_to_kl"] = _time_to_kl(losses, target.log_z, wall / len(losses))
     return result
 
 
@@ -390,11 +390,14 @@ def _targets_check(results, exact, pdb, timing) -> list[str]:
         lines += _headline_checks(results, name, rivals)
     lines += _gaussian_floor_check(results, pdb)
     for name, rows in timing.items():
-        ours, iaf = (rows[g][2] + STEPS_FOR_WALL * rows[g][0] / 1e3 for g in _WALL_PAIR)
+        # fit's steps: AutoRealNVP's as its fit ran them (its stop rule), the rival's all.
+        ran = median_of(results, name, "AutoRealNVP", "steps_run") or STEPS_FOR_WALL
+        steps_of = dict(zip(_WALL_PAIR, (ran, STEPS_FOR_WALL), strict=True))
+        ours, iaf = (rows[g][2] + steps_of[g] * rows[g][0] / 1e3 for g in _WALL_PAIR)
         lines.append(
-            f"| {name}: fit's wall time ≤ 2× AutoIAFNormal's (set-up + {STEPS_FOR_WALL} "
-            f"steps, interleaved timing) | {_fmt(ours, 2)} s vs 2·{_fmt(iaf, 2)} s | "
-            f"{yes(ours <= 2 * iaf)} |"
+            f"| {name}: fit's wall time ≤ 2× AutoIAFNormal's (set-up + the steps fit ran, "
+            f"{ran:g} and {STEPS_FOR_WALL}, interleaved timing) | {_fmt(ours, 2)} s vs "
+            f"2·{_fmt(iaf, 2)} s | {yes(ours <= 2 * iaf)} |"
         )
     for name, rows in timing.items():
         ours = rows["AutoRealNVP (4 layers, width 10D)"][0]

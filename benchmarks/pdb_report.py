@@ -52,15 +52,15 @@ def _best(results, target, labels, key, better=min):
 def _ours_table(results, pdb, floor, fmt) -> list[str]:
     lines = [
         "| posterior | W1 | W1 resampled | floor | W1/floor | resampled/floor | k-hat | "
-        "ESS % | max mean err | sd ratio | ELBO | s | redraws | particles | path |",
-        "|---" * 15 + "|",
+        "ESS % | max mean err | sd ratio | ELBO | s | steps | redraws | particles | path |",
+        "|---" * 16 + "|",
     ]
     for name in pdb:
         runs = [r for r in _runs(results, name, OURS) if "error" not in r]
         if not runs:
             failed = _runs(results, name, OURS)
             why = failed[0].get("error", "not run") if failed else "not run"
-            lines.append(f"| {name} | failed: {why[:80]} |" + " |" * 13)
+            lines.append(f"| {name} | failed: {why[:80]} |" + " |" * 14)
             continue
         r = runs[0]
         w1r = r.get("w1_resampled")
@@ -72,7 +72,8 @@ def _ours_table(results, pdb, floor, fmt) -> list[str]:
             "—" if w1r is None else fmt(w1r / floor[name], 2), fmt(r["k_hat"], 2),
             "—" if ess is None or not proposals else fmt(100 * ess / proposals, 2),
             fmt(r["mean_error"], 2), f"{fmt(r['sd_low'], 2)}–{fmt(r['sd_high'], 2)}",
-            fmt(r["elbo"]), fmt(r["wall_s"], 2), str(r.get("redraws", 0)),
+            fmt(r["elbo"]), fmt(r["wall_s"], 2), str(r.get("steps_run", "?")),
+            str(r.get("redraws", 0)),
             str(r.get("num_particles", "?")), path,
         ]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

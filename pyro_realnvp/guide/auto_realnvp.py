@@ -384,9 +384,9 @@ class AutoRealNVP(AutoContinuous):
         return path_gradient_draw(self.flow, self._affine_transform(), eps,
                                   self.log_density_detached)  # fmt: skip
 
-    def draw(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+    def draw(self, eps: Tensor, estimator: str | None = None) -> tuple[Tensor, Tensor]:
         """``(u, log q(u))`` at base noise ``eps``, ``(N, latent_dim)``, with ``estimator``'s
-        gradient: what an ELBO over ``N`` particles needs.
+        gradient (``None``: the guide's; ``"total"``: one forward pass, the cheapest).
 
         Example:
             >>> import pyro, pyro.distributions as dist
@@ -395,7 +395,7 @@ class AutoRealNVP(AutoContinuous):
             >>> [tuple(t.shape) for t in guide.draw(torch.randn(4, 1))]
             [(4, 1), (4,)]
         """
-        if self.estimator == "path":
+        if (estimator or self.estimator) == "path":
             return self.path_draw(eps)
         return total_gradient_draw(self.flow, self._affine_transform(), self.get_base_dist(), eps)
 

@@ -29,6 +29,7 @@ __all__ = [
     "gaussian_elbo",
     "gaussian_log_weights",
     "hessian",
+    "kl_estimate",
     "laplace_start",
     "local_start",
 ]
@@ -392,9 +393,14 @@ def _mean(log_w: Tensor | None) -> float:
     return total / len(log_w) if math.isfinite(total) else -math.inf
 
 
-def _kl_estimate(log_w: Tensor | None) -> float:
+def kl_estimate(log_w: Tensor | None) -> float:
     r""":math:`\log \frac1K \sum_k w_k - \frac1K \sum_k \log w_k`: the draws' estimate of
-    :math:`\log Z - \text{ELBO} = \mathrm{KL}(q \| p)` (low where they miss p's mass)."""
+    :math:`\log Z - \text{ELBO} = \mathrm{KL}(q \| p)` (low where they miss p's mass).
+
+    Example:
+        >>> kl_estimate(torch.tensor([0.0, 0.0])), kl_estimate(None)
+        (0.0, inf)
+    """
     if log_w is None or not bool(torch.isfinite(log_w).all()):
         return math.inf
     log_w = log_w.double()
@@ -467,7 +473,7 @@ def laplace_start(
     log_w = gaussian_log_weights(potential, mode, factor, num_draws=num_draws)
     laplace.elbo = _mean(log_w)
     proper = not bool(bad.any()) and math.isfinite(laplace.elbo)
-    if proper and _kl_estimate(log_w) < ALREADY_GOOD:
+    if proper and kl_estimate(log_w) < ALREADY_GOOD:
         # No Gaussian's ELBO is above log Z, which the draws put within ALREADY_GOOD of
         # this one's: the local candidate could not win by more, so its D curvature rows
         # (most of the start's cost at many latents) are not computed.

@@ -1,7 +1,8 @@
 """Training: ``fit`` and the one loop every trainer runs (``loop``: progress, schedule,
 clipping, redraws, Ctrl-C), the captured fast path (``fast``), the non-finite policy
 for Pyro's ELBOs (``finite``), iterate averaging (``averaging``), the particles'
-objective (``losses``) and the optimizer's flat buffer (``flat``)."""
+objective (``losses``), the optimizer's flat buffer (``flat``) and when a run may end
+early (``stopping``)."""
 
 from ..errors import FastPathError, NonFiniteLossError, TrainingInterrupted
 from .averaging import AVERAGE, AveragedStep
@@ -10,6 +11,7 @@ from .finite import FiniteELBO, explain_non_finite
 from .flow_guide import FlowGuide
 from .loop import History, RedrawPolicy, Schedule, Step, check_training_args, train
 from .losses import TAIL_BETA, particle_objective, tail_adaptive_weights
+from .stopping import Converged
 from .svi import CLIP_NORMS, SVIStep, fit, fit_fast, fit_step
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "MAX_PARTICLES",
     "TAIL_BETA",
     "AveragedStep",
+    "Converged",
     "FastELBO",
     "FastPathError",
     "FastStep",

@@ -10,7 +10,8 @@ Variational Inference"; what it did on Neal's funnel: docs/tuning.md, sixth roun
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -70,6 +71,18 @@ class AveragedStep:
 
     def clear_grads(self) -> None:
         self.step.clear_grads()
+
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Within the block, every parameter is at its average; after it, back where it was."""
+        with torch.no_grad():
+            current = [param.detach().clone() for param in self._params]
+            try:
+                self.write()
+                yield
+            finally:
+                for param, value in zip(self._params, current, strict=True):
+                    param.copy_(value)
 
     def write(self) -> None:
         """Set every parameter to its average (nothing before the first step)."""

@@ -352,6 +352,21 @@ class FastELBO:
 
     __call__ = loss
 
+    @torch.no_grad()
+    def log_weights(self, num_draws: int, generator: torch.Generator | None = None) -> Tensor:
+        r""":math:`\log p(x, z) - \log q(z)` at ``num_draws`` fresh draws of the guide as it
+        stands (rounded up to whole batches of ``num_particles``, the captured shape), the
+        noise from ``generator`` (``None``: torch's global one)."""
+        loc, chunks = self.guide.loc, []
+        shape = (self.num_particles, self.guide.latent_dim)
+        with pyro.validation_enabled(False):
+            for _ in range(-(-num_draws // self.num_particles)):
+                eps = torch.randn(shape, generator=generator, device=loc.device, dtype=loc.dtype)
+                u, log_q = self.guide.draw(eps, "total")
+                log_p = self._log_joint(u.reshape(self._replay.latent_shape(self.num_particles)))
+                chunks.append(log_p - log_q)
+        return torch.cat(chunks)
+
     def step(
         self,
         optimizer: torch.optim.Optimizer,
@@ -447,6 +462,16 @@ class FastStep:
     def parameters(self) -> list[Tensor]:
         """The tensors this step trains."""
         return self.elbo.parameters()
+
+    @property
+    def num_particles(self) -> int:
+        """Particles per step."""
+        return self.elbo.num_particles
+
+    def log_weights(self, num_draws: int, generator: torch.Generator | None = None) -> Tensor:
+        """The guide's log importance weights at ``num_draws`` fresh draws
+        (:meth:`FastELBO.log_weights`)."""
+        return self.elbo.log_weights(num_draws, generator)
 
     def _explained(self, error: NonFiniteLossError) -> NonFiniteLossError:
         """``error`` with why the model's density is not finite, and what is left usable."""

@@ -61,6 +61,7 @@ class History(list):
         method: What computed each step (``"fast"``, ``"svi"``, ...).
         note: Why that method, when it is not the first choice (empty otherwise).
         num_particles: Draws per step (0 where not known).
+        stopped: Why the run ended before its step budget (empty where it took every step).
 
     Example:
         >>> history = History([3.0, 2.0], method="svi", num_particles=1)
@@ -69,10 +70,10 @@ class History(list):
     """
 
     def __init__(self, losses=(), *, redraws: int = 0, method: str = "", note: str = "",
-                 num_particles: int = 0):  # fmt: skip
+                 num_particles: int = 0, stopped: str = ""):  # fmt: skip
         super().__init__(losses)
         self.redraws, self.method, self.note = redraws, method, note
-        self.num_particles = num_particles
+        self.num_particles, self.stopped = num_particles, stopped
 
 
 @dataclass(frozen=True)
@@ -349,21 +350,18 @@ def _say_if_diverged(error: NonFiniteLossError, history: History) -> None:
 
 
 def train(
-    step: Step,
-    num_steps: int,
-    *,
-    max_redraws: int = 3,
-    progress: bool = True,
-    monitor: Callable[[int, float], dict] | None = None,
-    history: History | None = None,
-) -> History:
-    """Run ``step`` ``num_steps`` times and return the :class:`History` of its losses.
+    step: Step, num_steps: int, *, max_redraws: int = 3, progress: bool = True,
+    monitor: Callable[[int, float], dict] | None = None, history: History | None = None,
+    stop: Callable[[int], str] | None = None,
+) -> History:  # fmt: skip
+    """Run ``step`` up to ``num_steps`` times and return the :class:`History` of its losses.
 
     A non-finite step is redrawn up to ``max_redraws`` times in a row, and a warning at the
     end says how many were; one that stays non-finite raises :class:`NonFiniteLossError`
     (with ``.history``). Ctrl-C stops after the current step with
     :class:`TrainingInterrupted` (with ``.history``), gradients cleared. ``monitor(i,
-    loss)`` runs after step ``i`` and returns extra fields for the progress bar.
+    loss)`` runs after step ``i`` and returns extra fields for the progress bar; ``stop(n)``
+    after the ``n``-th step returns why to end there (``""``: go on), kept as ``.stopped``.
 
     Example:
         >>> class Halve:
@@ -388,11 +386,15 @@ def train(
                 history.redraws += redraws
                 if monitor is not None:
                     extra = monitor(index, loss) or extra
-                if (index + 1) % every == 0 or index + 1 == num_steps:
+                if stop is not None:
+                    history.stopped = stop(index + 1)
+                if (index + 1) % every == 0 or index + 1 == num_steps or history.stopped:
                     bar.set_postfix(loss=f"{loss:.4g}", **extra, refresh=False)
                     bar.update(index + 1 - bar.n)
                 if interrupted():  # pressed during this step: it finished, now stop
                     raise KeyboardInterrupt
+                if history.stopped:
+                    break
         except KeyboardInterrupt:
             step.clear_grads()
             raise TrainingInterrupted(history, num_steps) from None

@@ -26,6 +26,7 @@ from .flow_guide import FlowGuide
 from .loop import History, Schedule, Step, check_training_args, train
 from .losses import TAIL_BETA, check_beta
 from .preflight import preflight
+from .stopping import Converged, stop_rule
 from .svi_step import ScheduledSVIStep, SVIStep
 
 __all__ = ["CLIP_NORMS", "SVIStep", "fit", "fit_fast", "fit_step"]
@@ -51,9 +52,9 @@ def fit(
     optim: PyroOptim | None = None, lr_decay: float | None = None,
     clip_norm: float | None = None, max_redraws: int = 3, fast: bool | None = None,
     compile: bool | str = False, tail_beta: float | None = TAIL_BETA, tail_fraction: float = 1.0,
-    average: float | str | None = "auto", **kwargs,
+    average: float | str | None = "auto", stop: str | Converged | None = "auto", **kwargs,
 ) -> History:  # fmt: skip
-    r"""Run SVI for ``num_steps`` and return the loss history (negative ELBO per step).
+    r"""Run SVI for up to ``num_steps`` and return the loss history (negative ELBO per step).
 
     Each step is :func:`fit_step`'s: Adam at ``lr`` decayed to ``lr * lr_decay`` by the
     last step, the gradients' total norm clipped
@@ -61,25 +62,26 @@ def fit(
     decay and clip, another guide's Pyro's: constant, unclipped); for an
     :class:`~pyro_realnvp.AutoRealNVP` the captured fast path with tail-adaptive weights
     where the model allows, else Pyro's ``Trace_ELBO`` (``history.note`` says why). A
-    whole run ends at the iterates' moving average
-    (:class:`~pyro_realnvp.infer.averaging.AveragedStep`).
+    run ends at the iterates' moving average (:class:`~pyro_realnvp.infer.averaging.AveragedStep`),
+    ``stop`` once nothing is left to gain (:class:`~pyro_realnvp.infer.stopping.Converged`;
+    ``"auto"``: an AutoRealNVP on the fast path; ``None``: every step; ``history.stopped``).
 
     Every step updates every parameter or none: a non-finite step is redrawn up to
     ``max_redraws`` times in a row (:class:`~pyro_realnvp.infer.loop.RedrawPolicy`), then
-    raises :class:`~pyro_realnvp.NonFiniteLossError` saying which side failed. Ctrl-C
-    stops after the current step with :class:`~pyro_realnvp.TrainingInterrupted`; both
-    carry ``.history``. ``progress=False`` hides the bar (hidden too off a terminal).
+    raises :class:`~pyro_realnvp.NonFiniteLossError`. Ctrl-C stops after the current step
+    with :class:`~pyro_realnvp.TrainingInterrupted`; both carry ``.history``.
+    ``progress=False`` hides the bar.
 
     Args:
         model, guide: A Pyro model and guide; ``*args`` and ``**kwargs`` go to both.
-        num_steps, progress, max_redraws: The run, as above.
+        num_steps, progress, max_redraws, stop: The run, as above.
         lr, num_particles, loss, optim, lr_decay, clip_norm: The step's options, as
             are ``fast``, ``compile``, ``tail_beta``, ``tail_fraction`` and ``average``:
             see :func:`fit_step`.
 
     Returns:
         A :class:`~pyro_realnvp.History`: the losses, with ``.redraws``, ``.method``
-        (``"fast"`` or ``"svi"``) and ``.note``.
+        (``"fast"`` or ``"svi"``), ``.note`` and ``.stopped``.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -93,15 +95,16 @@ def fit(
     _check(model, guide, loss, optim, num_steps=num_steps, lr=lr, num_particles=num_particles,
            lr_decay=lr_decay, clip_norm=clip_norm, max_redraws=max_redraws,
            tail_fraction=tail_fraction, average=average)  # fmt: skip
+    rule = stop_rule(stop, isinstance(guide, FlowGuide))
     step, history = fit_step(
         model, guide, *args, num_steps=num_steps, lr=lr, num_particles=num_particles,
         loss=loss, optim=optim, lr_decay=lr_decay, clip_norm=clip_norm, fast=fast,
         compile=compile, tail_beta=tail_beta, tail_fraction=tail_fraction, average=average,
-        **kwargs,
-    )  # fmt: skip
-    history = train(step, num_steps, max_redraws=max_redraws, progress=progress, history=history)
-    if isinstance(step, AveragedStep):  # only after a whole run: one stopped early is
-        step.write()  # still on its way, and its average would lag behind it
+        **kwargs)  # fmt: skip
+    history = train(step, num_steps, max_redraws=max_redraws, progress=progress,
+                    history=history, stop=rule and rule.bind(step, num_steps))  # fmt: skip
+    if isinstance(step, AveragedStep):  # not on interrupt: that run's average would lag
+        step.write()
     return history
 
 
@@ -314,7 +317,7 @@ def fit_fast(model: Callable, guide: Callable, *args, **kwargs) -> History:
         ...     pyro.sample("x", dist.Normal(3.0, 1.0))
         >>> guide = AutoRealNVP(model, num_layers=2)
         >>> losses = fit_fast(model, guide, num_steps=300, lr=0.05, progress=False)
-        >>> len(losses), round(guide.median()["x"].item()), losses.method
-        (300, 3, 'fast')
+        >>> round(guide.median()["x"].item()), losses.method, len(losses) < 300
+        (3, 'fast', True)
     """
     return fit(model, guide, *args, fast=True, **kwargs)
