@@ -24,6 +24,7 @@ from pyro.infer.importance import vectorized_importance_weights
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._internal import plates
 from .._internal.checks import check_int
 from .._internal.compat import count_elements, full_data_plates
 from ..guide.potential import sites_not_finite, subsampled_sites
@@ -169,16 +170,7 @@ def ensure_setup(guide: Callable, args: tuple, kwargs: dict) -> None:
 
 def plate_nesting(trace: poutine.Trace, given: int | None) -> int:
     """``given``, else the deepest vectorized plate of one run of the model."""
-    if given is not None:
-        return given
-    dims = [
-        -frame.dim
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return max(dims, default=0)
+    return given if given is not None else plates.plate_nesting(trace)
 
 
 def refuse_packed_subsample(guide: Callable, caller: str) -> None:

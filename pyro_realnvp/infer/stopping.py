@@ -67,7 +67,8 @@ class Converged:
 
     def bind(self, step: Step, num_steps: int) -> Callable[[int], str] | None:
         """The rule over ``step``'s run of ``num_steps``: ``(steps done) -> reason`` (``""``:
-        go on); ``None`` where the step cannot draw log weights (Pyro's ELBO)."""
+        go on, as on Pyro's ELBO where it cannot vectorize the model); ``None`` where the
+        step draws no log weights."""
         averaged = step.averaged if isinstance(step, AveragedStep) else contextlib.nullcontext
         step = step.step if isinstance(step, AveragedStep) else step
         if not hasattr(step, "log_weights"):
@@ -82,6 +83,8 @@ class Converged:
                 return ""
             with averaged():
                 log_w = step.log_weights(num_draws, generator)
+            if log_w is None:  # Pyro cannot vectorize the model: nothing to read
+                return ""
             kl = max(kl_estimate(log_w), float(log_w.double().var()) / 2)
             below = below + 1 if kl < self.tol else 0
             return self.reason(done, kl) if below >= self.checks else ""

@@ -64,7 +64,7 @@ def fit(
     where the model allows, else Pyro's ``Trace_ELBO`` (``history.note`` says why). A
     run ends at the iterates' moving average (:class:`~pyro_realnvp.infer.averaging.AveragedStep`),
     ``stop`` once nothing is left to gain (:class:`~pyro_realnvp.infer.stopping.Converged`;
-    ``"auto"``: an AutoRealNVP on the fast path; ``None``: every step; ``history.stopped``).
+    ``"auto"``: for an AutoRealNVP; ``None``: every step; ``history.stopped``).
 
     Every step updates every parameter or none: a non-finite step is redrawn up to
     ``max_redraws`` times in a row (:class:`~pyro_realnvp.infer.loop.RedrawPolicy`), then

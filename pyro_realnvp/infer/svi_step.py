@@ -4,14 +4,18 @@ nothing where the loss or a gradient is not finite (:class:`~pyro_realnvp.Finite
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVI
 from pyro.infer.elbo import ELBO
+from pyro.infer.importance import vectorized_importance_weights
 from pyro.optim import PyroOptim
 from torch import Tensor
 
+from .._internal.plates import plate_nesting
 from .finite import FiniteELBO, gradient_norm, params_met
 from .loop import NOTHING_TO_FIT, Schedule, clip_total_norm
 
@@ -43,7 +47,8 @@ class SVIStep:
     name = "SVI"
 
     def __init__(self, model, guide, loss: ELBO, optim: PyroOptim, args, kwargs) -> None:
-        self.svi = SVI(model, guide, optim, FiniteELBO(loss))
+        self.model, self.elbo = model, FiniteELBO(loss)
+        self.svi = SVI(model, guide, optim, self.elbo)
         self.guide, self.args, self.kwargs = guide, args, kwargs
         self._trained: list[Tensor] = []
 
@@ -62,6 +67,45 @@ class SVIStep:
     def parameters(self) -> list[Tensor]:
         """The unconstrained tensors the first successful step trained (none before it)."""
         return list(self._trained)
+
+    @property
+    def num_particles(self) -> int:
+        """Particles per step."""
+        return self.elbo.num_particles
+
+    def log_weights(
+        self, num_draws: int, generator: torch.Generator | None = None
+    ) -> Tensor | None:
+        """The guide's log importance weights at ``num_draws`` fresh draws, through Pyro's
+        vectorized ones; ``None`` where Pyro cannot vectorize the model over draws. The
+        draws are seeded from ``generator``; torch's own generator is left as it was."""
+        device = getattr(generator, "device", torch.device("cpu"))
+        seed = int(torch.randint(2**62, (1,), generator=generator, device=device))
+        model, guide, args, kwargs = self.model, self.guide, self.args, self.kwargs
+        try:
+            with torch.random.fork_rng(), torch.no_grad(), pyro.validation_enabled(False):
+                torch.manual_seed(seed)
+                nesting = self._plate_nesting()
+                return vectorized_importance_weights(
+                    model, guide, *args, num_samples=num_draws, max_plate_nesting=nesting,
+                    **kwargs,
+                )[0].detach()  # fmt: skip
+        except (RuntimeError, ValueError, NotImplementedError, AssertionError):
+            return None
+
+    def _plate_nesting(self) -> int:
+        """The model's plates: Pyro's guess where its ELBO made one (it does for vectorized
+        particles), else read once from a draw of the guide and the model on it."""
+        nesting = self.elbo.elbo.max_plate_nesting
+        if math.isfinite(nesting):
+            return int(nesting)
+        if not hasattr(self, "_nesting"):
+            model, guide, args, kwargs = self.model, self.guide, self.args, self.kwargs
+            with poutine.block():
+                guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+                replayed = poutine.trace(poutine.replay(model, trace=guide_trace))
+                self._nesting = plate_nesting(guide_trace, replayed.get_trace(*args, **kwargs))
+        return self._nesting
 
     def clear_grads(self) -> None:
         # Pyro zeroes gradients only after its update; an interrupt before it leaves them.

@@ -76,11 +76,27 @@ def test_stop_none_and_another_guide_run_every_step():
     assert history.stopped == ""
 
 
-def test_on_pyros_elbo_the_rule_reads_nothing_and_every_step_runs():
-    _, history = fitted(gaussian, num_steps=200, fast=False, stop="converged")
+def test_on_pyros_elbo_the_rule_reads_pyros_vectorized_weights():
+    _, history = fitted(gaussian, num_steps=3000, fast=False)
     assert history.method == "svi"
-    assert len(history) == 200
+    assert history.stopped.startswith(f"converged at step {len(history)}:")
+    _, never = fitted(banana, num_steps=60, fast=False, stop=Converged(tol=1e-12, every=10))
+    _, without = fitted(banana, num_steps=60, fast=False, stop=None)
+    assert never == without  # its draws leave torch's generator as it was
+
+
+def unvectorizable():
+    z = pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
+    if z.numel() > 1:
+        raise ValueError("one draw at a time")
+    pyro.sample("y", dist.Normal(z, 1.0), obs=torch.tensor(0.5, dtype=torch.float64))
+
+
+def test_where_pyro_cannot_vectorize_the_model_every_step_runs():
+    guide, history = fitted(unvectorizable, num_steps=300, fast=False, stop="converged")
+    assert len(history) == 300
     assert history.stopped == ""
+    assert guide.median()["z"].item() == pytest.approx(0.25, abs=0.1)  # it trained
 
 
 def test_converged_checks_at_its_cadence_only_and_not_at_the_last_step():
@@ -136,3 +152,9 @@ def test_auto_is_the_rule_for_a_flow_only():
     assert stop_rule("auto", flow=False) is None
     assert stop_rule("converged", flow=False) == Converged()
     assert stop_rule(Converged(tol=0.1), flow=False) == Converged(tol=0.1)
+
+
+def test_with_the_users_optim_the_rule_reads_the_same_weights():
+    _, history = fitted(gaussian, num_steps=3000, optim=pyro.optim.Adam({"lr": 0.01}))
+    assert history.method == "svi"
+    assert history.stopped.startswith(f"converged at step {len(history)}:")
