@@ -320,18 +320,22 @@ class FastELBO:
         """The tensors an optimizer should step (unconstrained guide parameters)."""
         return list(self._params)
 
-    def sample_noise(self) -> Tensor:
-        r"""Base noise :math:`\varepsilon`, shape ``(num_particles, latent_dim)``."""
+    def sample_noise(self, generator: torch.Generator | None = None) -> Tensor:
+        r"""Base noise :math:`\varepsilon`, shape ``(num_particles, latent_dim)``, from
+        ``generator`` (``None``: torch's global one)."""
         loc = self.guide.loc
-        return torch.randn(
-            (self.num_particles, self.guide.latent_dim), device=loc.device, dtype=loc.dtype
-        )
+        shape = (self.num_particles, self.guide.latent_dim)
+        return torch.randn(shape, generator=generator, device=loc.device, dtype=loc.dtype)
 
-    def _negative_elbo_eager(self, eps: Tensor) -> Tensor:
+    def _densities(self, eps: Tensor, estimator: str | None = None) -> tuple[Tensor, Tensor]:
+        """``(log q(u), log p(x, u))`` at the guide's draws ``u`` from noise ``eps``."""
         # The guide's own passes, without the flow's one-slot cache: an injected eps may
         # be the same tensor as last step's, whose cached y is stale.
-        u, log_q = self.guide.draw(eps)
-        log_p = self._log_joint(u.reshape(self._replay.latent_shape(eps.shape[0])))
+        u, log_q = self.guide.draw(eps, estimator)
+        return log_q, self._log_joint(u.reshape(self._replay.latent_shape(eps.shape[0])))
+
+    def _negative_elbo_eager(self, eps: Tensor) -> Tensor:
+        log_q, log_p = self._densities(eps)
         return particle_objective(log_q - log_p, self.beta)
 
     def loss(self, eps: Tensor | None = None) -> Tensor:
@@ -357,13 +361,10 @@ class FastELBO:
         r""":math:`\log p(x, z) - \log q(z)` at ``num_draws`` fresh draws of the guide as it
         stands (rounded up to whole batches of ``num_particles``, the captured shape), the
         noise from ``generator`` (``None``: torch's global one)."""
-        loc, chunks = self.guide.loc, []
-        shape = (self.num_particles, self.guide.latent_dim)
+        chunks = []
         with pyro.validation_enabled(False):
             for _ in range(-(-num_draws // self.num_particles)):
-                eps = torch.randn(shape, generator=generator, device=loc.device, dtype=loc.dtype)
-                u, log_q = self.guide.draw(eps, "total")
-                log_p = self._log_joint(u.reshape(self._replay.latent_shape(self.num_particles)))
+                log_q, log_p = self._densities(self.sample_noise(generator), "total")
                 chunks.append(log_p - log_q)
         return torch.cat(chunks)
 

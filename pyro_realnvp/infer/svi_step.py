@@ -4,6 +4,7 @@ nothing where the loss or a gradient is not finite (:class:`~pyro_realnvp.Finite
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pyro
@@ -97,15 +98,15 @@ class SVIStep:
         """The model's plates: Pyro's guess where its ELBO made one (it does for vectorized
         particles), else read once from a draw of the guide and the model on it."""
         nesting = self.elbo.elbo.max_plate_nesting
-        if math.isfinite(nesting):
-            return int(nesting)
-        if not hasattr(self, "_nesting"):
-            model, guide, args, kwargs = self.model, self.guide, self.args, self.kwargs
-            with poutine.block():
-                guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-                replayed = poutine.trace(poutine.replay(model, trace=guide_trace))
-                self._nesting = plate_nesting(guide_trace, replayed.get_trace(*args, **kwargs))
-        return self._nesting
+        return int(nesting) if math.isfinite(nesting) else self._traced_plate_nesting
+
+    @functools.cached_property
+    def _traced_plate_nesting(self) -> int:
+        model, guide, args, kwargs = self.model, self.guide, self.args, self.kwargs
+        with poutine.block():
+            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+            replayed = poutine.trace(poutine.replay(model, trace=guide_trace))
+            return plate_nesting(guide_trace, replayed.get_trace(*args, **kwargs))
 
     def clear_grads(self) -> None:
         # Pyro zeroes gradients only after its update; an interrupt before it leaves them.
