@@ -200,11 +200,10 @@ class FlatParameters:
         """Whether parameter ``index``, bound here (not by another binding), is about to
         accumulate, or has, where ``flat.grad`` does not see it: O(1), as it runs for each
         one."""
-        param = self.params[index]
-        if not self.bound or _address(param) != self._pointers[index]:
-            return False
-        own = self._buffer
-        return own is None or self.flat.grad is not own or param.grad is not self._views[index]
+        param, own = self.params[index], self._buffer
+        if own is not None and self.flat.grad is own and param.grad is self._views[index]:
+            return False  # in step: identities first, the storage's address only if not
+        return self.bound and _address(param) == self._pointers[index]
 
     def untrack(self) -> None:
         """Remove :meth:`track_grads`' hooks, and the gradients it pointed at ``flat``."""

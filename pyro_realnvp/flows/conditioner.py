@@ -30,6 +30,7 @@ __all__ = [
     "recorded_call",
     "soft_clamp",
     "supports_score",
+    "unscaled_vjp",
 ]
 
 
@@ -234,21 +235,24 @@ def supports_score(net: nn.Module) -> bool:
 
 
 def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    """Hooks that a module call runs and :func:`recorded_call` does not."""
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or module._backward_hooks or module._backward_pre_hooks)  # fmt: skip
 
 
 def _global_hooks() -> bool:
-    """Hooks registered for every module (``register_module_forward_hook``)."""
-    return bool(
-        getattr(_module, "_global_forward_hooks", None)
-        or getattr(_module, "_global_forward_pre_hooks", None)
-    )
+    """Hooks registered for every module (``register_module_forward_hook`` and the like)."""
+    hooks = _module
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks
+                or hooks._global_backward_hooks or hooks._global_backward_pre_hooks)  # fmt: skip
 
 
 def recorded_call(net: nn.Sequential, h: Tensor, tape: list[Tensor]) -> Tensor:
-    """``net(h)``, each layer called as a module (its hooks run), appending every
+    """``net(h)`` for a ``net`` that :func:`supports_score` accepts, appending every
     activation's output to ``tape`` for :func:`conditioner_vjp` (which reads them under
-    ``no_grad``, so they need no detaching).
+    ``no_grad``, so they need no detaching). Each layer's ``forward`` runs without the
+    module call around it, whose hook checks cost as much as a small layer: such a net
+    has no hooks to run.
 
     Example:
         >>> net, tape = conditioner(3, 2, (5, 4)), []
@@ -257,7 +261,7 @@ def recorded_call(net: nn.Sequential, h: Tensor, tape: list[Tensor]) -> Tensor:
         (True, [5, 4])
     """
     for layer in net:
-        h = layer(h)
+        h = layer.forward(h)
         if type(layer) not in _LINEARS:
             tape.append(h)
     return h
@@ -280,6 +284,24 @@ def conditioner_vjp(net: nn.Sequential, outputs: list[Tensor], cot: Tensor, gain
         >>> torch.allclose(conditioner_vjp(net, tape, cot, 1.0), auto, atol=1e-6)
         True
     """
+    cot, gain = unscaled_vjp(net, outputs, cot, gain)
+    return cot * gain
+
+
+def unscaled_vjp(
+    net: nn.Sequential, outputs: list[Tensor], cot: Tensor, gain: float
+) -> tuple[Tensor, float]:
+    """:func:`conditioner_vjp` as ``(v, g)``, the product ``g * v`` left to the caller,
+    which may fold it into its next operation (``torch.sub(a, v, alpha=g)``).
+
+    Example:
+        >>> net, tape = conditioner(3, 2, (5,), fan_in_scaling=True), []
+        >>> _ = recorded_call(net, torch.randn(4, 3), tape)
+        >>> cot = torch.randn(4, 2)
+        >>> v, g = unscaled_vjp(net, tape, cot, 2.0)
+        >>> torch.allclose(g * v, conditioner_vjp(net, tape, cot, 2.0))
+        True
+    """
     outputs = iter(reversed(outputs))
     # list() first: reversed() on a Sequential indexes it layer by layer, far slower.
     for layer in reversed(list(net)):
@@ -288,4 +310,4 @@ def conditioner_vjp(net: nn.Sequential, outputs: list[Tensor], cot: Tensor, gain
             gain = gain * getattr(layer, "gain", 1.0)
         else:
             cot = ACTIVATION_VJPS[type(layer)](layer, cot, next(outputs))
-    return cot * gain
+    return cot, gain

@@ -196,7 +196,15 @@ class RealNVP(OnePassLogDet, TransformModule):
         log-scales and, given the input's ``score``, the output's. Within a group each
         layer keeps what the one before moved, so the kept and moved halves pass straight
         on: a pair ``b, 1 - b`` splits and merges the coordinates once, rather than each
-        layer gathering and scattering them."""
+        layer gathering and scattering them.
+
+        One draw, shape ``(D,)``, runs as a batch of one: its linear layers are then one
+        ``addmm`` each, where a vector costs reshapes and a scaled copy of the weight,
+        forward and backward (Pyro's one-particle loop draws vectors)."""
+        if x.dim() == 1:
+            score = None if score is None else score.unsqueeze(0)
+            y, log_det, score = RealNVP._run(x.unsqueeze(0), groups, context, detach, sign, score)
+            return y.squeeze(0), log_det.squeeze(0), None if score is None else score.squeeze(0)
         log_scales = []
         for group in groups:
             kept, free = group[0]._split(x)
@@ -204,9 +212,10 @@ class RealNVP(OnePassLogDet, TransformModule):
             for layer in group:
                 tape = None if score is None else []
                 s, t = layer._scale_shift(kept, context, detach, tape)
-                moved = layer._move(free, s, t, sign)
-                if tape is not None:
-                    scores = layer._carry_score(tape, moved, s, t, scores)
+                if tape is None:
+                    moved = layer._move(free, s, t, sign)
+                else:
+                    moved, scores = layer._move_with_score(tape, free, s, t, scores)
                 kept, free = moved, kept
                 log_scales.append(s)
             if len(group) % 2:

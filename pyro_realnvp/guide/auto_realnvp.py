@@ -30,6 +30,7 @@ from .posterior import (
     affine_transform,
     inverse_log_density,
     path_gradient_draw,
+    standard_normal,
     total_gradient_draw,
 )
 from .potential import prototype_run
@@ -335,8 +336,7 @@ class AutoRealNVP(AutoContinuous):
         return copied
 
     def get_base_dist(self) -> dist.Distribution:
-        zeros = torch.zeros_like(self.loc)
-        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+        return standard_normal(self.loc)
 
     def _affine_transform(self, detach: bool = False) -> Affine:
         loc, scale = self.loc, self.scale  # in this order: Pyro's order of param sites

@@ -24,6 +24,7 @@ __all__ = [
     "affine_transform",
     "inverse_log_density",
     "path_gradient_draw",
+    "standard_normal",
     "standard_normal_log_prob",
     "total_gradient_draw",
 ]
@@ -40,6 +41,19 @@ def standard_normal_log_prob(eps: Tensor) -> Tensor:
         tensor(-1.8379)
     """
     return -0.5 * (eps.pow(2).sum(-1) + eps.shape[-1] * math.log(2 * math.pi))
+
+
+def standard_normal(like: Tensor) -> dist.Distribution:
+    r""":math:`\mathcal N(0, I)` over the last dimension of ``like``, of its dtype and
+    device. Not validated: its arguments are valid by construction, and the check would
+    sync a GPU at every step.
+
+    Example:
+        >>> standard_normal(torch.zeros(3)).log_prob(torch.zeros(3))  # -1.5 log(2 pi)
+        tensor(-2.7568)
+    """
+    zeros = torch.zeros_like(like)
+    return dist.Normal(zeros, torch.ones_like(zeros), validate_args=False).to_event(1)
 
 
 def affine_transform(
@@ -194,4 +208,6 @@ class PathGradientPosterior(dist.TransformedDistribution):
             log_prob = last[2] if torch.is_grad_enabled() else last[2].detach()
         else:
             log_prob = self._log_density(value)
+        if log_prob.shape == self.batch_shape:  # torch.broadcast_shapes is slow Python
+            return log_prob
         return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))

@@ -12,6 +12,7 @@ from pyro_realnvp.flows.conditioner import (
     conditioner_vjp,
     recorded_call,
     supports_score,
+    unscaled_vjp,
 )
 
 F64 = {"dtype": torch.float64}
@@ -68,18 +69,61 @@ def test_unknown_activations_custom_nets_and_hooks_are_not_supported():
     assert not supports_score(nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(-0.5)))
     assert supports_score(nn.Sequential(nn.Linear(2, 4), nn.LeakyReLU(0.2)))
     net = conditioner(2, 4, (8,))
+    # recorded_call runs each layer's forward without the module call that runs hooks:
+    # a net with any hook, forward or backward, goes the inverse pass's way instead.
+    registrations = ["register_forward_hook", "register_forward_pre_hook",
+                     "register_full_backward_hook", "register_full_backward_pre_hook"]
     for module in (net, net[0], net[1]):
-        handle = module.register_forward_hook(lambda *_: None)
-        assert not supports_score(net)
-        handle.remove()
-        assert supports_score(net)
-    handle = nn.modules.module.register_module_forward_hook(lambda *_: None)
-    try:
-        assert not supports_score(net)  # a hook on every module
-    finally:
-        handle.remove()
+        for register in registrations:
+            handle = getattr(module, register)(lambda *_: None)
+            assert not supports_score(net), (module, register)
+            handle.remove()
+            assert supports_score(net)
+    module_hooks = nn.modules.module
+    for register in [module_hooks.register_module_forward_hook,
+                     module_hooks.register_module_forward_pre_hook,
+                     module_hooks.register_module_full_backward_hook,
+                     module_hooks.register_module_full_backward_pre_hook]:  # fmt: skip
+        handle = register(lambda *_: None)
+        try:
+            assert not supports_score(net), register  # a hook on every module
+        finally:
+            handle.remove()
+    assert supports_score(net)
     net[1] = nn.SiLU()  # a layer swapped after a first check is seen
     assert not supports_score(net)
+
+
+def test_unscaled_vjp_leaves_only_the_gain_to_apply():
+    net = conditioner(3, 4, (6,), fan_in_scaling=True, **F64)
+    randomize_(net, std=0.7)
+    tape = []
+    recorded_call(net, torch.randn(5, 3, **F64), tape)
+    cot = torch.randn(5, 4, **F64)
+    v, gain = unscaled_vjp(net, tape, cot, 2.5)
+    assert gain == pytest.approx(2.5 / (3**0.5 * 6**0.5))  # the layers' fan-in gains too
+    assert torch.allclose(gain * v, conditioner_vjp(net, tape, cot, 2.5), rtol=1e-12)
+
+
+@pytest.mark.parametrize("with_score", [False, True], ids=["forward", "with-score"])
+def test_one_draw_runs_as_a_batch_of_one_with_the_same_values_and_gradients(with_score):
+    torch.manual_seed(0)
+    flow = RealNVP(5, 4, hidden_dims=(8, 8), fan_in_scaling=True, input_bound=1.0, **F64)
+    randomize_(flow, std=0.5)
+    x = torch.randn(5, **F64)
+
+    def run(point):
+        if with_score:
+            return flow.forward_with_score(point, -point)
+        return flow.forward_and_log_det(point)
+
+    one, batch = run(x), run(x.unsqueeze(0))
+    assert [t.shape for t in one] == [t.shape[1:] for t in batch]
+    assert all(torch.allclose(a, b[0], rtol=1e-12) for a, b in zip(one, batch, strict=True))
+    grads = [torch.autograd.grad(out[0].sum() + out[1].sum(), list(flow.parameters()))
+             for out in (run(x), run(x.unsqueeze(0)))]  # fmt: skip
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_a_hook_that_changes_a_layer_falls_back_to_the_inverse_pass():
