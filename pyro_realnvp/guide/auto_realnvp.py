@@ -26,10 +26,10 @@ from .observed import check_observed
 from .options import AUTO_LOWER_MAX_DIM, check_options, flow_options
 from .posterior import (
     Affine,
-    PathGradientPosterior,
     affine_transform,
     inverse_log_density,
     path_gradient_draw,
+    path_posterior,
     standard_normal,
     total_gradient_draw,
 )
@@ -351,7 +351,7 @@ class AutoRealNVP(AutoContinuous):
         base, transform = self.get_base_dist(), self.get_transform(*args, **kwargs)
         if self.estimator == "total":
             return dist.TransformedDistribution(base, transform)
-        return PathGradientPosterior(base, transform, self.log_density_detached, self.path_draw)
+        return path_posterior(base, transform, self.flow, self.log_density_detached)
 
     def log_density_detached(self, u: Tensor) -> Tensor:
         r""":math:`\log q(u)` with every guide parameter detached: a gradient reaches them

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import pyro.distributions as dist
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "affine_transform",
     "inverse_log_density",
     "path_gradient_draw",
+    "path_posterior",
     "standard_normal",
     "standard_normal_log_prob",
     "total_gradient_draw",
@@ -211,3 +213,30 @@ class PathGradientPosterior(dist.TransformedDistribution):
         if log_prob.shape == self.batch_shape:  # torch.broadcast_shapes is slow Python
             return log_prob
         return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))
+
+
+def path_posterior(
+    base: dist.Distribution,
+    transform: dist.transforms.ComposeTransform,
+    flow,
+    log_density: Callable[[Tensor], Tensor],
+) -> PathGradientPosterior:
+    r"""The :class:`PathGradientPosterior` of ``transform = [flow, affine]`` whose draws
+    are scored by their own forward pass (:func:`path_gradient_draw`) through this very
+    ``affine``: rebuilding it would read its parameters again, one ``param`` statement
+    each, at every step.
+
+    Example:
+        >>> from pyro_realnvp.flows import RealNVP
+        >>> flow = RealNVP(2, num_layers=2)
+        >>> affine = affine_transform(torch.zeros(2), torch.ones(2))
+        >>> base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+        >>> q = path_posterior(base, dist.transforms.ComposeTransform([flow, affine]), flow,
+        ...                    lambda u: inverse_log_density(flow, affine, u))
+        >>> u = q.rsample((3,))
+        >>> torch.allclose(q.log_prob(u), inverse_log_density(flow, affine, u))
+        True
+    """
+    affine = transform.parts[-1]
+    draw = partial(path_gradient_draw, flow, affine, log_density=log_density)
+    return PathGradientPosterior(base, transform, log_density, draw)
