@@ -71,8 +71,12 @@ def test_unknown_activations_custom_nets_and_hooks_are_not_supported():
     net = conditioner(2, 4, (8,))
     # recorded_call runs each layer's forward without the module call that runs hooks:
     # a net with any hook, forward or backward, goes the inverse pass's way instead.
-    registrations = ["register_forward_hook", "register_forward_pre_hook",
-                     "register_full_backward_hook", "register_full_backward_pre_hook"]
+    registrations = [
+        "register_forward_hook",
+        "register_forward_pre_hook",
+        "register_full_backward_hook",
+        "register_full_backward_pre_hook",
+    ]
     for module in (net, net[0], net[1]):
         for register in registrations:
             handle = getattr(module, register)(lambda *_: None)
