@@ -48,7 +48,7 @@ from benchmarks.posteriordb.classic import SPECS as CLASSIC_SPECS
 from benchmarks.pyro_examples import OTHER_PYRO_EXAMPLES, PYRO_EXAMPLES
 from benchmarks.targets import EXACT_TARGETS, Target
 from pyro_realnvp import NonFiniteLossError, importance_resample
-from pyro_realnvp.infer import MAX_PARTICLES, fit_step, train
+from pyro_realnvp.infer import MAX_PARTICLES, NUM_STEPS, fit_step, train
 
 __all__ = ["main", "parse_args", "run_job"]
 
@@ -81,7 +81,7 @@ DEFAULT_GUIDES = ("AutoRealNVP", "AutoNormal", "AutoMultivariateNormal", "AutoIA
 #: Targets whose fits take longest: started first so that the pool's tail is short.
 SLOW_TARGETS = ("lotka_volterra", "diamonds", "hmm_drive_0", "garch11", "gp_pois_regr")
 #: Steps of the wall-time comparison built from the interleaved timing, and its guides.
-STEPS_FOR_WALL = 3000
+STEPS_FOR_WALL = NUM_STEPS
 _WALL_PAIR = ("AutoRealNVP", "AutoIAFNormal")
 #: Fresh draw sets behind each fit's k-hat, their median reported. One set's reading
 #: spans 0.46-0.70 over five sets at one fit (eight_schools_centered), and the median of
@@ -331,9 +331,9 @@ def interleaved_timing(target_name: str, steps: int, rounds: int, draws: int) ->
 
 
 def _fit_step(target: Target, guide):
-    """The step ``fit`` would run for ``guide`` at its defaults (3000 steps), built but not
+    """The step ``fit`` would run for ``guide`` at its defaults (``NUM_STEPS``), built but not
     yet run."""
-    return fit_step(target.model, guide, *target.args, num_steps=3000)[0]
+    return fit_step(target.model, guide, *target.args, num_steps=NUM_STEPS)[0]
 
 
 def _warm_up(target: Target) -> None:
@@ -681,8 +681,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown here")
     parser.add_argument("--results", type=Path, default=None, help="also write JSON lines")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--pdb-steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=NUM_STEPS)
+    parser.add_argument("--pdb-steps", type=int, default=NUM_STEPS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--pdb-seeds", type=int, nargs="+", default=[0])
     parser.add_argument(

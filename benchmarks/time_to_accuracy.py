@@ -33,7 +33,7 @@ from benchmarks.pyro_examples import OTHER_PYRO_EXAMPLES, PYRO_EXAMPLES
 from benchmarks.targets import EXACT_TARGETS, Target
 from pyro_realnvp import NonFiniteLossError
 from pyro_realnvp.diagnostics import importance_draws
-from pyro_realnvp.infer import MAX_PARTICLES, fit_step, train
+from pyro_realnvp.infer import MAX_PARTICLES, NUM_STEPS, fit_step, train
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 OURS = "AutoRealNVP"
@@ -276,7 +276,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="which targets, and the page and figure they are written to",
     )
     parser.add_argument("--targets", nargs="+", default=None, help="instead of the group's")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=NUM_STEPS)
     parser.add_argument("--draws", type=int, default=2000, help="draws per ELBO estimate")
     parser.add_argument("--out", type=Path, default=None, help="default: the group's page")
     parser.add_argument("--figure", type=Path, default=None)

@@ -12,12 +12,13 @@ from .flow_guide import FlowGuide
 from .loop import History, RedrawPolicy, Schedule, Step, check_training_args, train
 from .losses import TAIL_BETA, particle_objective, tail_adaptive_weights
 from .stopping import Converged
-from .svi import CLIP_NORMS, SVIStep, fit, fit_fast, fit_step
+from .svi import CLIP_NORMS, NUM_STEPS, SVIStep, fit, fit_fast, fit_step
 
 __all__ = [
     "AVERAGE",
     "CLIP_NORMS",
     "MAX_PARTICLES",
+    "NUM_STEPS",
     "TAIL_BETA",
     "AveragedStep",
     "Converged",

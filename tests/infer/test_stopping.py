@@ -1,5 +1,6 @@
 """fit's stop rule: a run ends once KL(q||p) reads below tol, and only then."""
 
+import inspect
 import math
 
 import pyro
@@ -9,7 +10,7 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_realnvp import AutoRealNVP
-from pyro_realnvp.infer import fit, fit_step, train
+from pyro_realnvp.infer import NUM_STEPS, fit, fit_step, train
 from pyro_realnvp.infer.stopping import Converged, stop_rule
 
 COV = torch.tensor([[1.0, 0.8, 0.0], [0.8, 1.0, 0.3], [0.0, 0.3, 2.0]], dtype=torch.float64)
@@ -51,6 +52,21 @@ def test_an_exact_guide_stops_early_at_a_check_and_ends_near_the_posterior(seed)
     draws = guide.get_posterior().sample((4000,)).double()
     assert torch.allclose(draws.mean(0), torch.ones(3, dtype=torch.float64), atol=0.1)
     assert torch.allclose(torch.cov(draws.T), COV, atol=0.15)
+
+
+def test_fits_default_cap_is_what_the_benchmarks_run_and_a_fitted_posterior_stops_short():
+    from benchmarks import accuracy, time_to_accuracy
+
+    # The published tables are fit at its defaults only while these agree.
+    for function in (fit, fit_step):
+        assert inspect.signature(function).parameters["num_steps"].default == NUM_STEPS
+    bench = accuracy.parse_args([])
+    assert bench.steps == bench.pdb_steps == time_to_accuracy.parse([]).steps == NUM_STEPS
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    history = fit(gaussian, AutoRealNVP(gaussian, num_layers=2), progress=False)
+    assert history.stopped
+    assert len(history) <= NUM_STEPS // 5  # a cap, not a cost
 
 
 def test_a_guide_still_far_from_the_posterior_takes_every_step():
