@@ -29,7 +29,7 @@ from .preflight import preflight
 from .stopping import Converged, stop_rule
 from .svi_step import ScheduledSVIStep, SVIStep
 
-__all__ = ["CLIP_NORMS", "NUM_STEPS", "SVIStep", "fit", "fit_fast", "fit_step"]
+__all__ = ["CLIP_NORMS", "FLOW_LRS", "LR", "NUM_STEPS", "SVIStep", "fit", "fit_fast", "fit_step"]
 
 logger = logging.getLogger(__package__)  # "pyro_realnvp.infer", the name users configure
 
@@ -42,6 +42,13 @@ NUM_STEPS = 3000
 #: ``ClippedAdam``'s 10 on Pyro's ELBO; 100 on the fast path, whose largest gradients come
 #: from the rare particles far in p's tails that teach q those tails (docs/tuning.md).
 CLIP_NORMS = {"svi": 10.0, "fast": 100.0}
+#: ``fit``'s ``lr`` where it is ``None``, per path, for an AutoRealNVP: on the fast path,
+#: whose 32 particles' gradients are less noisy than one's, 0.02 reached further within
+#: the steps on every exact target tried and on Pyro's eight schools (docs/tuning.md); on
+#: Pyro's ELBO, one particle, the 0.01 of Pyro's examples, as for every other guide.
+FLOW_LRS = {"svi": 1e-2, "fast": 2e-2}
+#: ``fit``'s ``lr`` where it is ``None``, for any guide but an AutoRealNVP.
+LR = 1e-2
 #: ``fit``'s ``lr_decay`` where it is ``None``: AutoRealNVP, which starts at its Laplace
 #: fit, ends on a tenfold decay (docs/tuning.md). Every other guide trains as in Pyro's own
 #: loop (constant lr, unclipped, its last iterate), which ``fit`` must not make worse: a
@@ -52,7 +59,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 def fit(
-    model: Callable, guide: Callable, *args, num_steps: int = NUM_STEPS, lr: float = 1e-2,
+    model: Callable, guide: Callable, *args, num_steps: int = NUM_STEPS, lr: float | None = None,
     num_particles: int | None = None, progress: bool = True, loss: ELBO | None = None,
     optim: PyroOptim | None = None, lr_decay: float | None = None,
     clip_norm: float | None = None, max_redraws: int = 3, fast: bool | None = None,
@@ -114,7 +121,7 @@ def fit(
 
 
 def fit_step(
-    model: Callable, guide: Callable, *args, num_steps: int = NUM_STEPS, lr: float = 1e-2,
+    model: Callable, guide: Callable, *args, num_steps: int = NUM_STEPS, lr: float | None = None,
     num_particles: int | None = None, loss: ELBO | None = None, optim: PyroOptim | None = None,
     lr_decay: float | None = None, clip_norm: float | None = None, fast: bool | None = None,
     compile: bool | str = False, tail_beta: float | None = TAIL_BETA,
@@ -122,9 +129,10 @@ def fit_step(
 ) -> tuple[Step, History]:  # fmt: skip
     """The step :func:`fit` runs for ``num_steps``, built but not yet run, and its history.
 
-    ``lr_decay=None`` and ``clip_norm=None`` take the guide's defaults: for an AutoRealNVP
-    ``FLOW_LR_DECAY`` and the path's own clip (``CLIP_NORMS``), for any other guide a
-    constant lr, unclipped, as in Pyro's own loop. The fast path
+    ``lr=None``, ``lr_decay=None`` and ``clip_norm=None`` take the guide's defaults: for
+    an AutoRealNVP the path's own lr (``FLOW_LRS``), ``FLOW_LR_DECAY`` and the path's own
+    clip (``CLIP_NORMS``), for any other guide a constant ``LR``, unclipped, as in Pyro's
+    own loop. The fast path
     (:class:`~pyro_realnvp.FastELBO`) is taken for an :class:`~pyro_realnvp.AutoRealNVP`
     with no ``loss`` or ``optim`` unless ``fast=False`` (``fast=True`` or ``compile``
     requires it); ``num_particles=None`` lets it choose (up to 32), 1 on Pyro's ELBO.
@@ -152,8 +160,8 @@ def fit_step(
     if isinstance(guide, torch.nn.Module) and getattr(guide, "prototype_trace", 1) is not None:
         check_finite_params(dict(guide.named_parameters()), "no step can train it")
     preflight(model, guide, args, kwargs, loss)
-    lr_decay, clip_norms, average = _guide_defaults(guide, lr_decay, clip_norm, average)
-    schedules = _schedules(lr, lr_decay, clip_norms, num_steps)
+    lrs, lr_decay, clip_norms, average = _guide_defaults(guide, lr, lr_decay, clip_norm, average)
+    schedules = _schedules(lrs, lr_decay, clip_norms, num_steps)
     fast = True if compile else fast
     tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
@@ -184,12 +192,15 @@ def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:
     return beta, None if steps >= num_steps else steps
 
 
-def _guide_defaults(guide, lr_decay: float | None, clip_norm: float | None,
+def _guide_defaults(guide, lr: float | None, lr_decay: float | None, clip_norm: float | None,
                     average: float | str | None) -> tuple:  # fmt: skip
-    """``(lr_decay, clip norms by path, average)``: the user's, else the guide's defaults
-    (an AutoRealNVP's ``FLOW_LR_DECAY``, ``CLIP_NORMS`` and ``AVERAGE``; another guide's:
-    Pyro's loop's, a constant lr, unclipped, its last iterate)."""
+    """``(lr by path, lr_decay, clip norms by path, average)``: the user's, else the guide's
+    defaults (an AutoRealNVP's ``FLOW_LRS``, ``FLOW_LR_DECAY``, ``CLIP_NORMS`` and
+    ``AVERAGE``; another guide's: Pyro's loop's, ``LR`` constant, unclipped, its last
+    iterate)."""
     flow = isinstance(guide, FlowGuide)
+    lrs = {path: (default if flow else LR) if lr is None else lr
+           for path, default in FLOW_LRS.items()}  # fmt: skip
     if lr_decay is None:
         lr_decay = FLOW_LR_DECAY if flow else 1.0
     defaults = CLIP_NORMS if flow else dict.fromkeys(CLIP_NORMS, math.inf)
@@ -197,13 +208,13 @@ def _guide_defaults(guide, lr_decay: float | None, clip_norm: float | None,
              for path, default in defaults.items()}  # fmt: skip
     if isinstance(average, str) and average == "auto":
         average = AVERAGE if flow else None
-    return lr_decay, norms, average
+    return lrs, lr_decay, norms, average
 
 
-def _schedules(lr: float, lr_decay: float, clip_norms: dict, num_steps: int) -> dict:
-    """``fit``'s schedule on each path (``"svi"``, ``"fast"``), clipped at its norm."""
+def _schedules(lrs: dict, lr_decay: float, clip_norms: dict, num_steps: int) -> dict:
+    """``fit``'s schedule on each path (``"svi"``, ``"fast"``), at its lr, clipped at its norm."""
     return {
-        path: Schedule(lr=lr, lr_decay=lr_decay, num_steps=num_steps, clip_norm=norm)
+        path: Schedule(lr=lrs[path], lr_decay=lr_decay, num_steps=num_steps, clip_norm=norm)
         for path, norm in clip_norms.items()
     }
 
@@ -242,6 +253,8 @@ def _check(model, guide, loss, optim, *, num_particles, clip_norm, **numbers) ->
     _check_callables(model, guide, loss, optim)
     if numbers.get("lr_decay", 0.0) is None:
         numbers["lr_decay"] = FLOW_LR_DECAY
+    if numbers.get("lr", 0.0) is None:
+        numbers["lr"] = LR
     if isinstance(numbers.get("average"), str) and numbers["average"] == "auto":
         numbers["average"] = AVERAGE
     check_training_args(
