@@ -49,6 +49,7 @@ from benchmarks.pyro_examples import OTHER_PYRO_EXAMPLES, PYRO_EXAMPLES
 from benchmarks.targets import EXACT_TARGETS, Target
 from pyro_realnvp import NonFiniteLossError, importance_resample
 from pyro_realnvp.infer import MAX_PARTICLES, NUM_STEPS, fit_step, train
+from pyro_realnvp.infer.svi import CLIP_NORMS, FLOW_LR_DECAY, FLOW_LRS, LR
 
 __all__ = ["main", "parse_args", "run_job"]
 
@@ -542,10 +543,12 @@ def render(
         + (f"; {args.steps} steps, seeds {args.seeds}" if exact else "")
         + f". posteriordb targets: {', '.join(pdb) or 'none'}; {args.pdb_steps} steps, "
         f"seeds {args.pdb_seeds}.",
-        "- Every guide: `pyro_realnvp.fit` at its defaults (AutoRealNVP: Adam, lr 0.01 "
-        "decayed to 0.001, the gradients' total norm clipped at 10 on Pyro's ELBO, at 100 on "
-        "the fast path, ending at the iterates' moving average; any other guide: Adam at a "
-        "constant lr 0.01, unclipped, its last iterate, as in Pyro's own loop), "
+        "- Every guide: `pyro_realnvp.fit` at its defaults (AutoRealNVP: Adam, lr "
+        f"{FLOW_LRS['fast']:g} on the fast path and {FLOW_LRS['svi']:g} on Pyro's ELBO, "
+        f"decayed {1 / FLOW_LR_DECAY:g}-fold by the last step, the gradients' total norm "
+        f"clipped at {CLIP_NORMS['svi']:g} on Pyro's ELBO, at {CLIP_NORMS['fast']:g} on the "
+        "fast path, ending at the iterates' moving average; any other guide: Adam at a "
+        f"constant lr {LR:g}, unclipped, its last iterate, as in Pyro's own loop), "
         + _particles_prose(args.particles)
         + ", guide defaults. ANF = `AutoNormalizingFlow`: `partial(iterated, 4, affine_coupling)` "
         "as Pyro documents it, and `+perm` with a reversal `Permute` between the layers. "
