@@ -10,7 +10,7 @@ from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal, init_to_med
 from pyro.optim import Adam
 
 from pyro_realnvp import AutoRealNVP, FastPathError, NonFiniteLossError, fit
-from pyro_realnvp.infer import MAX_PARTICLES
+from pyro_realnvp.infer import MAX_PARTICLES, fit_step
 from pyro_realnvp.infer import fast as fast_module
 from pyro_realnvp.infer import loop as train_module
 from pyro_realnvp.infer import svi_step as svi_step_module
@@ -165,6 +165,23 @@ def test_fit_clips_pyros_elbo_at_10_and_the_fast_path_at_100(
                   fast=fast, clip_norm=clip_norm)  # fmt: skip
     assert history.method == ("fast" if fast else "svi")
     assert applied_clips == [applied] * 3
+
+
+@pytest.mark.parametrize(
+    ("guide_class", "lr", "fast", "applied"),
+    [(AutoRealNVP, None, True, 0.02), (AutoRealNVP, None, False, 0.01),
+     (AutoNormal, None, False, 0.01), (AutoRealNVP, 0.005, True, 0.005),
+     (AutoRealNVP, 0.005, False, 0.005)],
+    ids=["flow-fast", "flow-pyro", "other-guide", "given-fast", "given-pyro"],
+)  # fmt: skip
+def test_fits_lr_is_the_paths_own_where_none_is_given(guide_class, lr, fast, applied):
+    # 32 particles' gradients take twice the step one particle's can (docs/tuning.md).
+    model = regression()
+    guide = guide_class(model, **SMALL) if guide_class is AutoRealNVP else guide_class(model)
+    step, history = fit_step(model, guide, num_steps=10, lr=lr, fast=fast, average=None)
+    assert history.method == ("fast" if fast else "svi")
+    step()  # Pyro's ELBO makes its optimizer at the first step, when the params exist
+    assert step.optimizer.param_groups[0]["initial_lr"] == pytest.approx(applied)
 
 
 def test_fast_path_redraws_a_rare_non_finite_step():
