@@ -809,11 +809,17 @@ def _read_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.startswith('{"target"')]
 
 
+def _partial(results: Path) -> Path:
+    """Where a run writes its results until it has finished: a run stopped before then
+    leaves the results of the last whole run (behind the published page) as they were."""
+    return results.with_name(results.name + ".partial")
+
+
 def _run_jobs(args: argparse.Namespace) -> list[dict]:
     results = []
     if args.results is not None:
         args.results.parent.mkdir(parents=True, exist_ok=True)
-    log = None if args.results is None else args.results.open("w")
+    log = None if args.results is None else _partial(args.results).open("w")
     jobs = _jobs(args)
     if args.workers > 1:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
@@ -855,8 +861,10 @@ def main(args: argparse.Namespace) -> str:
         text += f"\n## The README's figure, from this run\n\n{caption}\n"
     print(text)
     if args.results is not None:
-        with args.results.open("a") as log:
+        written = args.results if args.from_results is not None else _partial(args.results)
+        with written.open("a") as log:
             print(json.dumps({"timing": timing}), file=log, flush=True)
+        written.replace(args.results)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")

@@ -231,6 +231,33 @@ def test_smoke_run_writes_every_table_with_a_row_per_target(tmp_path):
     assert "/1 |" in counts
 
 
+def test_a_stopped_run_leaves_the_last_whole_runs_results_and_a_whole_run_replaces_them(
+    tmp_path, monkeypatch
+):
+    results = tmp_path / "fits.jsonl"
+    results.write_text('{"target": "from the last whole run"}\n')
+    small = ["--smoke", "--exact", "banana_d2", "--posteriors", "--examples", "--workers", "1",
+             "--guides", "AutoNormal", "--user-loop-guides", "--results", str(results)]  # fmt: skip
+    real, done = accuracy.run_job, []
+
+    def stopped_after_one(job):
+        if done:
+            raise KeyboardInterrupt
+        done.append(real(job))
+        return done[-1]
+
+    monkeypatch.setattr(accuracy, "run_job", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        accuracy.main(accuracy.parse_args(small))
+    assert results.read_text() == '{"target": "from the last whole run"}\n'
+    monkeypatch.setattr(accuracy, "run_job", real)
+    accuracy.main(accuracy.parse_args(small))
+    lines = results.read_text().splitlines()
+    assert lines[0].startswith('{"target": "banana_d2"')
+    assert lines[-1].startswith('{"timing"')
+    assert [p.name for p in tmp_path.iterdir()] == ["fits.jsonl"]  # no partial file left
+
+
 def test_pyro_eight_schools_is_the_examples_model_with_24_latents():
     """Pyro's examples/eight_schools/svi.py draws mu and tau inside the schools' plate."""
     target = pyro_eight_schools()
