@@ -236,8 +236,9 @@ def test_a_stopped_run_leaves_the_last_whole_runs_results_and_a_whole_run_replac
 ):
     results = tmp_path / "fits.jsonl"
     results.write_text('{"target": "from the last whole run"}\n')
-    small = ["--smoke", "--exact", "banana_d2", "--posteriors", "--examples", "--workers", "1",
-             "--guides", "AutoNormal", "--user-loop-guides", "--results", str(results)]  # fmt: skip
+    small = ["--smoke", "--exact", "banana_d2", "--posteriors", "--examples", "--workers",
+             "1", "--guides", "AutoNormal", "--user-loop-guides",
+             "--results", str(results)]  # fmt: skip
     real, done = accuracy.run_job, []
 
     def stopped_after_one(job):
