@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Iterator
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -69,6 +70,7 @@ class FlatParameters:
         self.give_back = give_back
         self.bound = False
         self._hooks: list = []
+        self._mirror_hooks: list = []
         self._buffer: Tensor | None = None
         #: Each parameter's view of the buffer, what its gradient is meant to be (the
         #: view, or a mirror: see _mirror), and the buffer generation it was synced at.
@@ -185,6 +187,47 @@ class FlatParameters:
 
         self._hooks = [hook for i, p in enumerate(self.params) for hook in hooks(i, p)]
 
+    def watch(self, tensor: Tensor) -> None:
+        """Sync the gradients once, as a backward pass reaches ``tensor``, rather than at
+        each parameter (:meth:`track_grads`' two Python hooks per tensor cost as much as a
+        coupling's pass in Pyro's one-particle loop). For a ``tensor`` through which alone
+        the parameters reach the loss (a draw whose log-density is a function of it), so
+        that its hook runs before any of them accumulates; only for passes through it.
+        Where a gradient would accumulate out of place (``None``, or ``create_graph``),
+        that pass mirrors it as :meth:`track_grads` does."""
+        if not tensor.requires_grad or self._hooks:
+            return
+        ref = weakref.ref(self)
+
+        @unserializable_hook
+        def before_backward(grad: Tensor) -> None:
+            packing = ref()
+            if packing is not None:
+                packing._before_backward()
+
+        tensor.register_hook(before_backward)
+
+    def _before_backward(self) -> None:
+        """:meth:`watch`'s hook: every parameter bound here made its gradient's view; those
+        that will accumulate out of place mirrored after this pass."""
+        out_of_place = torch.is_grad_enabled()  # create_graph: torch adds out of place
+        if not (out_of_place or self._mirror_hooks) and self._views_held():
+            self._sync_buffer()  # flat.grad replaced (Pyro's zero_grads): one copy
+            return
+        for hook in self._mirror_hooks:
+            hook.remove()
+        self._mirror_hooks = []
+        ref = weakref.ref(self)
+        for index, param in enumerate(self.params):
+            if self._stale(index):
+                self._sync_buffer()
+                self._sync_one(index, point=False)
+            elif not (out_of_place and self._bound_here(index)):
+                continue
+            if out_of_place or param.grad is None:
+                self._mirror_hooks.append(param.register_post_accumulate_grad_hook(
+                    partial(_mirror_if_stale, ref, index)))  # fmt: skip
+
     def _mirror(self, index: int) -> None:
         """Copy a gradient accumulated out of place (or a first one, where it was
         ``None``) into the buffer, and remember it as current until the buffer is
@@ -203,13 +246,30 @@ class FlatParameters:
         param, own = self.params[index], self._buffer
         if own is not None and self.flat.grad is own and param.grad is self._views[index]:
             return False  # in step: identities first, the storage's address only if not
-        return self.bound and _address(param) == self._pointers[index]
+        return self._bound_here(index)
 
-    def untrack(self) -> None:
-        """Remove :meth:`track_grads`' hooks, and the gradients it pointed at ``flat``."""
-        for hook in self._hooks:
+    def _views_held(self) -> bool:
+        """Whether every gradient is its view of the buffer, so accumulates into it once
+        ``flat.grad`` is the buffer; identities only."""
+        return self._buffer is not None and all(
+            p.grad is v for p, v in zip(self.params, self._views, strict=True)
+        )
+
+    def _bound_here(self, index: int) -> bool:
+        return self.bound and _address(self.params[index]) == self._pointers[index]
+
+    def tracking(self) -> bool:
+        """Whether :meth:`track_grads`' hooks are on."""
+        return bool(self._hooks)
+
+    def untrack(self, grads: bool = True) -> None:
+        """Remove :meth:`track_grads`' hooks (and :meth:`watch`'s mirrors) and, with
+        ``grads``, the gradients it pointed at ``flat``."""
+        for hook in self._hooks + self._mirror_hooks:
             hook.remove()
-        self._hooks = []
+        self._hooks, self._mirror_hooks = [], []
+        if not grads:
+            return
         for param, view in zip(self.params, self._grads, strict=True):
             if view is not None and param.grad is view:
                 param.grad = None
@@ -265,6 +325,13 @@ class FlatParameters:
             self.release()
             self.bind()
         self.flat.grad.zero_()
+
+
+def _mirror_if_stale(ref: weakref.ref, index: int, param: Tensor) -> None:
+    """A post-accumulate hook of :meth:`FlatParameters._before_backward`."""
+    packing = ref()
+    if packing is not None and packing._stale(index):
+        packing._mirror(index)
 
 
 def _address(param: Tensor) -> tuple[int, int]:

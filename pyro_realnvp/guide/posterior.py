@@ -220,11 +220,12 @@ def path_posterior(
     transform: dist.transforms.ComposeTransform,
     flow,
     log_density: Callable[[Tensor], Tensor],
+    watch: Callable[[Tensor], None] | None = None,
 ) -> PathGradientPosterior:
     r"""The :class:`PathGradientPosterior` of ``transform = [flow, affine]`` whose draws
     are scored by their own forward pass (:func:`path_gradient_draw`) through this very
     ``affine``: rebuilding it would read its parameters again, one ``param`` statement
-    each, at every step.
+    each, at every step. ``watch`` is called with each draw (a hook to place on it).
 
     Example:
         >>> from pyro_realnvp.flows import RealNVP
@@ -239,4 +240,14 @@ def path_posterior(
     """
     affine = transform.parts[-1]
     draw = partial(path_gradient_draw, flow, affine, log_density=log_density)
+    if watch is not None:
+        draw = partial(_watched, draw, watch)
     return PathGradientPosterior(base, transform, log_density, draw)
+
+
+def _watched(
+    draw: Callable[[Tensor], tuple[Tensor, Tensor]], watch: Callable[[Tensor], None], eps: Tensor
+) -> tuple[Tensor, Tensor]:
+    u, log_q = draw(eps)
+    watch(u)
+    return u, log_q

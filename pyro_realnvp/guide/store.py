@@ -30,7 +30,7 @@ __all__ = [
 
 
 def declare_flow(
-    flow: nn.Module, name: str, packed: FlatParameters | None
+    flow: nn.Module, name: str, packed: FlatParameters | None, per_tensor: bool = True
 ) -> tuple[FlatParameters | None, Tensor | None]:
     """Declare ``flow``'s parameters to Pyro as one flat parameter ``name``, its tensors
     views of it (:class:`~pyro_realnvp._internal.flat.FlatParameters`): the packing to
@@ -43,7 +43,9 @@ def declare_flow(
     the flow takes its values, as Pyro's ``PyroParam``\\ s do; entries per tensor, as
     stores saved before this held them (:func:`register_flow`), are taken and removed.
     Under ``module_local_params``, with mixed dtypes or a frozen parameter it falls back
-    on :func:`register_flow` (and gives no value).
+    on :func:`register_flow` (and gives no value). The gradients sync as a backward pass
+    reaches each parameter; not ``per_tensor``, only where the caller has the packing
+    watch the draw every backward pass runs through (``FlatParameters.watch``).
 
     Example:
         >>> layer = nn.Linear(2, 1)
@@ -54,9 +56,8 @@ def declare_flow(
         True
     """
     params = list(flow.parameters())
-    one_kind = len({(p.dtype, p.device) for p in params}) == 1
-    if (pyro.settings.get("module_local_params") or not one_kind
-            or not all(p.requires_grad for p in params)):  # fmt: skip
+    kinds = {(p.dtype, p.device, p.requires_grad) for p in params}
+    if pyro.settings.get("module_local_params") or len(kinds) != 1 or not kinds.pop()[2]:
         register_flow(flow, name)
         return packed, None
     _take_entries_per_tensor(flow, name)
@@ -64,8 +65,12 @@ def declare_flow(
     if packed is None or not packed.holds(params):
         if packed is not None:  # a .to() or .double(): its gradients meant the old dtype
             packed.untrack()
-        packed = _packing(params)
-    packed.refresh(grads=False)  # its gradients sync as a backward pass reaches them
+        packed = _packing(params, per_tensor=per_tensor)
+    packed.refresh(grads=False)  # its gradients sync at the backward pass (the hooks)
+    if per_tensor:
+        packed.track_grads()
+    elif packed.tracking():
+        packed.untrack(grads=False)
     store = pyro.get_param_store()
     if name in store and store[name] is not packed.flat:
         if store[name] is previous:  # ours, before a .to() or .double() made a new one
@@ -74,16 +79,20 @@ def declare_flow(
             check_stored_shape(name, packed.flat)
             packed.untrack()
             packed.release()
-            packed = _packing(params, store[name])
+            packed = _packing(params, store[name], per_tensor)
     return packed, pyro.param(name, packed.flat)  # the statement SVI collects params from
 
 
-def _packing(params: list[Tensor], flat: Tensor | None = None) -> FlatParameters:
+def _packing(
+    params: list[Tensor], flat: Tensor | None = None, per_tensor: bool = True
+) -> FlatParameters:
     """The flow's parameters bound to ``flat`` (the store's, whose values they take) or a
-    new one, their gradients synced at each backward pass."""
+    new one, their gradients synced at each backward pass (``per_tensor``: by hooks on
+    each parameter)."""
     packed = FlatParameters(params, flat, give_back=False)
     packed.bind(from_params=flat is None, grads=False)
-    packed.track_grads()
+    if per_tensor:
+        packed.track_grads()
     return packed
 
 

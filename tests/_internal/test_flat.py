@@ -174,3 +174,39 @@ def test_tracked_gradients_fill_flat_whatever_replaced_them_before_the_backward_
     before = flat.flat.grad.clone()
     loss_of(params).backward()  # untracked: the parameters' own gradients, flat's untouched
     assert torch.equal(flat.flat.grad, before)
+
+
+def watched_loss(params, flat):
+    """``loss_of`` reached through one watched tensor, as a guide's draw is."""
+    through = torch.stack([p.sum() for p in params])
+    flat.watch(through)
+    return (through.sin() * torch.arange(1.0, len(params) + 1)).sum()
+
+
+def test_watched_gradients_fill_flat_whatever_replaced_them_before_the_backward_pass():
+    params = make_params()
+    flat = FlatParameters(params, give_back=False)
+    flat.bind(grads=False)
+    expected = make_params()
+    watched_loss(expected, FlatParameters(expected)).backward()  # unbound: plain gradients
+    reference = torch.cat([p.grad.reshape(-1) for p in expected])
+    for clear in (lambda: setattr(flat.flat, "grad", torch.zeros_like(flat.flat)),
+                  lambda: setattr(flat.flat, "grad", None),
+                  lambda: [setattr(p, "grad", None) for p in params],
+                  lambda: None):  # fmt: skip
+        loss = watched_loss(params, flat)
+        clear()
+        loss.backward()
+        assert torch.allclose(flat.flat.grad, reference)
+        assert torch.equal(torch.cat([p.grad.reshape(-1) for p in params]), flat.flat.grad)
+        flat.flat.grad = torch.zeros_like(flat.flat)  # as Pyro's zero_grads, after the step
+    # create_graph: torch accumulates out of place, and flat still sees the sum.
+    watched_loss(params, flat).backward(create_graph=True)
+    assert torch.allclose(flat.flat.grad.detach(), reference)
+    # A pass that does not accumulate (autograd.grad) leaves a cleared gradient None, and
+    # one that does not run through the watched tensor is not synced.
+    for param in params:
+        param.grad = None
+    torch.autograd.grad(watched_loss(params, flat), params)
+    assert all(p.grad is None for p in params)
+    assert not flat.tracking()

@@ -81,26 +81,30 @@ def plain_svi(model, guide, steps):
     return optim
 
 
-def per_tensor(flow, name, packed):
+def per_tensor(flow, name, packed, **options):
     """The declaration before the flow was one tensor: a param statement per tensor."""
     store.register_flow(flow, name)
     return packed, None
 
 
-def seeded_guide(model, monkeypatch, old: bool) -> AutoRealNVP:
+def seeded_guide(model, monkeypatch, old: bool, **options) -> AutoRealNVP:
     """A fresh guide in a cleared store, seeded; ``old``: declared a tensor at a time."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     if old:
         monkeypatch.setattr(store, "declare_flow", per_tensor)
-    return AutoRealNVP(model, **SMALL)
+    return AutoRealNVP(model, **SMALL, **options)
 
 
-def test_pyro_steps_the_flow_as_one_tensor_with_the_updates_it_made_per_tensor(monkeypatch):
+# "path": the gradients sync at the draw's hook; "total": at each parameter's.
+@pytest.mark.parametrize("estimator", ["path", "total"])
+def test_pyro_steps_the_flow_as_one_tensor_with_the_updates_it_made_per_tensor(
+    monkeypatch, estimator
+):
     model = hierarchical(torch.randn(4, 3))
     trained = {}
     for old in (False, True):
-        guide = seeded_guide(model, monkeypatch, old)
+        guide = seeded_guide(model, monkeypatch, old, estimator=estimator)
         optim = plain_svi(model, guide, 20)
         trained[old] = (flow_vector(guide), len(optim.optim_objs))
     assert trained[False][1] == 4  # loc, scale, scale_tril and the flow
