@@ -23,6 +23,7 @@ from torch.distributions import biject_to
 
 from .._internal.compat import count_elements, full_data_plates, rng_state, unpack_latent
 from .._internal.locate import partial_trace
+from .._internal.plates import plate_nesting
 
 __all__ = [
     "Potential",
@@ -203,13 +204,7 @@ class Potential:
         with torch.no_grad(), poutine.block():
             model = poutine.condition(self.model, data=data)
             trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
-        dims = [
-            -f.dim
-            for s in trace.nodes.values()
-            for f in s.get("cond_indep_stack", ())
-            if f.vectorized
-        ]
-        self.max_plate_nesting = max(dims, default=0)
+        self.max_plate_nesting = plate_nesting(trace)
         return self.max_plate_nesting
 
 
