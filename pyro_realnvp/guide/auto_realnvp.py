@@ -284,11 +284,9 @@ class AutoRealNVP(AutoContinuous):
         """Declare the flow to Pyro as one flat parameter (``guide.store.declare_flow``);
         its value, which a JIT trace must compute the flow from."""
         # The packing is derived state, rebuilt after pickling: outside the attributes.
-        packed = self.__dict__.get("_packed_flow")
-        name = self._pyro_get_fullname("flow")
-        self.__dict__["_packed_flow"], flat = store.declare_flow(
-            self.flow, name, packed, per_tensor=self.estimator != "path"
-        )
+        name, packed = self._pyro_get_fullname("flow"), self.__dict__.get("_packed_flow")
+        hooks = self.estimator != "path"  # the path's draws sync the gradients themselves
+        self.__dict__["_packed_flow"], flat = store.declare_flow(self.flow, name, packed, hooks)
         return flat
 
     def requires_grad_(self, requires_grad: bool = True) -> AutoRealNVP:
@@ -353,10 +351,7 @@ class AutoRealNVP(AutoContinuous):
         base, transform = self.get_base_dist(), self.get_transform(*args, **kwargs)
         if self.estimator == "total":
             return dist.TransformedDistribution(base, transform)
-        # Pyro's store holds the flow as one tensor: its gradients sync as a backward pass
-        # reaches the draw, through which alone the flow's parameters reach a loss.
-        packed = self.__dict__.get("_packed_flow")
-        watch = None if packed is None or torch.jit.is_tracing() else packed.watch
+        watch = store.draw_watch(self.__dict__.get("_packed_flow"))
         return path_posterior(base, transform, self.flow, self.log_density_detached, watch)
 
     def log_density_detached(self, u: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyro
 import torch
@@ -22,6 +22,7 @@ __all__ = [
     "check_stored_sites",
     "compact_copy",
     "declare_flow",
+    "draw_watch",
     "flow_reading",
     "forget",
     "own_storage",
@@ -81,6 +82,22 @@ def declare_flow(
             packed.release()
             packed = _packing(params, store[name], per_tensor)
     return packed, pyro.param(name, packed.flat)  # the statement SVI collects params from
+
+
+def draw_watch(packed: FlatParameters | None) -> Callable[[Tensor], None] | None:
+    """What to call with each draw of a path-gradient posterior: the packing's
+    :meth:`~pyro_realnvp._internal.flat.FlatParameters.watch`, so the flow's gradients
+    sync as a backward pass reaches the draw, through which alone its parameters reach a
+    loss. ``None`` under a JIT trace, where the flow reads the flat tensor itself.
+
+    Example:
+        >>> packed, _ = declare_flow(nn.Linear(2, 1), "guide.flow", None, per_tensor=False)
+        >>> draw_watch(packed) == packed.watch, draw_watch(None)
+        (True, None)
+    """
+    if packed is None or torch.jit.is_tracing():
+        return None
+    return packed.watch
 
 
 def _packing(

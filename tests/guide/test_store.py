@@ -81,7 +81,7 @@ def plain_svi(model, guide, steps):
     return optim
 
 
-def per_tensor(flow, name, packed, **options):
+def per_tensor(flow, name, packed, *hooks):
     """The declaration before the flow was one tensor: a param statement per tensor."""
     store.register_flow(flow, name)
     return packed, None
