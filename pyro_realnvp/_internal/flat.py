@@ -173,17 +173,12 @@ class FlatParameters:
             @unserializable_hook
             def before_accumulating(grad: Tensor) -> None:
                 packing = ref()
-                if packing is not None and packing._stale(index):
-                    packing._sync_buffer()
-                    packing._sync_one(index, point=False)  # after it accumulates: _mirror
-
-            def after_accumulating(param: Tensor) -> None:
-                packing = ref()
-                if packing is not None and packing._stale(index):
-                    packing._mirror(index)
+                if packing is not None:
+                    packing._sync_if_stale(index)
 
             return [param.register_hook(before_accumulating),
-                    param.register_post_accumulate_grad_hook(after_accumulating)]  # fmt: skip
+                    param.register_post_accumulate_grad_hook(
+                        partial(_mirror_if_stale, ref, index))]  # fmt: skip
 
         self._hooks = [hook for i, p in enumerate(self.params) for hook in hooks(i, p)]
 
@@ -219,14 +214,20 @@ class FlatParameters:
         self._mirror_hooks = []
         ref = weakref.ref(self)
         for index, param in enumerate(self.params):
-            if self._stale(index):
-                self._sync_buffer()
-                self._sync_one(index, point=False)
-            elif not (out_of_place and self._bound_here(index)):
+            if not (self._sync_if_stale(index) or out_of_place and self._bound_here(index)):
                 continue
             if out_of_place or param.grad is None:
                 self._mirror_hooks.append(param.register_post_accumulate_grad_hook(
                     partial(_mirror_if_stale, ref, index)))  # fmt: skip
+
+    def _sync_if_stale(self, index: int) -> bool:
+        """Before parameter ``index`` accumulates: where :meth:`_stale`, the buffer and its
+        gradient synced (a ``None`` one stays ``None``, to be mirrored after); whether so."""
+        if not self._stale(index):
+            return False
+        self._sync_buffer()
+        self._sync_one(index, point=False)
+        return True
 
     def _mirror(self, index: int) -> None:
         """Copy a gradient accumulated out of place (or a first one, where it was
@@ -328,7 +329,8 @@ class FlatParameters:
 
 
 def _mirror_if_stale(ref: weakref.ref, index: int, param: Tensor) -> None:
-    """A post-accumulate hook of :meth:`FlatParameters._before_backward`."""
+    """After parameter ``index`` accumulates (:meth:`FlatParameters.track_grads`,
+    :meth:`FlatParameters.watch`): a gradient made out of place, mirrored into the buffer."""
     packing = ref()
     if packing is not None and packing._stale(index):
         packing._mirror(index)

@@ -66,12 +66,8 @@ def declare_flow(
     if packed is None or not packed.holds(params):
         if packed is not None:  # a .to() or .double(): its gradients meant the old dtype
             packed.untrack()
-        packed = _packing(params, per_tensor=per_tensor)
+        packed = _packing(params)
     packed.refresh(grads=False)  # its gradients sync at the backward pass (the hooks)
-    if per_tensor:
-        packed.track_grads()
-    elif packed.tracking():
-        packed.untrack(grads=False)
     store = pyro.get_param_store()
     if name in store and store[name] is not packed.flat:
         if store[name] is previous:  # ours, before a .to() or .double() made a new one
@@ -80,7 +76,11 @@ def declare_flow(
             check_stored_shape(name, packed.flat)
             packed.untrack()
             packed.release()
-            packed = _packing(params, store[name], per_tensor)
+            packed = _packing(params, store[name])
+    if per_tensor:
+        packed.track_grads()
+    elif packed.tracking():
+        packed.untrack(grads=False)
     return packed, pyro.param(name, packed.flat)  # the statement SVI collects params from
 
 
@@ -100,16 +100,11 @@ def draw_watch(packed: FlatParameters | None) -> Callable[[Tensor], None] | None
     return packed.watch
 
 
-def _packing(
-    params: list[Tensor], flat: Tensor | None = None, per_tensor: bool = True
-) -> FlatParameters:
+def _packing(params: list[Tensor], flat: Tensor | None = None) -> FlatParameters:
     """The flow's parameters bound to ``flat`` (the store's, whose values they take) or a
-    new one, their gradients synced at each backward pass (``per_tensor``: by hooks on
-    each parameter)."""
+    new one; :func:`declare_flow` says how their gradients sync."""
     packed = FlatParameters(params, flat, give_back=False)
     packed.bind(from_params=flat is None, grads=False)
-    if per_tensor:
-        packed.track_grads()
     return packed
 
 
