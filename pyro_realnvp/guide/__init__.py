@@ -1,6 +1,6 @@
 """The guide: :class:`AutoRealNVP` and what it is made of. Its posterior and path gradient
-(``posterior``), its summaries (``summaries``), the Laplace start (``laplace``) on the
-model's potential (``potential``), the location's units (``units``), its options
+(``posterior``), its summaries (``summaries``), the Laplace start (``laplace``) at the
+mode (``mode``) of the model's potential (``potential``), the location's units (``units``), its options
 (``options``), the set-up checks of the model's sites (``sites``), and its side of
 Pyro's param store (``store``)."""
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .mode import _FAILURES, best_mode, find_mode
+
 __all__ = [
     "START_RULES",
     "GaussianStart",
@@ -31,23 +33,20 @@ __all__ = [
     "hessian",
     "kl_estimate",
     "laplace_start",
+    "log_evidence",
     "local_start",
 ]
 
-#: Searches for the mode from points around the first start, beside the first search
-#: (:func:`best_mode`): few, since each costs a search (docs/tuning.md, issue 29).
-MODE_RESTARTS = 3
-#: How much lower, relative to ``1 + |U|``, a restart's mode must be to replace the first.
-MODE_GAIN = 1e-6
-#: L-BFGS iterations of a restart's first leg: one still above the first mode by then is
-#: taken to share its basin; one already below is searched on to its own mode.
-RESTART_ITERS = 30
 #: Nats: a Laplace Gaussian whose draws put log Z within this of its ELBO is taken
 #: without scoring the local candidate (:func:`laplace_start`; docs/tuning.md, issue 30).
 ALREADY_GOOD = 1.0
+#: Nats by which the local candidate's importance estimate of log Z may exceed the Laplace
+#: one's before ``rule="proper"`` passes the Laplace Gaussian over: its draws then find
+#: under e^-5 of the mass the local ones find, a mode where the posterior has none (a
+#: funnel's neck: docs/tuning.md, issue 30).
+MASS_GAP = 5.0
 #: The widest start of any coordinate of the local (non-Laplace) candidate.
 MAX_LOCAL_SCALE = 1.0
-_FAILURES = (ValueError, RuntimeError, ArithmeticError)
 #: How :func:`laplace_start` chooses: ``"elbo"``, the candidate with the higher ELBO (the
 #: choice reverse KL would make); ``"proper"``, the Laplace Gaussian wherever the mode is
 #: proper, for an objective that covers p's tails (tail-adaptive weights).
@@ -78,114 +77,6 @@ class GaussianStart:
     def scale(self) -> Tensor:
         """The diagonal of ``scale_tril``: the affine's per-coordinate scale."""
         return self.scale_tril.diagonal()
-
-
-def _value_and_grad(potential: Callable, u: Tensor) -> tuple[Tensor, Tensor]:
-    """``U(u)`` and its gradient, or ``(inf, 0)`` where the model cannot score ``u``."""
-    with torch.enable_grad():
-        u = u.detach().requires_grad_(True)
-        try:
-            value = potential(u)
-            (grad,) = torch.autograd.grad(value, u, allow_unused=True)
-        except _FAILURES:
-            return u.new_tensor(math.inf), torch.zeros_like(u)
-    grad = torch.zeros_like(u) if grad is None else grad
-    if not (torch.isfinite(value) and torch.isfinite(grad).all()):
-        return u.new_tensor(math.inf), torch.zeros_like(u)
-    return value.detach(), grad
-
-
-def find_mode(
-    potential: Callable[[Tensor], Tensor],
-    init: Tensor,
-    *,
-    scale: Tensor | None = None,
-    max_iter: int = 200,
-) -> tuple[Tensor, bool]:
-    r""":math:`\arg\min_u U(u)` by L-BFGS from ``init``: ``(mode, converged)``.
-
-    L-BFGS runs on :math:`v`, :math:`u = \text{init} + \text{scale} \odot v`: a scale
-    near the posterior's makes the problem better conditioned (a float32 regression on
-    20,000 rows with 250 latents reached its mode only so). A bounded budget of
-    ``max_iter`` iterations; the best finite point seen is returned, so a model that fails
-    or overflows on a line-search trial costs a shorter step, not the fit. ``converged``
-    is False where the budget ran out first.
-
-    Example:
-        >>> mode, converged = find_mode(lambda u: ((u - 3.0) ** 2).sum(), torch.zeros(2))
-        >>> mode, converged
-        (tensor([3., 3.]), True)
-    """
-    init = init.detach()
-    scale = torch.ones_like(init) if scale is None else scale.detach()
-    v = torch.zeros_like(init, requires_grad=True)
-    best = {"value": _value_and_grad(potential, init)[0], "u": init.clone()}
-    optimizer = torch.optim.LBFGS(
-        [v], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-6, tolerance_change=1e-12,
-    )  # fmt: skip
-
-    def closure() -> Tensor:
-        u = init + scale * v.detach()
-        value, grad = _value_and_grad(potential, u)
-        v.grad = grad * scale
-        if value < best["value"]:
-            best["value"], best["u"] = value, u
-        return value
-
-    optimizer.step(closure)
-    state = optimizer.state[v]
-    max_eval = optimizer.param_groups[0]["max_eval"]
-    stopped_early = state.get("n_iter", 0) < max_iter and state.get("func_evals", 0) < max_eval
-    return best["u"], stopped_early
-
-
-def best_mode(
-    potential: Callable[[Tensor], Tensor],
-    init: Tensor,
-    *,
-    max_iter: int = 200,
-    restarts: int = MODE_RESTARTS,
-    seed: int = 0,
-) -> tuple[Tensor, bool]:
-    r"""The lowest converged :func:`find_mode` from ``init`` and from ``restarts`` points
-    :math:`\text{init} + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, I)` (a
-    fixed-seed generator: set-up draws nothing from Pyro's random state).
-
-    A model with several modes may have its posterior's far from the first one found
-    (Lotka-Volterra's ODE from its prior medians: docs/tuning.md). Where the search from
-    ``init`` does not converge (a potential with no minimum there), no restart is tried.
-
-    Example:
-        >>> def potential(u):  # a shallow well at -1, the deep one at 1
-        ...     wells = torch.stack([-2 * (u + 1) ** 2 + math.log(0.3), -2 * (u - 1) ** 2])
-        ...     return -torch.logsumexp(wells, 0).sum()
-        >>> find_mode(potential, torch.tensor([-0.6]))[0].round(decimals=2)
-        tensor([-1.])
-        >>> best_mode(potential, torch.tensor([-0.6]))[0].round(decimals=2)
-        tensor([1.])
-    """
-    mode, converged = find_mode(potential, init, max_iter=max_iter)
-    if not converged:
-        return mode, converged
-    lowest = _value_and_grad(potential, mode)[0]
-    generator = torch.Generator(device=init.device).manual_seed(seed)
-    for _ in range(restarts):
-        start = init + torch.randn(init.shape, generator=generator, dtype=init.dtype,
-                                   device=init.device)  # fmt: skip
-        # A short search first: most restarts come back to the first basin, and a long
-        # search there is a whole search's cost for nothing.
-        candidate, ok = find_mode(potential, start, max_iter=min(RESTART_ITERS, max_iter))
-        value = _value_and_grad(potential, candidate)[0]
-        gain = MODE_GAIN * (1 + abs(float(lowest)))
-        if not ok and value < lowest - gain:
-            candidate, ok = find_mode(potential, candidate, max_iter=max_iter)
-            value = _value_and_grad(potential, candidate)[0]
-        # Deeper by more than rounding: the same mode found again keeps the first search's
-        # point, so a unimodal model starts where it did without restarts.
-        if ok and value < lowest - gain:
-            mode, lowest = candidate, value
-    return mode, True
 
 
 def batched_potential(potential: Callable, u: Tensor) -> tuple[Callable, int] | None:
@@ -393,6 +284,20 @@ def _mean(log_w: Tensor | None) -> float:
     return total / len(log_w) if math.isfinite(total) else -math.inf
 
 
+def log_evidence(log_w: Tensor | None) -> float:
+    r"""The importance estimate of :math:`\log Z`, :math:`\log \frac1K \sum_k w_k`, from a
+    Gaussian's log weights (:func:`gaussian_log_weights`); ``-inf`` where a draw could not
+    be scored. Low in expectation, and lowest for a Gaussian whose draws miss the mass.
+
+    Example:
+        >>> round(log_evidence(torch.tensor([0.0, math.log(3.0)])), 4), log_evidence(None)
+        (0.6931, -inf)
+    """
+    if log_w is None or not bool(torch.isfinite(log_w).all()):
+        return -math.inf
+    return float(torch.logsumexp(log_w.double(), 0) - math.log(len(log_w)))
+
+
 def kl_estimate(log_w: Tensor | None) -> float:
     r""":math:`\log \frac1K \sum_k w_k - \frac1K \sum_k \log w_k`: the draws' estimate of
     :math:`\log Z - \text{ELBO} = \mathrm{KL}(q \| p)` (low where they miss p's mass).
@@ -401,10 +306,8 @@ def kl_estimate(log_w: Tensor | None) -> float:
         >>> kl_estimate(torch.tensor([0.0, 0.0])), kl_estimate(None)
         (0.0, inf)
     """
-    if log_w is None or not bool(torch.isfinite(log_w).all()):
-        return math.inf
-    log_w = log_w.double()
-    return float(torch.logsumexp(log_w, 0) - math.log(len(log_w)) - log_w.mean())
+    evidence = log_evidence(log_w)
+    return math.inf if evidence == -math.inf else evidence - float(log_w.double().mean())
 
 
 def _scored(start: GaussianStart, potential: Callable, num_draws: int) -> GaussianStart:
@@ -443,11 +346,8 @@ def laplace_start(
     \operatorname{diag}(\min(1, H_{ii}(\text{init})^{-1/2}))^2)`. Each is scored by
     :func:`gaussian_elbo` on the same draws and, with ``rule="elbo"``, the higher wins:
     the local one where the mode is degenerate (Neal's funnel peaks at a vanishing scale,
-    far from the posterior's mass). With ``rule="proper"``, where the mode search
-    converged and :math:`H` is positive definite, the Laplace Gaussian wins whatever its
-    ELBO: a banana's scores far below a local one since its x2 does not bend, yet it has
-    x1's width, which tail-adaptive weights keep and reverse KL narrows (docs/math.md,
-    docs/tuning.md). ``elbo_choice`` then holds the start the ELBO rule would have taken.
+    far from the posterior's mass). With ``rule="proper"`` the Laplace Gaussian of a
+    proper mode wins whatever its ELBO, unless it misses the mass (:func:`_choose`).
     A search that hits its budget found no mode, so by either rule the start is local.
     Where the Laplace Gaussian is proper and its draws put :math:`\log Z` within
     ``ALREADY_GOOD`` nats of its ELBO, no Gaussian could beat it by more, and the local
@@ -478,8 +378,23 @@ def laplace_start(
         # this one's: the local candidate could not win by more, so its D curvature rows
         # (most of the start's cost at many latents) are not computed.
         return laplace
-    local = _scored(local_start(potential, init), potential, num_draws)
-    if rule == "proper" and proper:
+    local = local_start(potential, init)
+    local_log_w = gaussian_log_weights(potential, local.loc, local.scale_tril, num_draws=num_draws)
+    local.elbo = _mean(local_log_w)
+    return _choose(laplace, log_w, local, local_log_w, rule == "proper" and proper)
+
+
+def _choose(
+    laplace: GaussianStart, log_w: Tensor, local: GaussianStart, local_log_w: Tensor, proper: bool
+) -> GaussianStart:
+    """The candidate of the higher ELBO; with ``proper`` (the proper rule at a proper mode)
+    the Laplace one whatever its ELBO, ``elbo_choice`` holding the start the ELBO would have
+    taken. A banana's Laplace Gaussian scores far below a local one since its x2 does not
+    bend, yet it has x1's width, which tail-adaptive weights keep and reverse KL narrows
+    (docs/math.md, docs/tuning.md). But not where the local draws find more than
+    ``MASS_GAP`` nats more mass (:func:`log_evidence`): a funnel's neck is a proper mode in
+    float64, yet its Gaussian holds none of the posterior's mass."""
+    if proper and log_evidence(local_log_w) - log_evidence(log_w) <= MASS_GAP:
         if laplace.elbo < local.elbo:
             laplace.elbo_choice = local
         return laplace

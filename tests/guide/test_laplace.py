@@ -9,6 +9,7 @@ import torch
 
 from pyro_realnvp import AutoRealNVP
 from pyro_realnvp.guide import laplace
+from pyro_realnvp.guide import mode as mode_search
 from pyro_realnvp.guide.laplace import (
     batched_potential,
     best_mode,
@@ -98,6 +99,70 @@ def test_find_mode_stops_at_its_budget():
     rosenbrock = lambda u: (1 - u[0]) ** 2 + 100 * (u[1] - u[0] ** 2) ** 2  # noqa: E731
     _, converged = find_mode(rosenbrock, torch.tensor([-1.5, 2.0]), max_iter=3)
     assert not converged
+
+
+def float32_regression(rows: int = 2000, dim: int = 50, seed: int = 1):
+    """``-log p(w, log sigma | y)`` of a regression, raising where sigma underflows to zero
+    as a model's ``Normal`` would; ``(potential, calls that raised)``."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, dim, generator=generator)
+    y = x @ torch.randn(dim, generator=generator) + 0.5 * torch.randn(rows, generator=generator)
+    raised = []
+
+    def potential(u):
+        sigma = torch.exp(u[-1])
+        if not bool(sigma > 0):
+            raised.append(None)
+            raise ValueError("Expected parameter scale to satisfy the constraint GreaterThan")
+        residual = y - (x * u[:-1]).sum(-1)
+        return (rows * u[-1] + (residual**2).sum() / (2 * sigma**2)
+                + 0.5 * (u[:-1] ** 2).sum() + 0.5 * u[-1] ** 2)  # fmt: skip
+
+    return potential, raised
+
+
+def test_a_search_whose_line_search_stalls_goes_on_from_its_best_point():
+    # From log sigma = -1 a quasi-Newton step lands at a sigma that underflows; torch's
+    # strong-Wolfe search turns the failed trials into NaN steps, and alone would spend
+    # its whole budget there far above the mode (U 2227 against -377).
+    potential, raised = float32_regression()
+    init = torch.zeros(51)
+    init[-1] = -1.0
+    found, converged = find_mode(potential, init)
+    assert raised, "the search never stepped where the model fails: no stall was tested"
+    reference, ok = find_mode(potential, torch.zeros(51))
+    assert converged
+    assert ok
+    assert potential(found).item() == pytest.approx(potential(reference).item(), abs=0.05)
+
+
+def funnel_potential(u):
+    """Neal's funnel in 10-d, float64: its neck holds a proper mode at v = -40.5."""
+    v, x = u[0], u[1:]
+    return v**2 / 18 + (x**2).sum() / (2 * torch.exp(v)) + len(x) * v / 2
+
+
+def test_the_proper_rule_passes_over_a_mode_that_holds_none_of_the_mass():
+    init = torch.full((10,), 0.3, dtype=torch.float64)
+    mode, converged = best_mode(funnel_potential, init)
+    assert converged
+    assert mode[0].item() < -30
+    start = laplace_start(funnel_potential, init, rule="proper")
+    assert start.kind == "local"
+    assert start.loc.tolist() == init.tolist()
+
+
+def test_the_proper_rule_keeps_a_laplace_start_whose_draws_find_the_mass():
+    # A banana's Laplace Gaussian scores a far lower ELBO than the local one, yet its
+    # draws find more of the mass: the proper rule still takes it.
+    def banana(u):
+        return u[0] ** 2 / 200 + (u[1] - 0.1 * (u[0] ** 2 - 100)) ** 2 / 2
+
+    init = torch.tensor([7.0, -4.0], dtype=torch.float64)
+    start = laplace_start(banana, init, rule="proper")
+    assert start.kind == "laplace"
+    assert start.elbo_choice is not None
+    assert start.elbo_choice.elbo > start.elbo
 
 
 @pytest.mark.parametrize("chunk", [2, 128], ids=["chunked", "one-batch"])
@@ -333,7 +398,7 @@ def test_gaussian_elbo_in_batches_is_the_one_scored_a_draw_at_a_time():
 def test_a_short_restart_already_below_the_first_mode_is_searched_to_its_own(monkeypatch):
     """Restarts run ``RESTART_ITERS`` iterations first; one already deeper than the first
     mode then goes on to converge, so two wells far apart are still told apart."""
-    monkeypatch.setattr(laplace, "RESTART_ITERS", 1)
+    monkeypatch.setattr(mode_search, "RESTART_ITERS", 1)
     mode, converged = best_mode(two_wells, torch.tensor([-0.6]))
     assert converged
     torch.testing.assert_close(mode, torch.tensor([1.0]), atol=1e-3, rtol=0)

@@ -1,0 +1,167 @@
+r"""The posterior's mode in unconstrained space, :math:`\hat u = \arg\min_u U(u)`: L-BFGS
+legs that go on past a stalled line search (:func:`find_mode`), and restarts around the
+first start that keep the deepest mode found (:func:`best_mode`). The Laplace start
+(:mod:`~pyro_realnvp.guide.laplace`) takes its curvature there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["MODE_GAIN", "MODE_RESTARTS", "RESTART_ITERS", "STALL_TRIALS", "best_mode",
+           "find_mode"]  # fmt: skip
+
+#: Searches for the mode from points around the first start, beside the first search
+#: (:func:`best_mode`): few, since each costs a search (docs/tuning.md, issue 29).
+MODE_RESTARTS = 3
+#: How much lower, relative to ``1 + |U|``, a restart's mode must be to replace the first.
+MODE_GAIN = 1e-6
+#: L-BFGS iterations of a restart's first leg: one still above the first mode by then is
+#: taken to share its basin; one already below is searched on to its own mode.
+RESTART_ITERS = 30
+#: Consecutive evaluations the model cannot score (raising, or not finite) that end a leg
+#: of :func:`find_mode`: torch's strong-Wolfe line search interpolates them into NaN steps
+#: and would spend the rest of its budget there (docs/tuning.md, issue 30).
+STALL_TRIALS = 5
+#: What a model raises where it cannot score a point.
+_FAILURES = (ValueError, RuntimeError, ArithmeticError)
+
+
+def _value_and_grad(potential: Callable, u: Tensor) -> tuple[Tensor, Tensor]:
+    """``U(u)`` and its gradient, or ``(inf, 0)`` where the model cannot score ``u``."""
+    with torch.enable_grad():
+        u = u.detach().requires_grad_(True)
+        try:
+            value = potential(u)
+            (grad,) = torch.autograd.grad(value, u, allow_unused=True)
+        except _FAILURES:
+            return u.new_tensor(math.inf), torch.zeros_like(u)
+    grad = torch.zeros_like(u) if grad is None else grad
+    if not (torch.isfinite(value) and torch.isfinite(grad).all()):
+        return u.new_tensor(math.inf), torch.zeros_like(u)
+    return value.detach(), grad
+
+
+class _Stalled(Exception):
+    """Raised by a leg's closure after ``STALL_TRIALS`` failed evaluations in a row."""
+
+
+def find_mode(
+    potential: Callable[[Tensor], Tensor],
+    init: Tensor,
+    *,
+    scale: Tensor | None = None,
+    max_iter: int = 200,
+) -> tuple[Tensor, bool]:
+    r""":math:`\arg\min_u U(u)` by L-BFGS from ``init``: ``(mode, converged)``.
+
+    L-BFGS runs on :math:`v`, :math:`u = \text{init} + \text{scale} \odot v`: a scale
+    near the posterior's makes the problem better conditioned. A bounded budget of
+    ``max_iter`` iterations; the best finite point seen is returned, so a model that fails
+    or overflows on a line-search trial costs a shorter step, not the fit. A leg whose
+    line search stalls where the model cannot score (``STALL_TRIALS`` failures in a row:
+    a quasi-Newton step far out, where a scale underflows) is followed by a fresh one from
+    the best point, with the iterations left, while the legs still descend. ``converged``
+    is False where the budget ran out first or the last leg stalled.
+
+    Example:
+        >>> mode, converged = find_mode(lambda u: ((u - 3.0) ** 2).sum(), torch.zeros(2))
+        >>> mode, converged
+        (tensor([3., 3.]), True)
+    """
+    init = init.detach()
+    scale = torch.ones_like(init) if scale is None else scale.detach()
+    best = {"value": _value_and_grad(potential, init)[0], "u": init.clone()}
+    iterations = 0
+    while True:
+        before = best["value"]
+        status, used = _search_leg(potential, best["u"], scale, max_iter - iterations, best)
+        iterations += used
+        if status != "stalled" or iterations >= max_iter or not best["value"] < before:
+            return best["u"], status == "converged"
+
+
+def _search_leg(
+    potential: Callable, origin: Tensor, scale: Tensor, max_iter: int, best: dict
+) -> tuple[str, int]:
+    """One L-BFGS run from ``origin``, keeping the best finite point in ``best``:
+    ``("converged" | "budget" | "stalled", iterations run)``."""
+    v = torch.zeros_like(origin, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [v], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6, tolerance_change=1e-12,
+    )  # fmt: skip
+    failures = 0
+
+    def closure() -> Tensor:
+        nonlocal failures
+        u = origin + scale * v.detach()
+        value, grad = _value_and_grad(potential, u)
+        v.grad = grad * scale
+        failures = failures + 1 if value == math.inf else 0
+        if failures >= STALL_TRIALS:
+            raise _Stalled
+        if value < best["value"]:
+            best["value"], best["u"] = value, u
+        return value
+
+    try:
+        optimizer.step(closure)
+    except _Stalled:
+        return "stalled", max(optimizer.state[v].get("n_iter", 0), 1)
+    state = optimizer.state[v]
+    max_eval = optimizer.param_groups[0]["max_eval"]
+    stopped_early = state.get("n_iter", 0) < max_iter and state.get("func_evals", 0) < max_eval
+    return ("converged" if stopped_early else "budget"), state.get("n_iter", 0)
+
+
+def best_mode(
+    potential: Callable[[Tensor], Tensor],
+    init: Tensor,
+    *,
+    max_iter: int = 200,
+    restarts: int = MODE_RESTARTS,
+    seed: int = 0,
+) -> tuple[Tensor, bool]:
+    r"""The lowest converged :func:`find_mode` from ``init`` and from ``restarts`` points
+    :math:`\text{init} + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, I)` (a
+    fixed-seed generator: set-up draws nothing from Pyro's random state).
+
+    A model with several modes may have its posterior's far from the first one found
+    (Lotka-Volterra's ODE from its prior medians: docs/tuning.md). Where the search from
+    ``init`` does not converge (a potential with no minimum there), no restart is tried.
+
+    Example:
+        >>> def potential(u):  # a shallow well at -1, the deep one at 1
+        ...     wells = torch.stack([-2 * (u + 1) ** 2 + math.log(0.3), -2 * (u - 1) ** 2])
+        ...     return -torch.logsumexp(wells, 0).sum()
+        >>> find_mode(potential, torch.tensor([-0.6]))[0].round(decimals=2)
+        tensor([-1.])
+        >>> best_mode(potential, torch.tensor([-0.6]))[0].round(decimals=2)
+        tensor([1.])
+    """
+    mode, converged = find_mode(potential, init, max_iter=max_iter)
+    if not converged:
+        return mode, converged
+    lowest = _value_and_grad(potential, mode)[0]
+    generator = torch.Generator(device=init.device).manual_seed(seed)
+    for _ in range(restarts):
+        start = init + torch.randn(init.shape, generator=generator, dtype=init.dtype,
+                                   device=init.device)  # fmt: skip
+        # A short search first: most restarts come back to the first basin, and a long
+        # search there is a whole search's cost for nothing.
+        candidate, ok = find_mode(potential, start, max_iter=min(RESTART_ITERS, max_iter))
+        value = _value_and_grad(potential, candidate)[0]
+        gain = MODE_GAIN * (1 + abs(float(lowest)))
+        if not ok and value < lowest - gain:
+            candidate, ok = find_mode(potential, candidate, max_iter=max_iter)
+            value = _value_and_grad(potential, candidate)[0]
+        # Deeper by more than rounding: the same mode found again keeps the first search's
+        # point, so a unimodal model starts where it did without restarts.
+        if ok and value < lowest - gain:
+            mode, lowest = candidate, value
+    return mode, True
