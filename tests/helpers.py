@@ -1,6 +1,7 @@
 """Helpers the tests share: transforms moved off the identity, log-dets by autograd, no
-host syncs on a GPU."""
+host syncs on a GPU, potentials with known modes and curvature."""
 
+import math
 from contextlib import contextmanager
 
 import pyro
@@ -87,3 +88,19 @@ def baseball(at_bats, hits):
 
 #: Efron and Morris's 18 players, 45 at-bats each.
 HITS = torch.tensor([18, 17, 16, 15, 14, 14, 13, 12, 11, 11, 10, 10, 10, 10, 10, 9, 8, 7.0])
+
+
+def spd(dim: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    return a @ a.T + dim * torch.eye(dim, dtype=torch.float64)
+
+
+def quadratic(precision: torch.Tensor, mode: torch.Tensor):
+    return lambda u: 0.5 * (u - mode) @ precision @ (u - mode)
+
+
+def two_wells(u):
+    """A shallow well at u = -1 (weight 0.3) and the deep one at u = +1, in each coordinate."""
+    wells = torch.stack([-2 * (u + 1) ** 2 + math.log(0.3), -2 * (u - 1) ** 2])
+    return -torch.logsumexp(wells, 0).sum()

@@ -6,10 +6,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import quadratic, spd, two_wells
 
 from pyro_realnvp import AutoRealNVP
 from pyro_realnvp.guide import laplace
-from pyro_realnvp.guide import mode as mode_search
 from pyro_realnvp.guide.laplace import (
     batched_potential,
     best_mode,
@@ -22,22 +22,6 @@ from pyro_realnvp.guide.laplace import (
 from pyro_realnvp.guide.potential import Potential
 
 
-def spd(dim: int, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    a = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
-    return a @ a.T + dim * torch.eye(dim, dtype=torch.float64)
-
-
-def quadratic(precision: torch.Tensor, mode: torch.Tensor):
-    return lambda u: 0.5 * (u - mode) @ precision @ (u - mode)
-
-
-def two_wells(u):
-    """A shallow well at u = -1 (weight 0.3) and the deep one at u = +1, in each coordinate."""
-    wells = torch.stack([-2 * (u + 1) ** 2 + math.log(0.3), -2 * (u - 1) ** 2])
-    return -torch.logsumexp(wells, 0).sum()
-
-
 def test_the_start_is_at_the_deepest_mode_found_not_the_nearest():
     init = torch.tensor([-0.6])
     nearest, _ = find_mode(two_wells, init)
@@ -45,95 +29,6 @@ def test_the_start_is_at_the_deepest_mode_found_not_the_nearest():
     start = laplace_start(two_wells, init)
     assert start.kind == "laplace"
     torch.testing.assert_close(start.loc, torch.tensor([1.0]), atol=1e-2, rtol=0)
-
-
-def test_restarts_that_find_the_same_mode_keep_the_first_searchs_point():
-    precision, mode = spd(3).float(), torch.tensor([1.0, -2.0, 0.5])
-    potential = quadratic(precision, mode)
-    first, _ = find_mode(potential, torch.zeros(3))
-    kept, converged = best_mode(potential, torch.zeros(3))
-    assert converged
-    assert torch.equal(kept, first)
-
-
-def test_no_restart_where_the_first_search_finds_no_mode():
-    calls = []
-
-    def descending(u):  # no minimum: a scale on its way to zero
-        calls.append(None)
-        return u.sum()
-
-    mode, converged = best_mode(descending, torch.zeros(2), max_iter=5)
-    assert not converged
-    searched = len(calls)
-    best_mode(descending, torch.zeros(2), max_iter=5, restarts=0)
-    assert len(calls) == 2 * searched  # the same single search, restarts or not
-
-
-def test_restarts_draw_nothing_from_pyros_random_state():
-    pyro.set_rng_seed(0)
-    before = torch.get_rng_state()
-    best_mode(two_wells, torch.full((2,), -0.6))
-    assert torch.equal(before, torch.get_rng_state())
-
-
-def test_find_mode_reaches_the_minimum_of_a_quadratic():
-    precision, mode = spd(6), torch.arange(6, dtype=torch.float64)
-    found, converged = find_mode(quadratic(precision, mode), torch.zeros(6, dtype=torch.float64))
-    assert converged
-    assert torch.allclose(found, mode, atol=1e-6)
-
-
-def test_find_mode_keeps_the_best_finite_point_where_the_model_raises():
-    def potential(u):
-        if u[0] > 2.0:  # a model that cannot score part of the space
-            raise ValueError("Expected parameter scale to satisfy GreaterThan")
-        return ((u - 3.0) ** 2).sum()
-
-    found, _ = find_mode(potential, torch.zeros(1, dtype=torch.float64))
-    assert torch.isfinite(found).all()
-    assert 0.0 < found.item() <= 2.0
-
-
-def test_find_mode_stops_at_its_budget():
-    rosenbrock = lambda u: (1 - u[0]) ** 2 + 100 * (u[1] - u[0] ** 2) ** 2  # noqa: E731
-    _, converged = find_mode(rosenbrock, torch.tensor([-1.5, 2.0]), max_iter=3)
-    assert not converged
-
-
-def float32_regression(rows: int = 2000, dim: int = 50, seed: int = 1):
-    """``-log p(w, log sigma | y)`` of a regression, raising where sigma underflows to zero
-    as a model's ``Normal`` would; ``(potential, calls that raised)``."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(rows, dim, generator=generator)
-    y = x @ torch.randn(dim, generator=generator) + 0.5 * torch.randn(rows, generator=generator)
-    raised = []
-
-    def potential(u):
-        sigma = torch.exp(u[-1])
-        if not bool(sigma > 0):
-            raised.append(None)
-            raise ValueError("Expected parameter scale to satisfy the constraint GreaterThan")
-        residual = y - (x * u[:-1]).sum(-1)
-        return (rows * u[-1] + (residual**2).sum() / (2 * sigma**2)
-                + 0.5 * (u[:-1] ** 2).sum() + 0.5 * u[-1] ** 2)  # fmt: skip
-
-    return potential, raised
-
-
-def test_a_search_whose_line_search_stalls_goes_on_from_its_best_point():
-    # From log sigma = -1 a quasi-Newton step lands at a sigma that underflows; torch's
-    # strong-Wolfe search turns the failed trials into NaN steps, and alone would spend
-    # its whole budget there far above the mode (U 2227 against -377).
-    potential, raised = float32_regression()
-    init = torch.zeros(51)
-    init[-1] = -1.0
-    found, converged = find_mode(potential, init)
-    assert raised, "the search never stepped where the model fails: no stall was tested"
-    reference, ok = find_mode(potential, torch.zeros(51))
-    assert converged
-    assert ok
-    assert potential(found).item() == pytest.approx(potential(reference).item(), abs=0.05)
 
 
 def funnel_potential(u):
@@ -150,19 +45,6 @@ def test_the_proper_rule_passes_over_a_mode_that_holds_none_of_the_mass():
     start = laplace_start(funnel_potential, init, rule="proper")
     assert start.kind == "local"
     assert start.loc.tolist() == init.tolist()
-
-
-def test_the_proper_rule_keeps_a_laplace_start_whose_draws_find_the_mass():
-    # A banana's Laplace Gaussian scores a far lower ELBO than the local one, yet its
-    # draws find more of the mass: the proper rule still takes it.
-    def banana(u):
-        return u[0] ** 2 / 200 + (u[1] - 0.1 * (u[0] ** 2 - 100)) ** 2 / 2
-
-    init = torch.tensor([7.0, -4.0], dtype=torch.float64)
-    start = laplace_start(banana, init, rule="proper")
-    assert start.kind == "laplace"
-    assert start.elbo_choice is not None
-    assert start.elbo_choice.elbo > start.elbo
 
 
 @pytest.mark.parametrize("chunk", [2, 128], ids=["chunked", "one-batch"])
@@ -332,16 +214,6 @@ def test_laplace_start_refuses_an_unknown_rule():
         laplace_start(banana_potential, torch.zeros(2), rule="laplace")
 
 
-def test_find_mode_preconditioned_by_a_scale_reaches_an_ill_scaled_minimum():
-    # Curvatures 1e8 and 1: with the posterior's scale as preconditioner it is a unit bowl.
-    scales = torch.tensor([1e-4, 1.0], dtype=torch.float64)
-    mode = torch.tensor([0.3, -2.0], dtype=torch.float64)
-    potential = lambda u: 0.5 * (((u - mode) / scales) ** 2).sum()  # noqa: E731
-    found, converged = find_mode(potential, torch.zeros(2, dtype=torch.float64), scale=scales)
-    assert converged
-    assert torch.allclose(found, mode, atol=1e-8)
-
-
 def _regression(broadcasts: bool, rows: int = 50, weights: int = 6):
     """A regression whose mean broadcasts over particles (``(x * w).sum(-1)``) or not
     (``x @ w``), and a guide set up on it."""
@@ -393,12 +265,3 @@ def test_gaussian_elbo_in_batches_is_the_one_scored_a_draw_at_a_time():
     batched = gaussian_elbo(potential, loc, scale_tril)
     one_at_a_time = gaussian_elbo(lambda v: potential(v), loc, scale_tril)
     assert batched == pytest.approx(one_at_a_time, rel=1e-9)
-
-
-def test_a_short_restart_already_below_the_first_mode_is_searched_to_its_own(monkeypatch):
-    """Restarts run ``RESTART_ITERS`` iterations first; one already deeper than the first
-    mode then goes on to converge, so two wells far apart are still told apart."""
-    monkeypatch.setattr(mode_search, "RESTART_ITERS", 1)
-    mode, converged = best_mode(two_wells, torch.tensor([-0.6]))
-    assert converged
-    torch.testing.assert_close(mode, torch.tensor([1.0]), atol=1e-3, rtol=0)
