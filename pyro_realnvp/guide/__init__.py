@@ -1,8 +1,8 @@
 """The guide: :class:`AutoRealNVP` and what it is made of. Its posterior and path gradient
 (``posterior``), its summaries (``summaries``), the Laplace start (``laplace``) at the
-mode (``mode``) of the model's potential (``potential``), the location's units (``units``), its options
-(``options``), the set-up checks of the model's sites (``sites``), and its side of
-Pyro's param store (``store``)."""
+mode (``mode``) of the model's potential (``potential``), the location's units
+(``units``), its options (``options``), the set-up checks of the model's sites
+(``sites``), and its side of Pyro's param store (``store``)."""
 
 from .auto_realnvp import AutoRealNVP
 from .laplace import GaussianStart, laplace_start, local_start
