@@ -67,8 +67,8 @@ class Converged:
 
     def bind(self, step: Step, num_steps: int) -> Callable[[int], str] | None:
         """The rule over ``step``'s run of ``num_steps``: ``(steps done) -> reason`` (``""``:
-        go on, as on Pyro's ELBO where it cannot vectorize the model); ``None`` where the
-        step draws no log weights."""
+        go on, as on Pyro's ELBO where it cannot vectorize the model or the model subsamples
+        its data); ``None`` where the step draws no log weights."""
         averaged = step.averaged if isinstance(step, AveragedStep) else contextlib.nullcontext
         step = step.step if isinstance(step, AveragedStep) else step
         if not hasattr(step, "log_weights"):

@@ -16,7 +16,7 @@ from pyro.infer.importance import vectorized_importance_weights
 from pyro.optim import PyroOptim
 from torch import Tensor
 
-from .._internal.plates import plate_nesting
+from .._internal.plates import plate_nesting, subsampling_plate
 from .finite import FiniteELBO, gradient_norm, params_met
 from .loop import NOTHING_TO_FIT, Schedule, clip_total_norm
 
@@ -78,12 +78,17 @@ class SVIStep:
         self, num_draws: int, generator: torch.Generator | None = None
     ) -> Tensor | None:
         """The guide's log importance weights at ``num_draws`` fresh draws, through Pyro's
-        vectorized ones; ``None`` where Pyro cannot vectorize the model over draws. The
-        draws are seeded from ``generator``; torch's own generator is left as it was."""
+        vectorized ones; ``None`` where Pyro cannot vectorize the model over draws, or where
+        the model subsamples its data (the weights would read one random minibatch, scaled
+        up: their spread says nothing of KL(q||p), and each reading cost a hundred steps on
+        the stability bench's hierarchical model). The draws are seeded from ``generator``;
+        torch's own generator is left as it was."""
         device = getattr(generator, "device", torch.device("cpu"))
         seed = int(torch.randint(2**62, (1,), generator=generator, device=device))
         model, guide, args, kwargs = self.model, self.guide, self.args, self.kwargs
         try:
+            if self._layout[1] is not None:
+                return None
             with torch.random.fork_rng(), torch.no_grad(), pyro.validation_enabled(False):
                 torch.manual_seed(seed)
                 nesting = self._plate_nesting()
@@ -98,15 +103,19 @@ class SVIStep:
         """The model's plates: Pyro's guess where its ELBO made one (it does for vectorized
         particles), else read once from a draw of the guide and the model on it."""
         nesting = self.elbo.elbo.max_plate_nesting
-        return int(nesting) if math.isfinite(nesting) else self._traced_plate_nesting
+        return int(nesting) if math.isfinite(nesting) else self._layout[0]
 
     @functools.cached_property
-    def _traced_plate_nesting(self) -> int:
+    def _layout(self) -> tuple[int, str | None]:
+        """The plates' nesting, and where the model subsamples (or ``None``), from one draw
+        of the guide and the model replayed on it (drawn aside: torch's generator is left
+        as it was)."""
         model, guide, args, kwargs = self.model, self.guide, self.args, self.kwargs
-        with poutine.block():
+        with poutine.block(), torch.random.fork_rng(), torch.no_grad():
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             replayed = poutine.trace(poutine.replay(model, trace=guide_trace))
-            return plate_nesting(guide_trace, replayed.get_trace(*args, **kwargs))
+            traces = guide_trace, replayed.get_trace(*args, **kwargs)
+        return plate_nesting(*traces), subsampling_plate(*traces)
 
     def clear_grads(self) -> None:
         # Pyro zeroes gradients only after its update; an interrupt before it leaves them.

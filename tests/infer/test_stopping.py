@@ -115,6 +115,39 @@ def test_where_pyro_cannot_vectorize_the_model_every_step_runs():
     assert guide.median()["z"].item() == pytest.approx(0.25, abs=0.1)  # it trained
 
 
+def subsampled(data):
+    """A location read 20 rows at a time: Pyro's log weights would read one minibatch."""
+    mu = pyro.sample("mu", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 10.0))
+    with pyro.plate("rows", len(data), subsample_size=20) as rows:
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=data[rows])
+
+
+def test_where_the_model_subsamples_the_rule_reads_nothing_and_every_step_runs(monkeypatch):
+    # A check would score one random minibatch, scaled up: its log weights' spread is the
+    # minibatch's, not KL(q||p), and reading it cost a hundred steps on a 10,000-row model.
+    import pyro.infer.importance as importance
+
+    from pyro_realnvp.infer import svi_step
+
+    read = []
+    original = importance.vectorized_importance_weights
+    monkeypatch.setattr(svi_step, "vectorized_importance_weights",
+                        lambda *a, **k: read.append(None) or original(*a, **k))  # fmt: skip
+    data = 3.0 + torch.randn(500, dtype=torch.float64)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoRealNVP(subsampled, num_layers=2)
+    history = fit(subsampled, guide, data, num_steps=300, progress=False,
+                  stop=Converged(tol=1e6, every=10))  # fmt: skip
+    assert history.method == "svi"
+    assert len(history) == 300
+    assert history.stopped == ""
+    assert read == []
+    assert guide.median()["mu"].item() == pytest.approx(3.0, abs=0.3)  # it trained
+    step, _ = fit_step(subsampled, guide, data, num_steps=1, fast=False)
+    assert getattr(step, "step", step).log_weights(64) is None
+
+
 def test_converged_checks_at_its_cadence_only_and_not_at_the_last_step():
     guide = AutoRealNVP(gaussian, num_layers=2)
     step, _ = fit_step(gaussian, guide, num_steps=100)
