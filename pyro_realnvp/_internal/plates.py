@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyro import poutine
 
-__all__ = ["plate_nesting", "subsampling_plate"]
+__all__ = ["plate_nesting"]
 
 
 def plate_nesting(*traces: poutine.Trace) -> int:
@@ -27,26 +27,3 @@ def plate_nesting(*traces: poutine.Trace) -> int:
         if frame.vectorized
     ]
     return max(dims, default=0)
-
-
-def subsampling_plate(*traces: poutine.Trace) -> str | None:
-    """Where a sample site of ``traces`` lies in a plate that reads a subsample of its data,
-    ``"site 'y' in plate 'data' (256 of 10000)"``; ``None`` where none does.
-
-    Example:
-        >>> import pyro, pyro.distributions as dist, torch
-        >>> def model():
-        ...     with pyro.plate("data", 100, subsample_size=10):
-        ...         pyro.sample("y", dist.Normal(0.0, 1.0), obs=torch.zeros(10))
-        >>> subsampling_plate(poutine.trace(model).get_trace())
-        "site 'y' in plate 'data' (10 of 100)"
-    """
-    for trace in traces:
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            for frame in site["cond_indep_stack"]:
-                if frame.full_size is not None and frame.size != frame.full_size:
-                    sizes = f"{frame.size} of {frame.full_size}"
-                    return f"site '{name}' in plate '{frame.name}' ({sizes})"
-    return None

@@ -16,7 +16,8 @@ from pyro.infer.importance import vectorized_importance_weights
 from pyro.optim import PyroOptim
 from torch import Tensor
 
-from .._internal.plates import plate_nesting, subsampling_plate
+from .._internal.plates import plate_nesting
+from ..guide.potential import subsampled_sites
 from .finite import FiniteELBO, gradient_norm, params_met
 from .loop import NOTHING_TO_FIT, Schedule, clip_total_norm
 
@@ -87,7 +88,7 @@ class SVIStep:
         seed = int(torch.randint(2**62, (1,), generator=generator, device=device))
         model, guide, args, kwargs = self.model, self.guide, self.args, self.kwargs
         try:
-            if self._layout[1] is not None:
+            if self._layout[1]:
                 return None
             with torch.random.fork_rng(), torch.no_grad(), pyro.validation_enabled(False):
                 torch.manual_seed(seed)
@@ -106,8 +107,8 @@ class SVIStep:
         return int(nesting) if math.isfinite(nesting) else self._layout[0]
 
     @functools.cached_property
-    def _layout(self) -> tuple[int, str | None]:
-        """The plates' nesting, and where the model subsamples (or ``None``), from one draw
+    def _layout(self) -> tuple[int, bool]:
+        """The plates' nesting, and whether a site lies in a subsampling plate, from one draw
         of the guide and the model replayed on it (drawn aside: torch's generator is left
         as it was)."""
         model, guide, args, kwargs = self.model, self.guide, self.args, self.kwargs
@@ -115,7 +116,7 @@ class SVIStep:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             replayed = poutine.trace(poutine.replay(model, trace=guide_trace))
             traces = guide_trace, replayed.get_trace(*args, **kwargs)
-        return plate_nesting(*traces), subsampling_plate(*traces)
+        return plate_nesting(*traces), any(subsampled_sites(trace) for trace in traces)
 
     def clear_grads(self) -> None:
         # Pyro zeroes gradients only after its update; an interrupt before it leaves them.
