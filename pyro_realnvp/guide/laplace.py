@@ -310,9 +310,11 @@ def kl_estimate(log_w: Tensor | None) -> float:
     return math.inf if evidence == -math.inf else evidence - float(log_w.double().mean())
 
 
-def _scored(start: GaussianStart, potential: Callable, num_draws: int) -> GaussianStart:
-    start.elbo = gaussian_elbo(potential, start.loc, start.scale_tril, num_draws=num_draws)
-    return start
+def _score(start: GaussianStart, potential: Callable, num_draws: int) -> Tensor | None:
+    """Set ``start.elbo`` (:func:`gaussian_elbo`) and return the log weights it came from."""
+    log_w = gaussian_log_weights(potential, start.loc, start.scale_tril, num_draws=num_draws)
+    start.elbo = _mean(log_w)
+    return log_w
 
 
 def local_start(potential: Callable[[Tensor], Tensor], init: Tensor) -> GaussianStart:
@@ -366,12 +368,13 @@ def laplace_start(
         # Still descending at its budget: a potential with no minimum there (a
         # hierarchical scale on its way to zero), whose curvature would start the guide
         # in the degenerate neck, too narrow to leave it (docs/tuning.md, issue 28).
-        return _scored(local_start(potential, init), potential, num_draws)
+        local = local_start(potential, init)
+        _score(local, potential, num_draws)
+        return local
     curvature = hessian(potential, mode, diagonal=not dense)
     factor, bad = covariance_factor(curvature) if dense else diagonal_factor(curvature)
     laplace = GaussianStart(mode, factor, bad, kind="laplace")
-    log_w = gaussian_log_weights(potential, mode, factor, num_draws=num_draws)
-    laplace.elbo = _mean(log_w)
+    log_w = _score(laplace, potential, num_draws)
     proper = not bool(bad.any()) and math.isfinite(laplace.elbo)
     if proper and kl_estimate(log_w) < ALREADY_GOOD:
         # No Gaussian's ELBO is above log Z, which the draws put within ALREADY_GOOD of
@@ -379,8 +382,7 @@ def laplace_start(
         # (most of the start's cost at many latents) are not computed.
         return laplace
     local = local_start(potential, init)
-    local_log_w = gaussian_log_weights(potential, local.loc, local.scale_tril, num_draws=num_draws)
-    local.elbo = _mean(local_log_w)
+    local_log_w = _score(local, potential, num_draws)
     return _choose(laplace, log_w, local, local_log_w, rule == "proper" and proper)
 
 
