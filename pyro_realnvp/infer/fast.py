@@ -27,7 +27,7 @@ from .._internal.checks import check_int
 from .._internal.compat import capture_graph, check_site_shape, count_elements
 from .._internal.locate import first_line, raised_at
 from ..errors import FastPathError, NonFiniteLossError
-from ..guide.potential import Potential
+from ..guide.potential import Potential, subsampled_sites
 from .finite import explain_non_finite, rejected_draws_are_non_finite, usability
 from .flat import FlatParameters, unpacked
 from .flow_guide import FlowGuide
@@ -68,15 +68,16 @@ def _check_trace(trace: poutine.Trace, guide: FlowGuide, max_plate_nesting: int)
                 f"the model has a learnable pyro.param site '{name}'; the fast path trains "
                 "only the guide: fit with fast=False"
             )
+    subsampled = subsampled_sites(trace)
+    if subsampled:
+        name, plate = subsampled[0]
+        raise FastPathError(
+            f"site '{name}' is in subsampling plate '{plate.name}' (size {plate.size} of "
+            f"{plate.full_size}); the fast path replays fixed data: fit with fast=False"
+        )
+    for name, site in trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        for frame in site["cond_indep_stack"]:
-            if frame.full_size is not None and frame.size != frame.full_size:
-                raise FastPathError(
-                    f"site '{name}' is in subsampling plate '{frame.name}' "
-                    f"(size {frame.size} of {frame.full_size}); the fast path replays fixed "
-                    "data: fit with fast=False"
-                )
         if not site["is_observed"] and name not in latents:
             kind = "discrete" if site["fn"].support.is_discrete else "unguided"
             raise FastPathError(
