@@ -73,6 +73,14 @@ def find_mode(
         >>> mode, converged
         (tensor([3., 3.]), True)
     """
+    mode, converged, _ = _descend(potential, init, scale, max_iter)
+    return mode, converged
+
+
+def _descend(
+    potential: Callable, init: Tensor, scale: Tensor | None, max_iter: int
+) -> tuple[Tensor, bool, Tensor]:
+    """:func:`find_mode`'s ``(mode, converged)`` and ``U`` there, as the search scored it."""
     init = init.detach()
     scale = torch.ones_like(init) if scale is None else scale.detach()
     best = {"value": _value_and_grad(potential, init)[0], "u": init.clone()}
@@ -82,7 +90,7 @@ def find_mode(
         status, used = _search_leg(potential, best["u"], scale, max_iter - iterations, best)
         iterations += used
         if status != "stalled" or iterations >= max_iter or not best["value"] < before:
-            return best["u"], status == "converged"
+            return best["u"], status == "converged", best["value"]
 
 
 def _search_leg(
@@ -144,22 +152,19 @@ def best_mode(
         >>> best_mode(potential, torch.tensor([-0.6]))[0].round(decimals=2)
         tensor([1.])
     """
-    mode, converged = find_mode(potential, init, max_iter=max_iter)
+    mode, converged, lowest = _descend(potential, init, None, max_iter)
     if not converged:
         return mode, converged
-    lowest = _value_and_grad(potential, mode)[0]
     generator = torch.Generator(device=init.device).manual_seed(seed)
     for _ in range(restarts):
         start = init + torch.randn(init.shape, generator=generator, dtype=init.dtype,
                                    device=init.device)  # fmt: skip
         # A short search first: most restarts come back to the first basin, and a long
         # search there is a whole search's cost for nothing.
-        candidate, ok = find_mode(potential, start, max_iter=min(RESTART_ITERS, max_iter))
-        value = _value_and_grad(potential, candidate)[0]
+        candidate, ok, value = _descend(potential, start, None, min(RESTART_ITERS, max_iter))
         gain = MODE_GAIN * (1 + abs(float(lowest)))
         if not ok and value < lowest - gain:
-            candidate, ok = find_mode(potential, candidate, max_iter=max_iter)
-            value = _value_and_grad(potential, candidate)[0]
+            candidate, ok, value = _descend(potential, candidate, None, max_iter)
         # Deeper by more than rounding: the same mode found again keeps the first search's
         # point, so a unimodal model starts where it did without restarts.
         if ok and value < lowest - gain:
