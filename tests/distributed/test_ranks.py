@@ -1,16 +1,20 @@
-"""Ranks and shards in one process: data plates, shards and blocks."""
+"""Ranks and shards in one process: data plates, shards, blocks, the process group's exit."""
 
 from __future__ import annotations
+
+import socket
 
 import numpy as np
 import pyro
 import pytest
 import torch
+import torch.distributed as torch_dist
 from torch.utils.data import DistributedSampler
 
 from pyro_realnvp.distributed import (
     Blocks,
     data_plate,
+    ranks,
     shard,
 )
 
@@ -71,3 +75,38 @@ def test_integer_like_sizes_are_taken(size):
 def test_a_size_that_is_not_an_integer_is_refused_by_name(value):
     with pytest.raises(TypeError, match="world_size must be an integer"):
         shard(torch.zeros(4), rank=0, world_size=value)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_process_group_releases_the_gil_after_destroying_its_group(monkeypatch):
+    # A gloo worker still freeing a collective's tensors at finalization aborts the
+    # process: the group's exit must leave it time, after the group is gone.
+    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    slept = []
+    monkeypatch.setattr(
+        ranks.time, "sleep", lambda s: slept.append((s, torch_dist.is_initialized()))
+    )
+    with ranks.process_group("gloo") as (rank, world_size):
+        assert (rank, world_size) == (0, 1)
+        assert torch_dist.is_initialized()
+        torch_dist.all_reduce(torch.ones(2))
+    assert slept == [(ranks.WORKERS_DRAIN_S, False)]
+
+
+def test_process_group_alone_neither_creates_nor_waits(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    slept = []
+    monkeypatch.setattr(ranks.time, "sleep", slept.append)
+    with ranks.process_group() as (rank, world_size):
+        assert (rank, world_size) == (0, 1)
+        assert not torch_dist.is_initialized()
+    assert slept == []
