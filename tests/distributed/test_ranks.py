@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
 import numpy as np
 import pyro
@@ -91,9 +92,8 @@ def test_process_group_releases_the_gil_after_destroying_its_group(monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     slept = []
-    monkeypatch.setattr(
-        ranks.time, "sleep", lambda s: slept.append((s, torch_dist.is_initialized()))
-    )
+    record = SimpleNamespace(sleep=lambda s: slept.append((s, torch_dist.is_initialized())))
+    monkeypatch.setattr(ranks, "time", record)  # ranks' own name only, not time.sleep
     with ranks.process_group("gloo") as (rank, world_size):
         assert (rank, world_size) == (0, 1)
         assert torch_dist.is_initialized()
@@ -105,7 +105,7 @@ def test_process_group_alone_neither_creates_nor_waits(monkeypatch):
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     slept = []
-    monkeypatch.setattr(ranks.time, "sleep", slept.append)
+    monkeypatch.setattr(ranks, "time", SimpleNamespace(sleep=slept.append))
     with ranks.process_group() as (rank, world_size):
         assert (rank, world_size) == (0, 1)
         assert not torch_dist.is_initialized()
