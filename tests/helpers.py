@@ -2,6 +2,7 @@
 host syncs on a GPU, potentials with known modes and curvature."""
 
 import math
+import socket
 from contextlib import contextmanager
 
 import pyro
@@ -104,3 +105,10 @@ def two_wells(u):
     """A shallow well at u = -1 (weight 0.3) and the deep one at u = +1, in each coordinate."""
     wells = torch.stack([-2 * (u + 1) ** 2 + math.log(0.3), -2 * (u - 1) ** 2])
     return -torch.logsumexp(wells, 0).sum()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a process group's store)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

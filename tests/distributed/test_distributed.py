@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from helpers import free_port
 
 from pyro_realnvp import fit
 from pyro_realnvp.distributed import (
@@ -32,12 +32,6 @@ PINNED_LOSSES = [
     18.173578947545465, 18.675367059785973, 18.964901711973756, 19.048834992160355,
     18.71797293598096, 19.225147747163625, 21.484067835585225,
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(argv: list[str], world_size: int = 2) -> list[subprocess.CompletedProcess]:

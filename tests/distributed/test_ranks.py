@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +9,7 @@ import pyro
 import pytest
 import torch
 import torch.distributed as torch_dist
+from helpers import free_port
 from torch.utils.data import DistributedSampler
 
 from pyro_realnvp.distributed import (
@@ -78,17 +78,11 @@ def test_a_size_that_is_not_an_integer_is_refused_by_name(value):
         shard(torch.zeros(4), rank=0, world_size=value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_process_group_releases_the_gil_after_destroying_its_group(monkeypatch):
     # A gloo worker still freeing a collective's tensors at finalization aborts the
     # process: the group's exit must leave it time, after the group is gone.
     env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}  # fmt: skip
+           "MASTER_PORT": str(free_port())}  # fmt: skip
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     slept = []
