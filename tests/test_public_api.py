@@ -89,7 +89,16 @@ FLAT_LAYOUT = {
         "local_start",
     ],
     "lightning": ["SVIModule"],
-    "losses": ["TAIL_BETA", "check_beta", "particle_objective", "tail_adaptive_weights"],
+    "losses": [
+        "LATE_TAIL_FRACTION",
+        "LATE_TAIL_GAIN",
+        "TAIL_BETA",
+        "check_beta",
+        "check_late_beta",
+        "particle_objective",
+        "tail_adaptive_weights",
+        "tail_schedule",
+    ],
     "masks": [
         "alternating_mask",
         "bit_mask",

@@ -10,13 +10,20 @@ from .fast import MAX_PARTICLES, FastELBO, FastStep, particles_for
 from .finite import FiniteELBO, explain_non_finite
 from .flow_guide import FlowGuide
 from .loop import History, RedrawPolicy, Schedule, Step, check_training_args, train
-from .losses import TAIL_BETA, particle_objective, tail_adaptive_weights
+from .losses import (
+    LATE_TAIL_GAIN,
+    TAIL_BETA,
+    particle_objective,
+    tail_adaptive_weights,
+    tail_schedule,
+)
 from .stopping import Converged
 from .svi import CLIP_NORMS, NUM_STEPS, SVIStep, fit, fit_fast, fit_step
 
 __all__ = [
     "AVERAGE",
     "CLIP_NORMS",
+    "LATE_TAIL_GAIN",
     "MAX_PARTICLES",
     "NUM_STEPS",
     "TAIL_BETA",
@@ -42,5 +49,6 @@ __all__ = [
     "particle_objective",
     "particles_for",
     "tail_adaptive_weights",
+    "tail_schedule",
     "train",
 ]

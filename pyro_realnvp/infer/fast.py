@@ -422,11 +422,17 @@ class FastStep:
 
     name = "SVI (fast)"
 
-    def __init__(self, elbo: FastELBO, schedule: Schedule, tail_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        elbo: FastELBO,
+        schedule: Schedule,
+        beta_changes: dict[int, float | None] | None = None,
+    ) -> None:
         self.elbo, self.schedule = elbo, schedule
-        # After this many updates the tail weights give way to plain reverse KL (None:
-        # never); a host-side switch between steps, nothing inside the captured loss.
-        self.tail_steps, self.steps_taken = tail_steps, 0
+        # After so many updates the tail-adaptive exponent becomes the one given (None:
+        # plain reverse KL; losses.tail_schedule): a host-side switch between steps,
+        # nothing inside the captured loss.
+        self.beta_changes, self.steps_taken = dict(beta_changes or {}), 0
         params = elbo.parameters()
         # One tensor for the optimizer where the parameters allow (one dtype and device)
         # and the loss is not compiled (its guards would see the parameters move).
@@ -438,11 +444,11 @@ class FastStep:
 
     @classmethod
     def build(cls, model, guide, args, kwargs, num_particles, schedule, compile=False,
-              beta=None, tail_steps=None):  # fmt: skip
+              beta=None, beta_changes=None):  # fmt: skip
         """Capture ``model`` for ``guide`` (raising :class:`FastPathError` if it cannot)."""
         elbo = FastELBO(model, guide, *args, num_particles=num_particles, beta=beta,
                         compile=compile, **kwargs)  # fmt: skip
-        return cls(elbo, schedule, tail_steps)
+        return cls(elbo, schedule, beta_changes)
 
     def __call__(self) -> float:
         if self.flat is not None:
@@ -457,8 +463,8 @@ class FastStep:
             raise
         self.decay.step()
         self.steps_taken += 1
-        if self.steps_taken == self.tail_steps:
-            self.elbo.beta = None
+        if self.steps_taken in self.beta_changes:
+            self.elbo.beta = self.beta_changes[self.steps_taken]
         return value
 
     def parameters(self) -> list[Tensor]:

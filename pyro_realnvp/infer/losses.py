@@ -18,10 +18,25 @@ import numbers
 import torch
 from torch import Tensor
 
-__all__ = ["TAIL_BETA", "check_beta", "particle_objective", "tail_adaptive_weights"]
+__all__ = [
+    "LATE_TAIL_FRACTION",
+    "LATE_TAIL_GAIN",
+    "TAIL_BETA",
+    "check_beta",
+    "check_late_beta",
+    "particle_objective",
+    "tail_adaptive_weights",
+    "tail_schedule",
+]
 
 #: The tail-adaptive exponent ``fit`` uses by default (docs/tuning.md says how it was chosen).
 TAIL_BETA = -1.0
+#: ``fit``'s exponent over the last ``LATE_TAIL_FRACTION`` of its steps, as a multiple of
+#: ``TAIL_BETA``: once the bulk is fitted, the particles where p most exceeds q pull harder
+#: (the funnel's neck; docs/tuning.md, issue 29).
+LATE_TAIL_GAIN = 1.4
+#: The fraction of ``fit``'s steps, at its end, that takes the late exponent.
+LATE_TAIL_FRACTION = 1 / 3
 
 
 def tail_adaptive_weights(log_w: Tensor, beta: float) -> Tensor:
@@ -81,3 +96,47 @@ def check_beta(beta: float | None, name: str = "beta") -> float | None:
     if not math.isfinite(beta):
         raise ValueError(message)
     return float(beta)
+
+
+def check_late_beta(late_beta: float | str | None) -> float | str | None:
+    """``late_beta`` if ``"auto"``, else :func:`check_beta`'s reading of it, naming
+    ``late_tail_beta``.
+
+    Example:
+        >>> check_late_beta("auto"), check_late_beta(-2)
+        ('auto', -2.0)
+    """
+    if isinstance(late_beta, str) and late_beta == "auto":
+        return late_beta
+    return check_beta(late_beta, "late_tail_beta")
+
+
+def tail_schedule(
+    beta: float | None, num_steps: int, *, fraction: float = 1.0,
+    late_beta: float | str | None = "auto",
+) -> dict[int, float | None]:  # fmt: skip
+    r"""The tail-adaptive exponent from each step where it changes, ``{step: beta}``
+    (step 0 first; ``None``: plain reverse KL).
+
+    ``beta`` over the first ``fraction`` of the ``num_steps``, then reverse KL; within
+    those steps, ``late_beta`` over the last ``LATE_TAIL_FRACTION`` of the run
+    (``"auto"``: ``LATE_TAIL_GAIN * beta``; ``None``: ``beta`` throughout).
+
+    Example:
+        >>> tail_schedule(-1.0, 3000)
+        {0: -1.0, 2000: -1.4}
+        >>> tail_schedule(-1.0, 3000, fraction=0.5, late_beta=None)
+        {0: -1.0, 1500: None}
+    """
+    end = math.ceil(fraction * num_steps)
+    if beta is None or end == 0:
+        return {0: None}
+    if isinstance(late_beta, str):
+        late_beta = LATE_TAIL_GAIN * beta
+    changes: dict[int, float | None] = {0: beta}
+    late_start = round((1 - LATE_TAIL_FRACTION) * num_steps)
+    if late_beta is not None and late_beta != beta and 0 < late_start < end:
+        changes[late_start] = late_beta
+    if end < num_steps:
+        changes[end] = None
+    return changes

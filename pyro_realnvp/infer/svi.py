@@ -24,7 +24,7 @@ from .averaging import AVERAGE, AveragedStep
 from .fast import FastStep
 from .flow_guide import FlowGuide
 from .loop import History, Schedule, Step, check_training_args, train
-from .losses import TAIL_BETA, check_beta
+from .losses import TAIL_BETA, check_beta, check_late_beta, tail_schedule
 from .preflight import preflight
 from .stopping import Converged, stop_rule
 from .svi_step import ScheduledSVIStep, SVIStep
@@ -64,7 +64,8 @@ def fit(
     optim: PyroOptim | None = None, lr_decay: float | None = None,
     clip_norm: float | None = None, max_redraws: int = 3, fast: bool | None = None,
     compile: bool | str = False, tail_beta: float | None = TAIL_BETA, tail_fraction: float = 1.0,
-    average: float | str | None = "auto", stop: str | Converged | None = "auto", **kwargs,
+    late_tail_beta: float | str | None = "auto", average: float | str | None = "auto",
+    stop: str | Converged | None = "auto", **kwargs,
 ) -> History:  # fmt: skip
     r"""Run SVI for up to ``num_steps`` and return the loss history (negative ELBO per step).
 
@@ -87,9 +88,8 @@ def fit(
     Args:
         model, guide: A Pyro model and guide; ``*args`` and ``**kwargs`` go to both.
         num_steps, progress, max_redraws, stop: The run, as above.
-        lr, num_particles, loss, optim, lr_decay, clip_norm: The step's options, as
-            are ``fast``, ``compile``, ``tail_beta``, ``tail_fraction`` and ``average``:
-            see :func:`fit_step`.
+        lr, num_particles, loss, optim, lr_decay, clip_norm, fast, compile, tail_beta,
+            tail_fraction, late_tail_beta, average: The step's options: see :func:`fit_step`.
 
     Returns:
         A :class:`~pyro_realnvp.History`: the losses, with ``.redraws``, ``.method``
@@ -111,8 +111,8 @@ def fit(
     step, history = fit_step(
         model, guide, *args, num_steps=num_steps, lr=lr, num_particles=num_particles,
         loss=loss, optim=optim, lr_decay=lr_decay, clip_norm=clip_norm, fast=fast,
-        compile=compile, tail_beta=tail_beta, tail_fraction=tail_fraction, average=average,
-        **kwargs)  # fmt: skip
+        compile=compile, tail_beta=tail_beta, tail_fraction=tail_fraction,
+        late_tail_beta=late_tail_beta, average=average, **kwargs)  # fmt: skip
     history = train(step, num_steps, max_redraws=max_redraws, progress=progress,
                     history=history, stop=rule and rule.bind(step, num_steps))  # fmt: skip
     if isinstance(step, AveragedStep):  # not on interrupt: that run's average would lag
@@ -125,7 +125,8 @@ def fit_step(
     num_particles: int | None = None, loss: ELBO | None = None, optim: PyroOptim | None = None,
     lr_decay: float | None = None, clip_norm: float | None = None, fast: bool | None = None,
     compile: bool | str = False, tail_beta: float | None = TAIL_BETA,
-    tail_fraction: float = 1.0, average: float | str | None = "auto", **kwargs,
+    tail_fraction: float = 1.0, late_tail_beta: float | str | None = "auto",
+    average: float | str | None = "auto", **kwargs,
 ) -> tuple[Step, History]:  # fmt: skip
     """The step :func:`fit` runs for ``num_steps``, built but not yet run, and its history.
 
@@ -138,10 +139,12 @@ def fit_step(
     requires it); ``num_particles=None`` lets it choose (up to 32), 1 on Pyro's ELBO.
     There the particles' gradients carry tail-adaptive weights of exponent ``tail_beta``
     (:func:`~pyro_realnvp.particle_objective`; ``None``: reverse KL) for the first
-    ``tail_fraction`` of the steps. ``average`` is the iterate average's time constant
-    (``"auto"``: ``AVERAGE`` for an AutoRealNVP, none for another guide),
-    a fraction of ``num_steps`` (``None`` or 0: the last iterate). docs/tuning.md says
-    how each default was chosen.
+    ``tail_fraction`` of the steps, and ``late_tail_beta`` over the last third of the run
+    (``"auto"``: ``LATE_TAIL_GAIN * tail_beta``; ``None``: ``tail_beta`` throughout;
+    :func:`~pyro_realnvp.infer.losses.tail_schedule`). ``average`` is the iterate
+    average's time constant (``"auto"``: ``AVERAGE`` for an AutoRealNVP, none for another
+    guide), a fraction of ``num_steps`` (``None`` or 0: the last iterate). docs/tuning.md
+    says how each default was chosen.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -163,9 +166,10 @@ def fit_step(
     lrs, lr_decay, clip_norms, average = _guide_defaults(guide, lr, lr_decay, clip_norm, average)
     schedules = _schedules(lrs, lr_decay, clip_norms, num_steps)
     fast = True if compile else fast
-    tail = _tail(check_beta(tail_beta, "tail_beta"), tail_fraction, num_steps)
+    betas = tail_schedule(check_beta(tail_beta, "tail_beta"), num_steps, fraction=tail_fraction,
+                          late_beta=check_late_beta(late_tail_beta))  # fmt: skip
     step, note = _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast,
-                              (schedules, compile, *tail))  # fmt: skip
+                              (schedules, compile, betas.pop(0), betas))  # fmt: skip
     fast = isinstance(step, FastStep)
     if fast:
         particles = step.elbo.num_particles
@@ -181,15 +185,6 @@ def _averaged(step: SVIStep | FastStep, average: float | None, num_steps: int) -
     if not average or average * num_steps <= 1:
         return step
     return AveragedStep(step, step.parameters, horizon=average * num_steps)
-
-
-def _tail(beta: float | None, fraction: float, num_steps: int) -> tuple:
-    """``(beta, steps)``: the tail-adaptive exponent and how many first steps it weighs
-    (``None``: all), from ``fit``'s ``tail_beta`` and ``tail_fraction``."""
-    steps = math.ceil(fraction * num_steps)
-    if beta is None or steps == 0:
-        return None, None
-    return beta, None if steps >= num_steps else steps
 
 
 def _guide_defaults(guide, lr: float | None, lr_decay: float | None, clip_norm: float | None,
@@ -221,12 +216,12 @@ def _schedules(lrs: dict, lr_decay: float, clip_norms: dict, num_steps: int) -> 
 
 def _choose_step(model, guide, args, kwargs, loss, optim, num_particles, fast, how):
     """The fast step where asked or possible, else Pyro's; and why not fast, if not.
-    ``how`` is ``(schedules, compile, beta, tail_steps)``, ``schedules`` by path."""
-    schedules, compile, beta, tail_steps = how
+    ``how`` is ``(schedules, compile, beta, beta_changes)``, ``schedules`` by path."""
+    schedules, compile, beta, beta_changes = how
     if fast is not False and isinstance(guide, FlowGuide) and loss is None and optim is None:
         try:
             step = FastStep.build(model, guide, args, kwargs, num_particles, schedules["fast"],
-                                  compile, beta, tail_steps)  # fmt: skip
+                                  compile, beta, beta_changes)  # fmt: skip
             return step, ""
         except FastPathError as error:
             if fast:

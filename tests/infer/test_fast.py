@@ -257,7 +257,8 @@ def test_one_particle_takes_the_elbo_rule_since_its_tail_weights_are_all_one():
 def test_fast_step_weighs_its_first_tail_steps_then_trains_plain_reverse_kl():
     guide = AutoRealNVP(banana_model, **SMALL)
     schedule = Schedule(lr=0.01, lr_decay=1.0, clip_norm=10.0, num_steps=5)
-    step = FastStep.build(banana_model, guide, (), {}, 8, schedule, beta=-1.0, tail_steps=3)
+    step = FastStep.build(banana_model, guide, (), {}, 8, schedule, beta=-1.0,
+                          beta_changes={3: None})  # fmt: skip
     plain = FastELBO(banana_model, guide, num_particles=8)
     eps = plain.sample_noise()
 
@@ -269,6 +270,18 @@ def test_fast_step_weighs_its_first_tail_steps_then_trains_plain_reverse_kl():
         step()
         assert step.elbo.beta == (-1.0 if taken < 3 else None)
         assert torch.equal(gradient(step.elbo), gradient(plain)) == (taken >= 3)
+
+
+def test_fast_step_takes_each_exponent_from_its_step_on():
+    guide = AutoRealNVP(banana_model, **SMALL)
+    schedule = Schedule(lr=0.01, lr_decay=1.0, clip_norm=10.0, num_steps=6)
+    step = FastStep.build(banana_model, guide, (), {}, 8, schedule, beta=-1.0,
+                          beta_changes={2: -2.0, 4: None})  # fmt: skip
+    seen = []
+    for _ in range(5):
+        seen.append(step.elbo.beta)
+        step()
+    assert seen == [-1.0, -1.0, -2.0, -2.0, None]
 
 
 @pytest.mark.parametrize(("fraction", "kind"), [(0.5, "laplace"), (0.0, "local")])

@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from pyro_realnvp import AutoRealNVP, FastELBO, fit
-from pyro_realnvp.infer.losses import check_beta, particle_objective, tail_adaptive_weights
-from pyro_realnvp.infer.svi import _tail
+from pyro_realnvp.infer.fast import FastStep
+from pyro_realnvp.infer.losses import (
+    LATE_TAIL_GAIN,
+    check_beta,
+    particle_objective,
+    tail_adaptive_weights,
+    tail_schedule,
+)
+from pyro_realnvp.infer.svi import fit_step
 
 
 def test_tail_adaptive_weights_rank_the_importance_weights():
@@ -102,12 +109,37 @@ def test_a_bad_beta_is_refused_naming_it(beta):
 
 
 @pytest.mark.parametrize(
-    ("fraction", "expected"), [(1.0, (-1.0, None)), (0.5, (-1.0, 5)), (0.05, (-1.0, 1)),
-                               (0.0, (None, None))],
+    ("fraction", "expected"),
+    [(1.0, {0: -1.0, 20: -1.4}), (0.9, {0: -1.0, 20: -1.4, 27: None}),
+     (0.5, {0: -1.0, 15: None}), (0.05, {0: -1.0, 2: None}), (0.0, {0: None})],
 )  # fmt: skip
-def test_tail_fraction_gives_the_steps_the_weights_apply_to(fraction, expected):
-    assert _tail(-1.0, fraction, 10) == expected
-    assert _tail(None, fraction, 10) == (None, None)
+def test_tail_schedule_weighs_a_first_fraction_and_strengthens_the_last_third(fraction, expected):
+    assert tail_schedule(-1.0, 30, fraction=fraction) == expected
+    assert tail_schedule(None, 30, fraction=fraction) == {0: None}
+
+
+def test_tail_schedule_takes_a_late_exponent_given_or_none():
+    assert tail_schedule(-0.5, 30) == {0: -0.5, 20: -0.5 * LATE_TAIL_GAIN}
+    assert tail_schedule(-1.0, 30, late_beta=-2.0) == {0: -1.0, 20: -2.0}
+    assert tail_schedule(-1.0, 30, late_beta=None) == {0: -1.0}
+    assert tail_schedule(-1.0, 1) == {0: -1.0}  # no step is left for a late phase
+
+
+def test_fit_step_hands_the_fast_step_its_late_exponent():
+    guide = AutoRealNVP(banana_like, num_layers=2, hidden_dims=(8,))
+    step, _ = fit_step(banana_like, guide, num_steps=30, average=None)
+    assert isinstance(step, FastStep)
+    assert step.elbo.beta == -1.0
+    assert step.beta_changes == {20: -1.0 * LATE_TAIL_GAIN}
+    step, _ = fit_step(banana_like, guide, num_steps=30, average=None, late_tail_beta=None)
+    assert step.beta_changes == {}
+
+
+@pytest.mark.parametrize(("late", "error"), [("late", TypeError), (float("nan"), ValueError)])
+def test_a_bad_late_tail_beta_is_refused_naming_it(late, error):
+    guide = AutoRealNVP(banana_like, num_layers=2, hidden_dims=(8,))
+    with pytest.raises(error, match="late_tail_beta"):
+        fit(banana_like, guide, num_steps=1, progress=False, late_tail_beta=late)
 
 
 @pytest.mark.parametrize("fraction", [1.5, -0.1, float("nan"), True, "half"])
