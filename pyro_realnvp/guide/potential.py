@@ -261,12 +261,12 @@ def finite_start(potential: Potential, init: Tensor) -> tuple[Tensor, list[str]]
     Example:
         >>> import pyro, pyro.distributions as dist
         >>> from pyro.infer.autoguide import AutoDiagonalNormal
-        >>> def model():
-        ...     x = pyro.sample("x", dist.Normal(0.0, 30.0))
-        ...     pyro.sample("y", dist.Poisson(torch.exp(10 * x)), obs=torch.tensor(3.0))
+        >>> def model():  # at log-scale -800 the scale underflows to 0, which Normal refuses
+        ...     scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        ...     pyro.sample("y", dist.Normal(0.0, scale), obs=torch.tensor(1.0))
         >>> guide = AutoDiagonalNormal(model); _ = guide()
-        >>> finite_start(Potential(model, guide), torch.tensor([-12.0]))
-        (tensor([0.]), ['y'])
+        >>> finite_start(Potential(model, guide), torch.tensor([-800.0]))
+        (tensor([0.]), ['the model (ValueError there)'])
     """
     bad = non_finite_sites(potential, init)
     if not bad:
