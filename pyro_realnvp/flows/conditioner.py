@@ -227,9 +227,12 @@ def supports_score(net: nn.Module) -> bool:
             return False
         if type(layer) in _LINEARS:
             continue
-        if type(layer) not in ACTIVATION_VJPS or getattr(layer, "alpha", 1.0) <= 0:
+        # From __dict__: getattr of an attribute a module lacks raises inside torch's
+        # __getattr__, which costs as much as a small operation, and this runs every pass.
+        options = layer.__dict__
+        if type(layer) not in ACTIVATION_VJPS or options.get("alpha", 1.0) <= 0:
             return False
-        if getattr(layer, "negative_slope", 0.0) < 0:  # the output's sign is not the input's
+        if options.get("negative_slope", 0.0) < 0:  # the output's sign is not the input's
             return False
     return True
 
@@ -307,7 +310,7 @@ def unscaled_vjp(
     for layer in reversed(list(net)):
         if type(layer) in _LINEARS:
             cot = cot.matmul(layer.weight)
-            gain = gain * getattr(layer, "gain", 1.0)
+            gain = gain * layer.__dict__.get("gain", 1.0)  # a plain Linear has none
         else:
             cot = ACTIVATION_VJPS[type(layer)](layer, cot, next(outputs))
     return cot, gain

@@ -174,16 +174,16 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
 
         The only place the conditioner, its split and the scale bound live. With
         ``detach`` the conditioner's parameters are constants (the path gradient). A
-        ``tape`` list receives what :meth:`_move_with_score` needs: ``h``, the conditioner's
-        activations, ``tanh`` of the scaled log-scale.
+        ``tape`` list receives what :meth:`_move_with_score` needs: ``h`` (clamped), the
+        conditioner's activations, ``tanh`` of the scaled log-scale.
         """
-        if tape is not None:
-            tape.append(h)
         if self.input_bound < math.inf:
             # clamp's values, and a derivative that is one kernel to repeat in
             # _move_with_score; it is 0 exactly on the bound, where clamp's is 1 (a point
-            # no continuous draw lands on).
+            # no continuous draw lands on). From the clamped values it is the same.
             h = nn.functional.hardtanh(h, -self.input_bound, self.input_bound)
+        if tape is not None:
+            tape.append(h)
         if context is not None:
             # Batch shapes of x and context broadcast, so one context serves many x.
             batch = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
@@ -210,7 +210,8 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
         r"""``(x_f e^s + t, (w_free, w_kept))``: the layer's move, and the density's score
         after it from the score ``(g_kept, g_free)`` before it, at the moved and the kept
         coordinates (see :mod:`pyro_realnvp.flows.conditioner`). ``tape`` is what
-        :meth:`_scale_shift` recorded. The score is a constant: no graph is built for it.
+        :meth:`_scale_shift` recorded; ``exp(s)`` is appended to it. The score is a
+        constant: no graph is built for it.
         """
         scale = torch.exp(s)  # shared by the move and the score
         moved = free * scale + t
@@ -225,6 +226,7 @@ class MaskedAffineCoupling(OnePassLogDet, TransformModule):
             if self.input_bound < math.inf:
                 bound = self.input_bound
                 cot = torch.ops.aten.hardtanh_backward(cot, h, -bound, bound)
+            tape.append(scale)  # for a backward pass by hand (flows.score_pass)
             return moved, (w_free, torch.sub(score[0], cot, alpha=gain))
 
     def _supports_score(self) -> bool:

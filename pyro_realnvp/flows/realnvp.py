@@ -12,6 +12,7 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
 from .._internal.checks import check_int
+from . import score_pass
 from .coupling import MaskedAffineCoupling
 from .masks import alternating_mask, coupling_masks
 from .one_pass import OnePassLogDet, _check_dtype
@@ -163,7 +164,13 @@ class RealNVP(OnePassLogDet, TransformModule):
             True
         """
         self._check_inputs(x)
-        return self._run(x, self._groups, None, False, +1, score)
+        if not score_pass.applies(x):
+            return self._run(x, self._groups, None, False, +1, score)
+        # One autograd node for the whole pass (flows.score_pass), on a batch of draws.
+        batch = x.shape[:-1]
+        flat_x, flat_score = x.reshape(-1, self.input_dim), score.reshape(-1, self.input_dim)
+        y, log_det, score = score_pass.score_pass(self, flat_x, flat_score)
+        return y.reshape(x.shape), log_det.reshape(batch), score.reshape(x.shape)
 
     def _check_inputs(self, x: Tensor, context: Tensor | None = None) -> None:
         """Refuse, by name, an input or a context of the wrong type, width or dtype: tests
@@ -191,9 +198,12 @@ class RealNVP(OnePassLogDet, TransformModule):
         detach: bool,
         sign: int,
         score: Tensor | None = None,
+        records: list | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Apply the grouped layers in order (``sign`` -1: their inverses), with the summed
-        log-scales and, given the input's ``score``, the output's. Within a group each
+        log-scales and, given the input's ``score``, the output's (and each coupling's
+        ``(tape, free input)`` appended to ``records``, for a backward pass by hand:
+        :mod:`~pyro_realnvp.flows.score_pass`). Within a group each
         layer keeps what the one before moved, so the kept and moved halves pass straight
         on: a pair ``b, 1 - b`` splits and merges the coordinates once, rather than each
         layer gathering and scattering them.
@@ -203,7 +213,9 @@ class RealNVP(OnePassLogDet, TransformModule):
         forward and backward (Pyro's one-particle loop draws vectors)."""
         if x.dim() == 1:
             score = None if score is None else score.unsqueeze(0)
-            y, log_det, score = RealNVP._run(x.unsqueeze(0), groups, context, detach, sign, score)
+            y, log_det, score = RealNVP._run(
+                x.unsqueeze(0), groups, context, detach, sign, score, records
+            )
             return y.squeeze(0), log_det.squeeze(0), None if score is None else score.squeeze(0)
         log_scales = []
         for group in groups:
@@ -216,6 +228,8 @@ class RealNVP(OnePassLogDet, TransformModule):
                     moved = layer._move(free, s, t, sign)
                 else:
                     moved, scores = layer._move_with_score(tape, free, s, t, scores)
+                    if records is not None:
+                        records.append((tape, free))
                 kept, free = moved, kept
                 log_scales.append(s)
             if len(group) % 2:
