@@ -164,13 +164,13 @@ class RealNVP(OnePassLogDet, TransformModule):
             True
         """
         self._check_inputs(x)
-        if not score_pass.applies(x):
+        if x.dim() > 1 or not score_pass.applies(x):
             return self._run(x, self._groups, None, False, +1, score)
-        # One autograd node for the whole pass (flows.score_pass), on a batch of draws.
-        batch = x.shape[:-1]
-        flat_x, flat_score = x.reshape(-1, self.input_dim), score.reshape(-1, self.input_dim)
-        y, log_det, score = score_pass.score_pass(self, flat_x, flat_score)
-        return y.reshape(x.shape), log_det.reshape(batch), score.reshape(x.shape)
+        # One draw (Pyro's one-particle loop), where each operation is the cost: the pass as
+        # one autograd node (flows.score_pass). A batch shares that cost among its draws,
+        # and keeps the recorded pass's rounding (docs/tuning.md).
+        y, log_det, score = score_pass.score_pass(self, x.unsqueeze(0), score.unsqueeze(0))
+        return y.squeeze(0), log_det.squeeze(0), score.squeeze(0)
 
     def _check_inputs(self, x: Tensor, context: Tensor | None = None) -> None:
         """Refuse, by name, an input or a context of the wrong type, width or dtype: tests

@@ -37,9 +37,19 @@ def gradients(flow, pass_, x, cot_y, cot_log_det):
     return (y, log_det, score), torch.autograd.grad(loss, wrt)
 
 
+def node(flow: RealNVP, x: torch.Tensor, score: torch.Tensor):
+    """The pass as one node: ``forward_with_score`` for one draw, else ``score_pass``."""
+    if x.dim() == 1:
+        return flow.forward_with_score(x, score)
+    flat = x.reshape(-1, x.shape[-1])
+    y, log_det, out = score_pass.score_pass(flow, flat, score.reshape(flat.shape))
+    assert "ScorePass" in type(y.grad_fn).__name__
+    return y.reshape(x.shape), log_det.reshape(x.shape[:-1]), out.reshape(x.shape)
+
+
 def assert_same_pass(flow, x, cot_y, cot_log_det):
     assert score_pass.applies(x)
-    fused, fused_grads = gradients(flow, flow.forward_with_score, x, cot_y, cot_log_det)
+    fused, fused_grads = gradients(flow, partial(node, flow), x, cot_y, cot_log_det)
     expected, expected_grads = gradients(flow, partial(recorded, flow), x, cot_y, cot_log_det)
     for got, want in zip(fused, expected, strict=True):
         assert torch.equal(got, want)
@@ -107,7 +117,7 @@ def test_second_derivatives_go_through_the_recorded_pass():
     x = torch.randn(5, 4, **F64, requires_grad=True)
     wrt = [x, *flow.parameters()]
     results = []
-    for pass_ in (flow.forward_with_score, partial(recorded, flow)):
+    for pass_ in (partial(node, flow), partial(recorded, flow)):
         y, log_det, _ = pass_(x, -x.detach())
         grads = torch.autograd.grad(y.sin().sum() + log_det.pow(2).sum(), wrt, create_graph=True)
         results.append(torch.autograd.grad(sum(g.pow(2).sum() for g in grads), wrt))
@@ -118,11 +128,19 @@ def test_second_derivatives_go_through_the_recorded_pass():
 def test_a_parameter_changed_before_the_backward_pass_is_refused():
     flow = RealNVP(4, 2, hidden_dims=(6,), fan_in_scaling=True)
     x = torch.randn(3, 4)
-    y, _, _ = flow.forward_with_score(x, -x)
+    y, _, _ = node(flow, x, -x)
     with torch.no_grad():
         flow.layers[0].net[0].weight.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
+
+
+def test_one_draw_goes_through_the_node_and_a_batch_through_the_recorded_pass():
+    flow = RealNVP(3, 2, hidden_dims=(4,), fan_in_scaling=True)
+    one, batch = torch.randn(3), torch.randn(5, 3)
+    [(node, _)] = flow.forward_with_score(one, -one)[0].grad_fn.next_functions
+    assert "ScorePass" in type(node).__name__
+    assert "ScorePass" not in str(flow.forward_with_score(batch, -batch)[0].grad_fn)
 
 
 def test_where_the_pass_must_be_recorded_it_is():
