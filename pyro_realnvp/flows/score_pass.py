@@ -15,8 +15,10 @@ with :math:`o` the conditioner's output and :math:`c` its output gain, the cotan
 :math:`\bar x_f = \bar y_f e^s`, :math:`\bar s = \bar y_f x_f e^s + \bar\ell` (:math:`\bar\ell`
 the log-det's), :math:`\bar o = c\,(\bar s (1 - \tanh^2), \bar y_f)`, and through each layer
 :math:`\bar h = g\,\bar z W`, :math:`\bar W = g\,\bar z^\top h`, :math:`\bar b = \sum \bar z`.
-Double differentiation is refused (``once_differentiable``); where a graph is needed
-(TorchScript's trace, ``torch.compile``, autocast) the flow keeps the autograd pass.
+A graph of the gradients (``create_graph=True``) comes from the pass run again under
+autograd; where the pass must be recorded operation by operation (a JIT trace,
+``torch.compile``, autocast, ``torch.func``) the flow keeps the autograd pass
+(:func:`applies`).
 """
 
 from __future__ import annotations
@@ -24,21 +26,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .conditioner import _LINEARS
+from .conditioner import _LINEARS, ACTIVATION_VJPS
 
-__all__ = ["ACTIVATION_BACKWARDS", "applies", "score_pass"]
-
-#: ``cotangent * activation'`` from the activation's output, for the parameters' gradients.
-ACTIVATION_BACKWARDS = {
-    nn.ELU: lambda layer, cot, out: torch.ops.aten.elu_backward(cot, layer.alpha, 1, 1, True, out),
-    nn.ReLU: lambda layer, cot, out: torch.ops.aten.threshold_backward(cot, out, 0),
-    nn.Tanh: lambda layer, cot, out: torch.ops.aten.tanh_backward(cot, out),
-    nn.LeakyReLU: lambda layer, cot, out: torch.ops.aten.leaky_relu_backward(
-        cot, out, layer.negative_slope, True
-    ),
-}
+__all__ = ["applies", "score_pass"]
 
 
 def applies(x: Tensor) -> bool:
@@ -77,18 +69,18 @@ def score_pass(flow, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _layout(coupling, params: list[Tensor]) -> list[tuple]:
-    """A coupling's conditioner, last layer first: ``(weight, gain, where its gradients go
-    in params)`` for a linear layer (its parameters appended to ``params``), ``(backward,
-    layer)`` for an activation. Read from the modules' dictionaries: a module's attribute
-    lookup costs as much as a small operation."""
+    """A coupling's conditioner, last layer first: ``(gain, where its weight is in params,
+    whether a bias follows it)`` for a linear layer (its parameters appended to
+    ``params``), ``(vector-Jacobian product, layer)`` for an activation. Read from the
+    modules' dictionaries: a module's attribute lookup costs as much as a small operation."""
     layout = []
     for layer in coupling.net:
         if type(layer) in _LINEARS:
             weight, bias = layer._parameters["weight"], layer._parameters["bias"]
-            layout.append((weight, layer.__dict__.get("gain", 1.0), len(params), bias is not None))
+            layout.append((layer.__dict__.get("gain", 1.0), len(params), bias is not None))
             params += [weight] if bias is None else [weight, bias]
         else:
-            layout.append((ACTIVATION_BACKWARDS[type(layer)], layer))
+            layout.append((ACTIVATION_VJPS[type(layer)], layer))
     return layout[::-1]
 
 
@@ -162,8 +154,8 @@ def _coupling_backward(coupling, weights, record, grads, grad_log_det, layer_gra
     outputs, inputs = inputs[::-1], [h, *inputs]
     scalar = coupling.output_gain
     for entry in layout:
-        if len(entry) == 4:
-            _, gain, where, bias = entry
+        if len(entry) == 3:  # a linear layer
+            gain, where, bias = entry
             layer_grads.append((where, cot, inputs.pop(), scalar, gain, bias))
             cot, scalar = cot.mm(params[where]), scalar * gain
         else:
