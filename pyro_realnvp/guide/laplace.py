@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .mode import _FAILURES, best_mode, find_mode
+from .mode import _FAILURES, _descend, best_mode, deeper_mode, find_mode, restarts_pay
 
 __all__ = [
     "START_RULES",
@@ -351,9 +351,12 @@ def laplace_start(
     far from the posterior's mass). With ``rule="proper"`` the Laplace Gaussian of a
     proper mode wins whatever its ELBO, unless it misses the mass (:func:`_choose`).
     A search that hits its budget found no mode, so by either rule the start is local.
-    Where the Laplace Gaussian is proper and its draws put :math:`\log Z` within
-    ``ALREADY_GOOD`` nats of its ELBO, no Gaussian could beat it by more, and the local
-    one is not computed (its curvature costs ``D`` Hessian-vector products).
+    The first search's Gaussian is scored before the restarts (:func:`deeper_mode`), and a
+    deeper mode found there takes its place. Where the Laplace Gaussian is proper and its
+    draws put :math:`\log Z` within ``ALREADY_GOOD`` nats of its ELBO, no Gaussian could
+    beat it by more: the local one is not computed (its curvature costs ``D``
+    Hessian-vector products), and on a model too large for the restarts to pay
+    (:func:`~pyro_realnvp.guide.mode.restarts_pay`) neither are they.
 
     Example:
         >>> start = laplace_start(lambda u: ((u - 2.0) ** 2).sum() * 50, torch.zeros(2))
@@ -363,7 +366,7 @@ def laplace_start(
     if rule not in START_RULES:
         raise ValueError(f"rule must be one of {START_RULES}, got {rule!r}")
     # Not preconditioned by the local scale: docs/tuning.md says why.
-    mode, converged = best_mode(potential, init, max_iter=max_iter)
+    mode, converged, lowest = _descend(potential, init, None, max_iter)
     if not converged:
         # Still descending at its budget: a potential with no minimum there (a
         # hierarchical scale on its way to zero), whose curvature would start the guide
@@ -371,19 +374,40 @@ def laplace_start(
         local = local_start(potential, init)
         _score(local, potential, num_draws)
         return local
-    curvature = hessian(potential, mode, diagonal=not dense)
-    factor, bad = covariance_factor(curvature) if dense else diagonal_factor(curvature)
-    laplace = GaussianStart(mode, factor, bad, kind="laplace")
-    log_w = _score(laplace, potential, num_draws)
-    proper = not bool(bad.any()) and math.isfinite(laplace.elbo)
-    if proper and kl_estimate(log_w) < ALREADY_GOOD:
+    laplace, log_w = _laplace(potential, mode, dense, num_draws)
+    if not _already_good(laplace, log_w) or restarts_pay(potential, mode):
+        deeper = deeper_mode(potential, init, lowest, max_iter=max_iter)
+        if deeper is not None:
+            laplace, log_w = _laplace(potential, deeper[0], dense, num_draws)
+    if _already_good(laplace, log_w):
         # No Gaussian's ELBO is above log Z, which the draws put within ALREADY_GOOD of
         # this one's: the local candidate could not win by more, so its D curvature rows
         # (most of the start's cost at many latents) are not computed.
         return laplace
     local = local_start(potential, init)
     local_log_w = _score(local, potential, num_draws)
+    proper = _proper(laplace)
     return _choose(laplace, log_w, local, local_log_w, rule == "proper" and proper)
+
+
+def _laplace(
+    potential: Callable, mode: Tensor, dense: bool, num_draws: int
+) -> tuple[GaussianStart, Tensor | None]:
+    """The Laplace Gaussian at ``mode``, scored (:func:`_score`), and its log weights."""
+    curvature = hessian(potential, mode, diagonal=not dense)
+    factor, bad = covariance_factor(curvature) if dense else diagonal_factor(curvature)
+    laplace = GaussianStart(mode, factor, bad, kind="laplace")
+    return laplace, _score(laplace, potential, num_draws)
+
+
+def _proper(laplace: GaussianStart) -> bool:
+    """Every coordinate's curvature usable, and a finite ELBO."""
+    return not bool(laplace.bad.any()) and math.isfinite(laplace.elbo)
+
+
+def _already_good(laplace: GaussianStart, log_w: Tensor | None) -> bool:
+    """Proper, with its draws putting log Z within ``ALREADY_GOOD`` nats of its ELBO."""
+    return _proper(laplace) and kl_estimate(log_w) < ALREADY_GOOD
 
 
 def _choose(

@@ -12,8 +12,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["MODE_GAIN", "MODE_RESTARTS", "RESTART_ITERS", "STALL_TRIALS", "best_mode",
-           "find_mode"]  # fmt: skip
+from .._internal.compat import count_elements
+
+__all__ = ["MODE_GAIN", "MODE_RESTARTS", "RESTART_ELEMENTS", "RESTART_ITERS", "STALL_TRIALS",
+           "best_mode", "deeper_mode", "find_mode", "restarts_pay"]  # fmt: skip
 
 #: Searches for the mode from points around the first start, beside the first search
 #: (:func:`best_mode`): few, since each costs a search (docs/tuning.md, issue 29).
@@ -27,6 +29,11 @@ RESTART_ITERS = 30
 #: of :func:`find_mode`: torch's strong-Wolfe line search interpolates them into NaN steps
 #: and would spend the rest of its budget there (docs/tuning.md, issue 30).
 STALL_TRIALS = 5
+#: Tensor elements one evaluation of the potential may make for the restarts to be tried
+#: whatever the first mode's Gaussian: above it they cost some 120 gradient evaluations,
+#: about 0.7 s of a CPU core at 250 latents x 20,000 rows, so :func:`~pyro_realnvp.guide.
+#: laplace.laplace_start` tries them only where that Gaussian fits poorly (docs/tuning.md).
+RESTART_ELEMENTS = 2**21
 #: What a model raises where it cannot score a point.
 _FAILURES = (ValueError, RuntimeError, ArithmeticError)
 
@@ -127,6 +134,62 @@ def _search_leg(
     return ("converged" if stopped_early else "budget"), state.get("n_iter", 0)
 
 
+def restarts_pay(potential: Callable[[Tensor], Tensor], u: Tensor) -> bool:
+    """Whether one evaluation of ``U`` at ``u`` makes at most ``RESTART_ELEMENTS`` tensor
+    elements: a model whose :func:`deeper_mode` costs little beside the rest of a start.
+
+    Example:
+        >>> restarts_pay(lambda u: (u**2).sum(), torch.zeros(3))
+        True
+    """
+    try:
+        with torch.no_grad():
+            return count_elements(potential, u.detach()) <= RESTART_ELEMENTS
+    except _FAILURES:
+        return True
+
+
+def deeper_mode(
+    potential: Callable[[Tensor], Tensor],
+    init: Tensor,
+    lowest: Tensor,
+    *,
+    max_iter: int = 200,
+    restarts: int = MODE_RESTARTS,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor] | None:
+    r"""``(mode, U there)`` of the deepest converged :func:`find_mode` from ``restarts``
+    points :math:`\text{init} + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, I)` (a
+    fixed-seed generator: set-up draws nothing from Pyro's random state), where it lies
+    below ``lowest`` (the first search's ``U``) by more than ``MODE_GAIN``; else ``None``.
+
+    Example:
+        >>> def potential(u):  # a shallow well at -1, the deep one at 1
+        ...     wells = torch.stack([-2 * (u + 1) ** 2 + math.log(0.3), -2 * (u - 1) ** 2])
+        ...     return -torch.logsumexp(wells, 0).sum()
+        >>> shallow = potential(torch.tensor([-1.0]))  # U at the first search's mode
+        >>> mode, value = deeper_mode(potential, torch.tensor([-0.6]), shallow)
+        >>> mode.round(decimals=2)
+        tensor([1.])
+    """
+    deepest = None
+    generator = torch.Generator(device=init.device).manual_seed(seed)
+    for _ in range(restarts):
+        start = init + torch.randn(init.shape, generator=generator, dtype=init.dtype,
+                                   device=init.device)  # fmt: skip
+        # A short search first: most restarts come back to the first basin, and a long
+        # search there is a whole search's cost for nothing.
+        candidate, ok, value = _descend(potential, start, None, min(RESTART_ITERS, max_iter))
+        gain = MODE_GAIN * (1 + abs(float(lowest)))
+        if not ok and value < lowest - gain:
+            candidate, ok, value = _descend(potential, candidate, None, max_iter)
+        # Deeper by more than rounding: the same mode found again keeps the first search's
+        # point, so a unimodal model starts where it did without restarts.
+        if ok and value < lowest - gain:
+            deepest, lowest = (candidate, value), value
+    return deepest
+
+
 def best_mode(
     potential: Callable[[Tensor], Tensor],
     init: Tensor,
@@ -135,9 +198,8 @@ def best_mode(
     restarts: int = MODE_RESTARTS,
     seed: int = 0,
 ) -> tuple[Tensor, bool]:
-    r"""The lowest converged :func:`find_mode` from ``init`` and from ``restarts`` points
-    :math:`\text{init} + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, I)` (a
-    fixed-seed generator: set-up draws nothing from Pyro's random state).
+    r"""The lowest converged :func:`find_mode` from ``init`` and from the restarts of
+    :func:`deeper_mode`: ``(mode, converged)``.
 
     A model with several modes may have its posterior's far from the first one found
     (Lotka-Volterra's ODE from its prior medians: docs/tuning.md). Where the search from
@@ -155,18 +217,6 @@ def best_mode(
     mode, converged, lowest = _descend(potential, init, None, max_iter)
     if not converged:
         return mode, converged
-    generator = torch.Generator(device=init.device).manual_seed(seed)
-    for _ in range(restarts):
-        start = init + torch.randn(init.shape, generator=generator, dtype=init.dtype,
-                                   device=init.device)  # fmt: skip
-        # A short search first: most restarts come back to the first basin, and a long
-        # search there is a whole search's cost for nothing.
-        candidate, ok, value = _descend(potential, start, None, min(RESTART_ITERS, max_iter))
-        gain = MODE_GAIN * (1 + abs(float(lowest)))
-        if not ok and value < lowest - gain:
-            candidate, ok, value = _descend(potential, candidate, None, max_iter)
-        # Deeper by more than rounding: the same mode found again keeps the first search's
-        # point, so a unimodal model starts where it did without restarts.
-        if ok and value < lowest - gain:
-            mode, lowest = candidate, value
-    return mode, True
+    deeper = deeper_mode(potential, init, lowest, max_iter=max_iter, restarts=restarts,
+                         seed=seed)  # fmt: skip
+    return (mode if deeper is None else deeper[0]), True

@@ -31,6 +31,71 @@ def test_the_start_is_at_the_deepest_mode_found_not_the_nearest():
     torch.testing.assert_close(start.loc, torch.tensor([1.0]), atol=1e-2, rtol=0)
 
 
+def _no_restarts_pay(monkeypatch):
+    """A model too large for the restarts to pay whatever its start; their calls, recorded."""
+    calls = []
+    original = laplace.deeper_mode
+    monkeypatch.setattr(laplace, "restarts_pay", lambda *a: False)
+    monkeypatch.setattr(
+        laplace, "deeper_mode", lambda *a, **k: calls.append(a) or original(*a, **k)
+    )
+    return calls
+
+
+def test_a_large_models_already_good_first_gaussian_skips_the_restarts(monkeypatch):
+    calls = _no_restarts_pay(monkeypatch)
+    precision, mode = spd(4), torch.randn(4, dtype=torch.float64)
+    start = laplace_start(quadratic(precision, mode), torch.zeros(4, dtype=torch.float64))
+    assert calls == []
+    assert start.kind == "laplace"
+    torch.testing.assert_close(start.loc, mode, atol=1e-6, rtol=0)
+    # The price, where the first mode's draws cannot see another: its shallow well kept.
+    start = laplace_start(far_wells, torch.tensor([-1.6]))
+    assert calls == []
+    torch.testing.assert_close(start.loc, torch.tensor([-2.0]), atol=1e-3, rtol=0)
+    monkeypatch.undo()
+    start = laplace_start(far_wells, torch.tensor([-1.6]))
+    torch.testing.assert_close(start.loc, torch.tensor([2.0]), atol=1e-3, rtol=0)
+
+
+def far_wells(u):
+    """A shallow well at u = -2 (weight 0.3), the deep one at u = +2, 8 sd apart."""
+    wells = torch.stack([-2 * (u + 2) ** 2 + math.log(0.3), -2 * (u - 2) ** 2])
+    return -torch.logsumexp(wells, 0).sum()
+
+
+def flat_then_deep(u):
+    """A flat-bottomed shallow well at u = -1 (weight 0.3), a Gaussian deep one at u = +1:
+    the Laplace Gaussian at the first is wide and scores far below log Z."""
+    wells = torch.stack([-2 * (u + 1) ** 4 + math.log(0.3), -2 * (u - 1) ** 2])
+    return -torch.logsumexp(wells, 0).sum()
+
+
+def test_a_large_model_restarts_where_its_first_gaussian_fits_poorly(monkeypatch):
+    calls = _no_restarts_pay(monkeypatch)
+    init = torch.tensor([-0.6], dtype=torch.float64)
+    first, _ = find_mode(flat_then_deep, init)
+    assert first.item() < 0
+    start = laplace_start(flat_then_deep, init)
+    assert len(calls) == 1
+    assert start.kind == "laplace"
+    torch.testing.assert_close(start.loc, torch.tensor([1.0], dtype=torch.float64),
+                               atol=1e-3, rtol=0)  # fmt: skip
+    torch.testing.assert_close(start.scale, torch.tensor([0.5], dtype=torch.float64),
+                               atol=1e-3, rtol=0)  # fmt: skip
+
+
+def test_a_small_model_restarts_whatever_its_first_gaussian(monkeypatch):
+    calls = []
+    original = laplace.deeper_mode
+    monkeypatch.setattr(
+        laplace, "deeper_mode", lambda *a, **k: calls.append(a) or original(*a, **k)
+    )
+    precision, mode = spd(4), torch.randn(4, dtype=torch.float64)
+    laplace_start(quadratic(precision, mode), torch.zeros(4, dtype=torch.float64))
+    assert len(calls) == 1
+
+
 def funnel_potential(u):
     """Neal's funnel in 10-d, float64: its neck holds a proper mode at v = -40.5."""
     v, x = u[0], u[1:]

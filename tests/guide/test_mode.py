@@ -6,7 +6,7 @@ import torch
 from helpers import quadratic, spd, two_wells
 
 from pyro_realnvp.guide import mode as mode_search
-from pyro_realnvp.guide.mode import best_mode, find_mode
+from pyro_realnvp.guide.mode import best_mode, deeper_mode, find_mode, restarts_pay
 
 
 def test_restarts_that_find_the_same_mode_keep_the_first_searchs_point():
@@ -115,3 +115,42 @@ def test_a_short_restart_already_below_the_first_mode_is_searched_to_its_own(mon
     mode, converged = best_mode(two_wells, torch.tensor([-0.6]))
     assert converged
     torch.testing.assert_close(mode, torch.tensor([1.0]), atol=1e-3, rtol=0)
+
+
+def test_restarts_pay_below_restart_elements_and_not_above(monkeypatch):
+    rows = torch.ones(1000, 1)
+
+    def potential(u):  # 1000 elements from the product, 1 from the sum
+        return (u * rows).sum()
+
+    monkeypatch.setattr(mode_search, "RESTART_ELEMENTS", 1001)
+    assert restarts_pay(potential, torch.zeros(1))
+    monkeypatch.setattr(mode_search, "RESTART_ELEMENTS", 1000)
+    assert not restarts_pay(potential, torch.zeros(1))
+
+
+def test_restarts_pay_where_the_model_cannot_be_scored(monkeypatch):
+    def raising(u):
+        raise ValueError("Expected parameter scale to satisfy GreaterThan")
+
+    monkeypatch.setattr(mode_search, "RESTART_ELEMENTS", 0)
+    assert restarts_pay(raising, torch.zeros(1))  # as before the gate: the search decides
+
+
+def test_deeper_mode_is_none_where_the_restarts_find_the_first_mode_again():
+    precision, mode = spd(3).float(), torch.tensor([1.0, -2.0, 0.5])
+    potential = quadratic(precision, mode)
+    first, converged = find_mode(potential, torch.zeros(3))
+    assert converged
+    assert deeper_mode(potential, torch.zeros(3), potential(first)) is None
+
+
+def test_deeper_mode_returns_the_deeper_well_and_its_value():
+    init = torch.tensor([-0.6])
+    shallow, _ = find_mode(two_wells, init)
+    found = deeper_mode(two_wells, init, two_wells(shallow))
+    assert found is not None
+    mode, value = found
+    torch.testing.assert_close(mode, torch.tensor([1.0]), atol=1e-2, rtol=0)
+    torch.testing.assert_close(value, two_wells(mode), atol=1e-5, rtol=0)
+    assert value < two_wells(shallow)
