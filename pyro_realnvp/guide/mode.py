@@ -30,9 +30,9 @@ RESTART_ITERS = 30
 #: and would spend the rest of its budget there (docs/tuning.md, issue 30).
 STALL_TRIALS = 5
 #: Tensor elements one evaluation of the potential may make for the restarts to be tried
-#: whatever the first mode's Gaussian: above it they cost some 120 gradient evaluations,
-#: about 0.7 s of a CPU core at 250 latents x 20,000 rows, so :func:`~pyro_realnvp.guide.
-#: laplace.laplace_start` tries them only where that Gaussian fits poorly (docs/tuning.md).
+#: whatever the first mode's Gaussian (:func:`restarts_pay`): above it they cost some 120
+#: gradient evaluations, 0.7 s of a CPU core at 250 latents x 20,000 rows, and the Laplace
+#: start tries them only where that Gaussian fits poorly (docs/tuning.md, issue 30).
 RESTART_ELEMENTS = 2**21
 #: What a model raises where it cannot score a point.
 _FAILURES = (ValueError, RuntimeError, ArithmeticError)
