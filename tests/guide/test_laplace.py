@@ -31,15 +31,20 @@ def test_the_start_is_at_the_deepest_mode_found_not_the_nearest():
     torch.testing.assert_close(start.loc, torch.tensor([1.0]), atol=1e-2, rtol=0)
 
 
-def _no_restarts_pay(monkeypatch):
-    """A model too large for the restarts to pay whatever its start; their calls, recorded."""
+def _restarts_recorded(monkeypatch):
+    """The calls of the restarts (``deeper_mode``), recorded as they run."""
     calls = []
     original = laplace.deeper_mode
-    monkeypatch.setattr(laplace, "restarts_pay", lambda *a: False)
     monkeypatch.setattr(
         laplace, "deeper_mode", lambda *a, **k: calls.append(a) or original(*a, **k)
     )
     return calls
+
+
+def _no_restarts_pay(monkeypatch):
+    """A model too large for the restarts to pay whatever its start; their calls, recorded."""
+    monkeypatch.setattr(laplace, "restarts_pay", lambda *a: False)
+    return _restarts_recorded(monkeypatch)
 
 
 def test_a_large_models_already_good_first_gaussian_skips_the_restarts(monkeypatch):
@@ -86,11 +91,7 @@ def test_a_large_model_restarts_where_its_first_gaussian_fits_poorly(monkeypatch
 
 
 def test_a_small_model_restarts_whatever_its_first_gaussian(monkeypatch):
-    calls = []
-    original = laplace.deeper_mode
-    monkeypatch.setattr(
-        laplace, "deeper_mode", lambda *a, **k: calls.append(a) or original(*a, **k)
-    )
+    calls = _restarts_recorded(monkeypatch)
     precision, mode = spd(4), torch.randn(4, dtype=torch.float64)
     laplace_start(quadratic(precision, mode), torch.zeros(4, dtype=torch.float64))
     assert len(calls) == 1
