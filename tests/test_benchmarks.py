@@ -285,19 +285,33 @@ def test_plain_loop_bench_writes_a_row_per_target_with_its_ratios(tmp_path):
     rows = plain_loop.main(args)
     assert [name for name, _, _ in rows] == ["funnel_d6", "pyro_eight_schools"]
     text = (tmp_path / "p.md").read_text()
-    for name, dim, ms in rows:
-        assert set(ms) == {*plain_loop.GUIDES, plain_loop.FALL_BACK}
-        assert ms["AutoRealNVP"] > 0
-        assert ms["AutoMultivariateNormal"] > 0
+    for name, dim, rounds in rows:
+        assert set(rounds) == {*plain_loop.GUIDES, plain_loop.FALL_BACK}
+        assert len(rounds["AutoRealNVP"]) == args.rounds
+        assert min(rounds["AutoMultivariateNormal"]) > 0
         line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert cells[1] == str(dim)
-        ratio = ms["AutoRealNVP"] / ms["AutoMultivariateNormal"]
-        assert cells[7].startswith(f"{ratio:.2f}")
+        assert cells[2] == f"{statistics.median(rounds['AutoRealNVP']):.2f}"
+        ratios = np.divide(rounds["AutoRealNVP"], rounds["AutoMultivariateNormal"])
+        lower, ratio, upper = np.percentile(ratios, [25, 50, 75])  # numpy's: linear, inclusive
+        assert cells[7].startswith(f"{ratio:.2f} [{lower:.2f}, {upper:.2f}]")
         assert ("(met)" in cells[7]) == (ratio <= 2.0)
-        flow = ms["AutoNormalizingFlow (4 couplings)"]  # Pyro's own can fail on a NaN draw
-        assert cells[5] == ("failed" if math.isnan(flow) else f"{flow:.2f}")
-        assert cells[-1].startswith(f"{ms[plain_loop.FALL_BACK] / ms['AutoRealNVP']:.2f}")
+        flow = rounds["AutoNormalizingFlow (4 couplings)"]  # Pyro's own can fail on a NaN draw
+        assert cells[5] == (f"{statistics.median(flow):.2f}" if flow else "failed")
+        slower = np.divide(rounds[plain_loop.FALL_BACK], rounds["AutoRealNVP"])
+        assert cells[-1].startswith(f"{np.median(slower):.2f}")
+
+
+def test_paired_ratio_takes_each_rounds_own_ratio():
+    from benchmarks.plain_loop import paired_ratio
+
+    # A spell of load in the second round doubles both guides' times: the medians' ratio
+    # would read 4 / 1.5, each round's reads 2.
+    median, lower, upper = paired_ratio([2.0, 4.0, 2.0, 2.0], [1.0, 2.0, 1.0, 1.0])
+    assert (median, lower, upper) == (2.0, 2.0, 2.0)
+    assert all(math.isnan(x) for x in paired_ratio([], [1.0]))
+    assert paired_ratio([3.0], [1.5]) == (2.0, 2.0, 2.0)
 
 
 def test_time_to_reach_is_the_first_point_within_two_standard_errors():
